@@ -1,0 +1,102 @@
+"""Arrays to bytes and back, as a small codec pipeline (in the spirit of zarr's codecs).
+
+Knows nothing of Cassandra. A chunk is msgpack ``{"v": 1, "dtype": "<f4", "shape": [n],
+"data": <raw little-endian bytes>}``; further codecs (e.g. encryption) wrap those bytes.
+
+>>> import numpy as np
+>>> pipe = CodecPipeline()
+>>> a = np.arange(4, dtype="float32")
+>>> bool((pipe.decode(pipe.encode(a)) == a).all())
+True
+"""
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import msgpack
+import numpy as np
+
+from cstore.errors import CorruptData
+
+ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
+_FORMAT_VERSION = 1
+
+
+class BytesCodec(Protocol):
+    """A bytes → bytes stage (compression, encryption)."""
+
+    def encode(self, data: bytes) -> bytes: ...
+
+    def decode(self, data: bytes) -> bytes: ...
+
+
+def encode_array(array: np.ndarray) -> bytes:
+    """Encode one numpy array (any shape) as msgpack with dtype and shape."""
+    dtype = np.dtype(array.dtype)
+    if dtype.name not in ALLOWED_DTYPES:
+        raise CorruptData(f"cannot encode dtype {dtype.name}; allowed: {', '.join(ALLOWED_DTYPES)}")
+    le = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
+    return msgpack.packb({"v": _FORMAT_VERSION, "dtype": dtype.name, "shape": list(le.shape),
+                          "data": le.tobytes()}, use_bin_type=True)
+
+
+def decode_array(blob: bytes, *, expect_dtype: str | None = None,
+                 expect_shape: Sequence[int] | None = None) -> np.ndarray:
+    """Decode :func:`encode_array` output, checking it is whole and what the caller expects."""
+    try:
+        obj = msgpack.unpackb(blob, raw=False)
+    except Exception as exc:
+        raise CorruptData(f"chunk is not valid msgpack ({type(exc).__name__}: {exc}); "
+                          f"it may be truncated: restore the model from a snapshot") from None
+    if not isinstance(obj, dict) or obj.get("v") != _FORMAT_VERSION or not {"dtype", "shape", "data"} <= set(obj):
+        raise CorruptData("chunk has an unknown layout (expected msgpack map with v, dtype, shape, data)")
+    dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
+    if dtype not in ALLOWED_DTYPES:
+        raise CorruptData(f"chunk has dtype {dtype!r}; allowed: {', '.join(ALLOWED_DTYPES)}")
+    if expect_dtype is not None and dtype != expect_dtype:
+        raise CorruptData(f"chunk has dtype {dtype} but the model stores {expect_dtype}")
+    if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+            or not isinstance(data, bytes)):
+        raise CorruptData(f"chunk has an invalid shape {shape!r} or payload")
+    itemsize = np.dtype(dtype).itemsize
+    if int(np.prod(shape, dtype=np.int64)) * itemsize != len(data):
+        raise CorruptData(f"chunk payload is {len(data)} bytes but shape {shape} of {dtype} needs "
+                          f"{int(np.prod(shape, dtype=np.int64)) * itemsize}; the chunk is truncated or corrupt")
+    if expect_shape is not None and list(expect_shape) != shape:
+        raise CorruptData(f"chunk has shape {shape} but {list(expect_shape)} was expected")
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+
+
+class CodecPipeline:
+    """``encode``: array → msgpack → each bytes codec in order; ``decode`` reverses it."""
+
+    def __init__(self, stages: Sequence[BytesCodec] = ()) -> None:
+        self.stages = list(stages)
+
+    def encode(self, array: np.ndarray) -> bytes:
+        data = encode_array(array)
+        for stage in self.stages:
+            data = stage.encode(data)
+        return data
+
+    def decode(self, blob: bytes, *, expect_dtype: str | None = None,
+               expect_shape: Sequence[int] | None = None) -> np.ndarray:
+        for stage in reversed(self.stages):
+            blob = stage.decode(blob)
+        return decode_array(blob, expect_dtype=expect_dtype, expect_shape=expect_shape)
+
+
+def encode_sparse(indices: np.ndarray, values: np.ndarray) -> bytes:
+    """A sparse post-image: the values at ``indices`` (chunk-local) after an update."""
+    return msgpack.packb({"i": encode_array(np.asarray(indices, dtype=np.int32)),
+                          "x": encode_array(np.asarray(values))}, use_bin_type=True)
+
+
+def decode_sparse(blob: bytes) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        obj = msgpack.unpackb(blob, raw=False)
+        return decode_array(obj["i"]), decode_array(obj["x"])
+    except CorruptData:
+        raise
+    except Exception as exc:
+        raise CorruptData(f"history delta cannot be decoded: {exc}") from None

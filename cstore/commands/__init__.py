@@ -1,0 +1,1 @@
+"""Sub-commands of the ``cstore`` CLI, one module per area."""

@@ -1,0 +1,133 @@
+"""Keyspace creation and numbered CQL migrations from ``cql/``.
+
+Each applied file is recorded with its SHA-256; re-running is a no-op and a file that changed
+after it was applied is refused (write a new migration instead).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cassandra.query import SimpleStatement
+
+from cstore.config import Config
+from cstore.errors import SchemaError
+
+_FILE_RE = re.compile(r"^(\d{3,})_[a-z0-9_]+\.cql$")
+
+
+def cql_dir() -> Path:
+    """Where the migrations live: ``$CSTORE_CQL_DIR``, else the repository's ``cql/``."""
+    env = os.environ.get("CSTORE_CQL_DIR")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve().parent
+    candidates += [here.parent / "cql", here / "cql"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise SchemaError(f"no cql/ directory found (looked in {', '.join(map(str, candidates))}); "
+                      f"set CSTORE_CQL_DIR")
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    path: Path
+    checksum: str
+
+    @property
+    def statements(self) -> list[str]:
+        return split_statements(self.path.read_text())
+
+
+def split_statements(text: str) -> list[str]:
+    """Split a CQL file on ``;`` at end of line, dropping ``--`` comments."""
+    lines = [ln for ln in text.splitlines() if not ln.strip().startswith("--")]
+    body = "\n".join(ln.split(" --")[0] if " --" in ln else ln for ln in lines)
+    return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def migrations(directory: Path | None = None) -> list[Migration]:
+    directory = directory or cql_dir()
+    out = []
+    for p in sorted(directory.glob("*.cql")):
+        if not _FILE_RE.match(p.name):
+            raise SchemaError(f"{p.name}: migration files are named NNN_description.cql (lower case)")
+        out.append(Migration(p.name, p, hashlib.sha256(p.read_bytes()).hexdigest()))
+    return out
+
+
+def replication_map(cfg: Config, replication_factor: int | None = None,
+                    dcs: dict[str, int] | None = None) -> dict[str, object]:
+    dcs = dcs or dict(cfg.replication_dcs)
+    if dcs:
+        return {"class": "NetworkTopologyStrategy", **dcs}
+    return {"class": "SimpleStrategy", "replication_factor": replication_factor or cfg.replication_factor}
+
+
+def _replication_cql(rep: dict[str, object]) -> str:
+    # Values are validated ints and DC names from configuration; DC names are quoted literals.
+    parts = []
+    for k, v in rep.items():
+        if not re.match(r"^[A-Za-z0-9_.\-]+$", str(k)) or not re.match(r"^[A-Za-z0-9_.]+$", str(v)):
+            raise SchemaError(f"invalid replication setting {k!r}: {v!r}")
+        parts.append(f"'{k}': '{v}'")
+    return "{" + ", ".join(parts) + "}"
+
+
+def ensure_keyspace(session, keyspace: str, replication: dict[str, object]) -> None:
+    # Keyspace names are validated by Config (lower-case identifier), never user free text.
+    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
+                    f"{_replication_cql(replication)}")
+    session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations ("
+                    f"name text PRIMARY KEY, checksum text, applied_at timestamp)")
+
+
+def applied(session, keyspace: str) -> dict[str, dict]:
+    rows = session.execute(SimpleStatement(f"SELECT name, checksum, applied_at FROM {keyspace}.schema_migrations"))
+    return {r["name"]: r for r in rows}
+
+
+def status(session, keyspace: str, directory: Path | None = None) -> list[dict]:
+    """Each migration file with its state: applied, pending or changed."""
+    done = applied(session, keyspace)
+    out = []
+    for m in migrations(directory):
+        row = done.get(m.name)
+        state = "pending" if row is None else ("applied" if row["checksum"] == m.checksum else "changed")
+        out.append({"name": m.name, "state": state,
+                    "applied_at": row["applied_at"].isoformat() if row and row["applied_at"] else None})
+    return out
+
+
+def apply(session, keyspace: str, replication: dict[str, object], directory: Path | None = None,
+          log=print) -> list[str]:
+    """Create the keyspace if needed and apply pending migrations in order; return what was applied."""
+    ensure_keyspace(session, keyspace, replication)
+    done = applied(session, keyspace)
+    todo = migrations(directory)
+    for m in todo:
+        row = done.get(m.name)
+        if row is not None and row["checksum"] != m.checksum:
+            raise SchemaError(f"migration {m.name} changed after it was applied (checksum "
+                              f"{row['checksum'][:12]}… → {m.checksum[:12]}…); never edit an applied "
+                              f"migration: restore it and add a new numbered file instead")
+    session.set_keyspace(keyspace)
+    applied_now = []
+    for m in todo:
+        if m.name in done:
+            continue
+        for stmt in m.statements:
+            try:
+                session.execute(SimpleStatement(stmt), timeout=60)
+            except Exception as exc:
+                raise SchemaError(f"{m.name}: statement failed: {exc}\n{stmt[:200]}") from None
+        session.execute(f"INSERT INTO {keyspace}.schema_migrations (name, checksum, applied_at) VALUES (%s, %s, %s)",
+                        (m.name, m.checksum, datetime.now(timezone.utc)))
+        applied_now.append(m.name)
+        log(f"applied {m.name}")
+    return applied_now

@@ -1,0 +1,111 @@
+"""The driver connection: one ``Cluster`` per process, execution profiles per operation.
+
+Every statement cstore runs names an operation (``read_model``, ``commit_chunk``, …); the
+active consistency profile maps it to a consistency level through the driver's execution
+profiles, so switching ``strong`` → ``eventual`` changes no code path but the commit style.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+from cassandra import AuthenticationFailed, ConsistencyLevel
+from cassandra.auth import PlainTextAuthProvider
+from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
+from cassandra.query import dict_factory
+
+from cstore.config import Config
+from cstore.consistency import OPERATIONS, Profile, resolve_profile
+from cstore.errors import ConnectionFailed
+
+log = logging.getLogger("cstore.session")
+
+
+def _connection_class() -> Any:
+    # libev is the driver's fastest reactor and ships in the PyPI wheel; asyncore/asyncio otherwise.
+    try:
+        from cassandra.io.libevreactor import LibevConnection
+        return LibevConnection
+    except Exception:  # pragma: no cover - depends on the wheel
+        return None
+
+
+def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
+    if not (cfg.ssl_ca or cfg.ssl_cert):
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ssl_ca)
+    ctx.check_hostname = False  # nodes are addressed by IP; the CA pins trust
+    if cfg.ssl_cert:
+        ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
+    return ctx
+
+
+@dataclass
+class Connection:
+    """A connected cluster, its session, and the consistency profile in force."""
+
+    cluster: Cluster
+    session: Session
+    profile: Profile
+    config: Config
+    pid: int
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+
+
+def make_execution_profiles(profile: Profile, cfg: Config) -> dict[str, ExecutionProfile]:
+    lbp_factory = lambda: TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))  # noqa: E731
+    eps = {}
+    for op in OPERATIONS:
+        eps[op] = ExecutionProfile(load_balancing_policy=lbp_factory(), retry_policy=RetryPolicy(),
+                                   consistency_level=profile.level(op),
+                                   serial_consistency_level=profile.serial_level,
+                                   request_timeout=cfg.request_timeout_s, row_factory=dict_factory)
+    eps[EXEC_PROFILE_DEFAULT] = ExecutionProfile(load_balancing_policy=lbp_factory(),
+                                                 consistency_level=ConsistencyLevel.QUORUM
+                                                 if profile.lwt else ConsistencyLevel.ONE,
+                                                 serial_consistency_level=profile.serial_level,
+                                                 request_timeout=cfg.request_timeout_s, row_factory=dict_factory)
+    return eps
+
+
+def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None = None) -> Connection:
+    """Connect to the cluster in ``cfg``; errors say what to try next. Never logs the password."""
+    profile = profile or resolve_profile(cfg.profile, cfg.profiles)
+    auth = PlainTextAuthProvider(cfg.username, cfg.password or "") if cfg.username else None
+    kwargs: dict[str, Any] = dict(contact_points=list(cfg.contact_points), port=cfg.port, auth_provider=auth,
+                                  execution_profiles=make_execution_profiles(profile, cfg),
+                                  protocol_version=5, connect_timeout=cfg.connect_timeout_s,
+                                  ssl_context=_ssl_context(cfg), compression=False)
+    conn_class = _connection_class()
+    if conn_class is not None:
+        kwargs["connection_class"] = conn_class
+    cluster = Cluster(**kwargs)
+    try:
+        session = cluster.connect(keyspace)
+    except NoHostAvailable as exc:
+        cluster.shutdown()
+        reasons = "; ".join(f"{host}: {_short(err)}" for host, err in exc.errors.items())
+        if any(isinstance(err, AuthenticationFailed) for err in exc.errors.values()):
+            raise ConnectionFailed(f"login refused by {', '.join(cfg.contact_points)} for user "
+                                   f"{cfg.username!r}: check CSTORE_USERNAME / CSTORE_PASSWORD") from None
+        hint = ("start a local node with `cstore local up`" if cfg.uses_local_cluster
+                else "check CSTORE_CONTACT_POINTS / CSTORE_PORT and that the cluster is up")
+        raise ConnectionFailed(f"no Cassandra node answered at {', '.join(cfg.contact_points)}:{cfg.port} "
+                               f"({reasons or 'no host'}); {hint}") from None
+    except Exception as exc:
+        cluster.shutdown()
+        if "keyspace" in str(exc).lower():
+            raise ConnectionFailed(f"keyspace {keyspace!r} does not exist; run `cstore schema apply`") from None
+        raise ConnectionFailed(f"could not connect: {_short(exc)}") from None
+    return Connection(cluster, session, profile, cfg, os.getpid())
+
+
+def _short(err: Exception) -> str:
+    text = str(err)
+    return text if len(text) < 300 else text[:300] + "…"
