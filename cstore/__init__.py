@@ -1,0 +1,7 @@
+"""cstore: an online-learning update store on Apache Cassandra."""
+from cstore.errors import CstoreError
+from cstore.store import ModelState, Store, connect
+from cstore.updates import UpdateResult
+
+__all__ = ["connect", "Store", "ModelState", "UpdateResult", "CstoreError"]
+__version__ = "0.1.0"

@@ -88,16 +88,16 @@ def config_cmd(obj: CliContext) -> None:
     echo_json({"config": cfg.redacted(), "source": dict(cfg.source)})
 
 
+# Each module in cstore/commands/ exposes COMMANDS, a list of click commands/groups to mount.
+_COMMAND_MODULES = ["local_cmd", "schema_cmd", "model_cmd"]
+
+
 def _register() -> None:
-    from cstore.commands import local_cmd, schema_cmd
-    main.add_command(local_cmd.local)
-    main.add_command(schema_cmd.schema)
-    try:
-        from cstore.commands import model_cmd
-        for cmd in model_cmd.COMMANDS:
+    import importlib
+    for mod_name in _COMMAND_MODULES:
+        mod = importlib.import_module(f"cstore.commands.{mod_name}")
+        for cmd in mod.COMMANDS:
             main.add_command(cmd)
-    except ImportError:  # pragma: no cover - during bootstrap only
-        pass
 
 
 _register()

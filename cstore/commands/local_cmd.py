@@ -73,3 +73,6 @@ def logs(obj: CliContext, node: str, lines: int) -> None:
         raise click.ClickException(f"{path} does not exist yet; has {spec.name} ever started?")
     click.echo(f"==> {path} <==", err=True)
     click.echo("\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+
+
+COMMANDS = [local]

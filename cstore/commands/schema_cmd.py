@@ -60,3 +60,6 @@ def status_cmd(obj: CliContext, as_json: bool) -> None:
         return
     for r in rows:
         click.echo(f"{r['state']:8} {r['name']}  {r['applied_at'] or ''}")
+
+
+COMMANDS = [schema]

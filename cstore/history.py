@@ -1,0 +1,158 @@
+"""The update history: listing, following the commit chain, and replay.
+
+History rows are written *before* each compare-and-set, so every committed chunk version has a
+row; rows of attempts that lost are marked ``aborted`` (or, if the writer died, simply never
+joined the chain). The truth is the chain: from a chunk's current ``op_id`` follow
+``prev_op_id`` backwards. Replaying the chain's post-images onto a snapshot reproduces the
+model bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable
+
+import numpy as np
+from cassandra.concurrent import execute_concurrent_with_args
+from cassandra.util import max_uuid_from_time, min_uuid_from_time
+
+from cstore.codec import decode_sparse
+from cstore.errors import CorruptData
+from cstore.models import ModelInfo
+
+_UUID_EPOCH = 0x01B21DD213814000
+
+
+def op_time(op_id: uuid.UUID) -> float:
+    """Unix time (seconds) of a time-based UUID."""
+    return (op_id.time - _UUID_EPOCH) / 1e7
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    op_id: uuid.UUID
+    time: datetime
+    param: str
+    chunk: int
+    old_version: int
+    new_version: int
+    prev_op_id: uuid.UUID | None
+    update_type: str
+    learning_rate: float | None
+    source: str
+    metadata: dict[str, Any]
+    status: str
+    delta: bytes
+
+    @classmethod
+    def from_row(cls, r: dict) -> "HistoryRow":
+        return cls(r["op_id"], datetime.fromtimestamp(op_time(r["op_id"]), timezone.utc), r["param"], r["chunk"],
+                   r["old_version"], r["new_version"], r["prev_op_id"], r["update_type"], r["learning_rate"],
+                   r["source"], json.loads(r["metadata"] or "{}"), r["status"], r["delta"])
+
+    def to_dict(self) -> dict[str, Any]:
+        idx, _ = decode_sparse(self.delta)
+        return {"time": self.time.isoformat(), "op_id": str(self.op_id), "param": self.param, "chunk": self.chunk,
+                "old_version": self.old_version, "new_version": self.new_version, "update_type": self.update_type,
+                "learning_rate": self.learning_rate, "source": self.source, "coords": int(len(idx)),
+                "metadata": self.metadata}
+
+
+class HistoryReader:
+    """Reads history partitions of one model between two times."""
+
+    def __init__(self, session, bucket_s: int, ttl_s: int) -> None:
+        self.session = session
+        self.bucket_s = bucket_s
+        self.ttl_s = ttl_s
+        self.q_range = session.prepare(
+            "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id >= ? AND op_id <= ?")
+        self.q_one = session.prepare(
+            "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?")
+        self.q_heads = session.prepare("SELECT param, chunk, version, op_id FROM chunk_versions WHERE model_id = ?")
+
+    def rows(self, info: ModelInfo, since: float | None = None, until: float | None = None) -> list[HistoryRow]:
+        """Every history row (including aborted attempts) in [since, until], oldest first."""
+        until = time.time() + 1 if until is None else until
+        since = max(until - self.ttl_s, 0) if since is None else since
+        buckets = range(int(since) // self.bucket_s, int(until) // self.bucket_s + 1)
+        lo, hi = min_uuid_from_time(since), max_uuid_from_time(until)
+        args = [(info.model_id, b, lo, hi) for b in buckets]
+        results = execute_concurrent_with_args(self.session, self.q_range, args, concurrency=32,
+                                               raise_on_first_error=True, results_generator=False,
+                                               execution_profile="read_history")
+        out = [HistoryRow.from_row(r) for ok, rs in results for r in rs]
+        out.sort(key=lambda h: (op_time(h.op_id), h.op_id.bytes, h.param))
+        return out
+
+    def lookup(self, info: ModelInfo, op_id: uuid.UUID, param: str) -> HistoryRow | None:
+        bucket = int(op_time(op_id)) // self.bucket_s
+        row = self.session.execute(self.q_one, (info.model_id, bucket, op_id, param),
+                                   execution_profile="read_history").one()
+        return HistoryRow.from_row(row) if row else None
+
+    def heads(self, info: ModelInfo) -> dict[tuple[str, int], tuple[int, uuid.UUID]]:
+        """(param, chunk) → (version, op_id) from the chunk-version index."""
+        rows = self.session.execute(self.q_heads, (info.model_id,), execution_profile="read_model")
+        return {(r["param"], r["chunk"]): (r["version"], r["op_id"]) for r in rows}
+
+    def committed(self, info: ModelInfo, since: float | None = None, until: float | None = None,
+                  param: str | None = None) -> list[HistoryRow]:
+        """Only rows on a chunk's commit chain (what really happened), oldest first."""
+        rows = self.rows(info, since=since)
+        by_op = {(h.op_id, h.param): h for h in rows}
+        keep: set[tuple[uuid.UUID, str]] = set()
+        for (p, chunk), (_, head_op) in self.heads(info).items():
+            op = head_op
+            while op is not None and (op, p) in by_op:
+                keep.add((op, p))
+                op = by_op[(op, p)].prev_op_id
+        until = time.time() + 1 if until is None else until
+        return [h for h in rows if (h.op_id, h.param) in keep and op_time(h.op_id) <= until
+                and (param is None or h.param == param)]
+
+
+def chain_between(by_op: dict[tuple[uuid.UUID, str], HistoryRow], param: str, head_op: uuid.UUID,
+                  base_op: uuid.UUID | None) -> list[HistoryRow]:
+    """The commits from ``base_op`` (exclusive) to ``head_op`` (inclusive), oldest first."""
+    chain = []
+    op = head_op
+    while op != base_op:
+        row = by_op.get((op, param))
+        if row is None:
+            raise CorruptData(f"history chain of {param!r} is broken at op {op} (expired by TTL, or the "
+                              f"snapshot is older than the history kept); cannot replay")
+        chain.append(row)
+        op = row.prev_op_id
+    chain.reverse()
+    return chain
+
+
+def replay_chunk(base: np.ndarray, chain: Iterable[HistoryRow]) -> np.ndarray:
+    """Apply each commit's post-image in order: bit-exact by construction."""
+    out = base.copy()
+    for h in chain:
+        idx, values = decode_sparse(h.delta)
+        out[idx] = values
+    return out
+
+
+def op_in_chain(session, bucket_of: Callable[[uuid.UUID], int], info: ModelInfo, param: str, chunk: int,
+                head_op: uuid.UUID, target_version: int, op_id: uuid.UUID) -> bool | None:
+    """Is ``op_id`` the commit that produced ``target_version``? None when the chain cannot be followed."""
+    q = session.prepare("SELECT new_version, prev_op_id FROM history "
+                        "WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?")
+    op = head_op
+    for _ in range(10_000):
+        row = session.execute(q, (info.model_id, bucket_of(op), op, param), execution_profile="read_history").one()
+        if row is None:
+            return None
+        if row["new_version"] == target_version:
+            return op == op_id
+        if row["new_version"] < target_version or row["prev_op_id"] is None:
+            return None
+        op = row["prev_op_id"]
+    return None
