@@ -171,4 +171,4 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str,
 # Variables read elsewhere (launcher, tests, feature switches) that are not connection settings.
 _KNOWN_OTHER_ENV = {"CSTORE_CONFIG", "CSTORE_TESTCONTAINERS", "CSTORE_LOG_LEVEL", "CSTORE_LOG_FORMAT",
                     "CSTORE_ENCRYPTION_KEY", "CSTORE_ENCRYPTION_KEY_FILE", "CSTORE_NODE_START_TIMEOUT",
-                    "CSTORE_HEAP"}
+                    "CSTORE_HEAP", "CSTORE_TEST_KEYSPACE", "CSTORE_CQL_DIR", "CSTORE_CASSANDRA_VERSION"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_KEYSPACE = "cstore_test"
+TEST_KEYSPACE = os.environ.get("CSTORE_TEST_KEYSPACE", "cstore_test")
 
 
 def _testcontainers_cassandra():  # pragma: no cover - needs a Docker engine, absent on our machines
