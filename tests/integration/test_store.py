@@ -1,0 +1,129 @@
+"""Parameter store on the real node: reads, updates, replay, rollback, history, stats, profiles."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from cstore.errors import ConfigError
+from cstore.store import Store
+
+
+@pytest.fixture
+def store(base_config):
+    s = Store.from_config(base_config)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def model(store, unique_name):
+    store.create_model(unique_name, {"w": (1000,), "b": (1,), "emb": (50, 4)}, chunk_size=256)
+    yield unique_name
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint32 if a.dtype == np.float32 else np.uint64)
+
+
+def test_create_read_and_sparse_dense_direct_updates(store, model):
+    st = store.read_model(model)
+    assert st.params["w"].shape == (1000,) and st.params["emb"].shape == (50, 4)
+    assert not st.params["w"].any() and st.version == sum(st.chunk_versions.values())
+    r = store.apply_update(model, "w", [1.0, 2.0, 3.0], indices=[0, 300, 999], lr=0.5)
+    assert r.chunks == [0, 1, 3] and r.coords == 3
+    store.apply_update(model, "w", [1.0, 1.0], indices=[5, 5], lr=1.0)  # duplicates add up
+    store.apply_update(model, "b", np.array([7.0]), update_type="direct")
+    store.apply_update(model, "emb", np.ones((2, 4)), indices=[1, 49], lr=0.25)
+    st = store.read_model(model)
+    assert st.params["w"][[0, 300, 999, 5]].tolist() == [-0.5, -1.0, -1.5, -2.0]
+    assert st.params["b"].tolist() == [7.0]
+    assert st.params["emb"][1].tolist() == [-0.25] * 4 and st.params["emb"][49].tolist() == [-0.25] * 4
+    assert st.params["emb"][0].tolist() == [0.0] * 4
+    assert store.head_version(model) == st.version
+    assert st.chunk_versions[("w", 0)] == 3  # created at 1, two commits
+
+
+def test_multi_param_update_commits_chunk_atomically(store, model):
+    r = store.apply_updates(model, {"w": ([1], [1.0]), "b": np.array([2.0])}, lr=1.0)
+    assert r.chunks == [0]
+    assert r.commits[0].new_versions == {"w": 2, "b": 2}  # one commit, both parameters
+    hist = store.history(model)
+    assert {h.param for h in hist} == {"w", "b"} and len({h.op_id for h in hist}) == 1
+
+
+def test_replay_from_snapshot_is_bit_exact(store, model):
+    rng = np.random.default_rng(3)
+    store.apply_update(model, "w", rng.normal(size=1000), lr=0.1)
+    snap = store.snapshot(model, reason="replay test base")
+    for _ in range(10):
+        idx = rng.choice(1000, 20, replace=False)
+        store.apply_update(model, "w", rng.normal(size=20), indices=idx, lr=float(rng.uniform(0.01, 1)))
+    store.apply_update(model, "w", rng.normal(size=1000), lr=0.3)
+    store.apply_updates(model, {"b": np.array([0.123]), "emb": ([3], rng.normal(size=(1, 4)))}, lr=0.7)
+    store.apply_update(model, "b", [3.3], update_type="direct")
+    current = store.read_model(model)
+    replayed = store.replay(model, snap)
+    for p in current.params:
+        np.testing.assert_array_equal(bits(replayed[p]), bits(current.params[p]))
+    assert not np.array_equal(store.versions_mgr.load(store.model_info(model), snap)[0]["w"].data,
+                              current.params["w"][:256])  # the replay really had work to do
+
+
+def test_rollback_restores_snapshot_as_new_head(store, model):
+    store.apply_update(model, "w", [5.0], indices=[10])
+    snap = store.snapshot(model, reason="good model")
+    before = store.read_model(model)
+    store.apply_update(model, "w", np.full(1000, 3.0))
+    store.apply_update(model, "b", [9.0], update_type="direct")
+    head_before_rollback = store.head_version(model)
+    new_head = store.rollback(model, snap, reason="bad deploy")
+    after = store.read_model(model)
+    assert new_head > head_before_rollback and after.version == new_head
+    for p in before.params:
+        np.testing.assert_array_equal(after.params[p], before.params[p])
+    rollbacks = [h for h in store.history(model) if h.update_type == "rollback"]
+    assert rollbacks and all(h.metadata["to_version"] == snap for h in rollbacks)
+    assert {(h.param, h.chunk) for h in rollbacks} == set(before.chunk_versions)
+    versions = store.versions(model)
+    assert versions[0]["version"] == snap and versions[0]["reason"] == "good model"
+    assert store.snapshot(model, reason="again") > snap
+
+
+def test_history_filters_and_stats(store, model):
+    store.apply_update(model, "w", [1.0], indices=[1], lr=0.1, source="batch", metadata={"batch": 1})
+    store.apply_update(model, "b", [1.0], lr=0.3)
+    only_b = store.history(model, param="b")
+    assert [h.param for h in only_b] == ["b"] and only_b[0].learning_rate == 0.3
+    w_rows = store.history(model, param="w")
+    assert w_rows[0].source == "batch" and w_rows[0].metadata == {"batch": 1}
+    assert w_rows[0].old_version == 1 and w_rows[0].new_version == 2
+    assert store.history(model, until=w_rows[0].time.timestamp() - 60) == []
+    stats = store.stats(model)
+    assert sum(b["updates"] for b in stats) == 2
+    total_lr = [b for b in stats if b["updates"]]
+    assert pytest.approx(sum(b["lr_mean"] * b["updates"] for b in total_lr)) == 0.4
+    assert sum(b["bytes_written"] for b in stats) > 0
+
+
+def test_eventual_profile_blind_writes_still_update(base_config, unique_name):
+    s = Store.from_config(dataclasses.replace(base_config, profile="eventual"))
+    try:
+        assert not s.profile.lwt
+        s.create_model(unique_name, {"w": (10,)}, chunk_size=16)
+        s.apply_update(unique_name, "w", [1.0], indices=[2])
+        assert s.read_model(unique_name).params["w"][2] == -1.0
+        s.drop_model(unique_name, confirm=unique_name)
+    finally:
+        s.close()
+
+
+def test_custom_profile_and_invalid_profile(base_config, unique_name):
+    cfg = dataclasses.replace(base_config, profile="fast_reads",
+                              profiles={"fast_reads": {"base": "strong", "read_model": "ONE"}})
+    with Store.from_config(cfg) as s:
+        assert s.profile.levels["read_model"] == "ONE" and s.profile.lwt
+    with pytest.raises(ConfigError, match="unknown consistency profile 'nope'"):
+        Store.from_config(dataclasses.replace(base_config, profile="nope"))
