@@ -1,0 +1,57 @@
+"""Online-learning maths for cstore: feature hashing, sparse logistic
+regression, per-coordinate optimizers, drift detection, learning-rate
+scheduling and federated averaging.
+
+Everything here is pure numpy with no I/O; persistence is the storage
+layer's job (detectors and schedules expose plain-dict ``get_state``).
+
+>>> h = FeatureHasher(n_features=2**10)
+>>> opt = FTRLProximal()
+>>> state = opt.init_state(h.n_features)
+>>> indptr, idx, val = h.transform_many([{"amount": 1.0, "country": "FR"}])
+>>> g = batch_gradient(state["w"], 0.0, indptr, idx, val, np.array([1.0]))
+>>> new = opt.apply({k: state[k][g.indices] for k in opt.state_params}, g.values)
+>>> bool((new["w"] > 0).all())  # positive example: weights move up
+True
+"""
+
+import numpy as np
+
+from cstore.learn.adwin import ADWIN
+from cstore.learn.drift import DriftConfirmer, PageHinkley, detector_from_state
+from cstore.learn.federated import fedavg, fedavg_sparse
+from cstore.learn.hashing import FeatureHasher
+from cstore.learn.logistic import (
+    SparseGradient,
+    batch_gradient,
+    log_loss,
+    predict_proba,
+    predict_proba_batch,
+    sigmoid,
+)
+from cstore.learn.optimizers import SGD, AdaGrad, FTRLProximal, optimizer_from_config
+from cstore.learn.schedule import KIND_WEIGHTS, AdaptiveLearningRate, age_weights, kind_weights
+
+__all__ = [
+    "ADWIN",
+    "KIND_WEIGHTS",
+    "SGD",
+    "AdaGrad",
+    "AdaptiveLearningRate",
+    "DriftConfirmer",
+    "FTRLProximal",
+    "FeatureHasher",
+    "PageHinkley",
+    "SparseGradient",
+    "age_weights",
+    "batch_gradient",
+    "detector_from_state",
+    "fedavg",
+    "fedavg_sparse",
+    "kind_weights",
+    "log_loss",
+    "optimizer_from_config",
+    "predict_proba",
+    "predict_proba_batch",
+    "sigmoid",
+]
