@@ -19,12 +19,13 @@ import random
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import numpy as np
-from cassandra import ConsistencyLevel, OperationTimedOut, Unavailable, WriteTimeout, WriteType
+from cassandra import ConsistencyLevel, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout, WriteType
 from cassandra.query import BatchStatement, BatchType
 from cassandra.util import uuid_from_time
 
@@ -123,7 +124,8 @@ class ChunkEngine:
         stmt = self.q_select.bind((info.model_id, chunk))
         if serial:
             stmt.consistency_level = self.profile.serial_level
-        rows = self.session.execute(stmt, execution_profile="read_model")
+        with replica_errors("read_model"):
+            rows = self.session.execute(stmt, execution_profile="read_model")
         return self.decode_rows(info, chunk, rows)
 
     def bucket_of(self, op_id: uuid.UUID) -> int:
@@ -219,6 +221,9 @@ class ChunkEngine:
             return None
         except Unavailable as exc:
             raise ConsistencyUnavailable(_unavailable_message(exc, "commit_chunk")) from None
+        except ReadTimeout as exc:  # the Paxos read phase of an LWT
+            with replica_errors("commit_chunk"):
+                raise exc
         return rs.was_applied if self.profile.lwt else True
 
     def _resolve(self, info, chunk, rows, changes, op_id) -> bool:
@@ -270,13 +275,27 @@ class ChunkEngine:
 
     @staticmethod
     def _result(future, operation: str):
-        try:
+        with replica_errors(operation):
             return future.result()
-        except Unavailable as exc:
-            raise ConsistencyUnavailable(_unavailable_message(exc, operation)) from None
 
 
 def _unavailable_message(exc: Unavailable, operation: str) -> str:
     level = ConsistencyLevel.value_to_name.get(exc.consistency, exc.consistency)
     return (f"{operation} needs {exc.required_replicas} replica(s) at consistency {level} but only "
-            f"{exc.alive_replicas} answered; bring the missing nodes back or use a weaker profile")
+            f"{exc.alive_replicas} are alive; bring the missing nodes back or use a weaker profile")
+
+
+@contextmanager
+def replica_errors(operation: str):
+    """Turn the driver's replica errors into cstore errors naming the operation, level and replicas."""
+    try:
+        yield
+    except Unavailable as exc:
+        raise ConsistencyUnavailable(_unavailable_message(exc, operation)) from None
+    except (ReadTimeout, WriteTimeout) as exc:
+        if isinstance(exc, WriteTimeout) and exc.write_type == WriteType.CAS:
+            raise  # the caller resolves CAS timeouts; never reported as plain failures
+        level = ConsistencyLevel.value_to_name.get(exc.consistency, exc.consistency)
+        raise ConsistencyUnavailable(f"{operation} timed out at consistency {level}: {exc.received_responses} "
+                                     f"of {exc.required_responses} required replica(s) answered; retry later, "
+                                     f"bring nodes back, or use a weaker profile") from None

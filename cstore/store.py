@@ -24,7 +24,7 @@ from cstore.codec import CodecPipeline
 from cstore.config import Config, load_config
 from cstore.errors import CstoreError, ModelExists, UnknownModel, ValidationError
 from cstore.models import DEFAULT_CHUNK_SIZE, ModelInfo, encode_metadata, validate_name, validate_spec
-from cstore.params import ChunkEngine, ChunkRow, CommitMeta, Transform
+from cstore.params import ChunkEngine, ChunkRow, CommitMeta, Transform, replica_errors
 from cstore.session import Connection, connect as connect_session
 from cstore.stats import StatsRecorder, Totals
 from cstore.updates import UpdateResult, check_kind, check_learning_rate, make_transform, split_update
@@ -139,7 +139,8 @@ class Store:
             return cached[1]
         if not isinstance(name, str):
             raise ValidationError(f"model name must be a string, got {type(name).__name__}")
-        row = self.session.execute(self.q_model, (name,), execution_profile="read_model").one()
+        with replica_errors("read_model"):
+            row = self.session.execute(self.q_model, (name,), execution_profile="read_model").one()
         if row is None:
             self._info_cache.pop(name, None)
             known = sorted(r["name"] for r in self.session.execute(self.q_models))
@@ -178,9 +179,10 @@ class Store:
     # -- reading -----------------------------------------------------------------------------------
     def read_chunks(self, info: ModelInfo, chunks: Iterable[int]) -> dict[int, dict[str, ChunkRow]]:
         ks = list(chunks)
-        results = execute_concurrent_with_args(self.session, self.engine.q_select,
-                                               [(info.model_id, k) for k in ks], concurrency=64,
-                                               raise_on_first_error=True, execution_profile="read_model")
+        with replica_errors("read_model"):
+            results = execute_concurrent_with_args(self.session, self.engine.q_select,
+                                                   [(info.model_id, k) for k in ks], concurrency=64,
+                                                   raise_on_first_error=True, execution_profile="read_model")
         return {k: self.engine.decode_rows(info, k, rows) for k, (ok, rows) in zip(ks, results)}
 
     def read_model(self, name: str, *, params: Iterable[str] | None = None) -> ModelState:
@@ -305,6 +307,20 @@ class Store:
         """Count a detected drift in this bucket's stats."""
         self.stats_recorder.record(self.model_info(name).model_id, Totals(drift_events=n))
         self.stats_recorder.flush()
+
+    # -- feedback (logic in cstore/feedback.py and cstore/feedback_writer.py) ----------------------
+    def feedback(self, model: str, entity_id: str | int, label: float, *, kind: str = "explicit",
+                 confidence: float | None = None, event_time: float | datetime | str | None = None,
+                 features: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+        """Write one feedback event; returns once it is durable (validated first, nothing written if bad)."""
+        from cstore.feedback import send_one
+        send_one(self, model, entity_id, label, kind=kind, confidence=confidence, event_time=event_time,
+                 features=features, metadata=metadata)
+
+    def feedback_writer(self, model: str, **opts: Any):
+        """A buffered :class:`cstore.feedback_writer.FeedbackWriter` (linger_ms, max_batch, max_buffer_bytes…)."""
+        from cstore.feedback_writer import FeedbackWriter
+        return FeedbackWriter(self, model, **opts)
 
     # -- versions ----------------------------------------------------------------------------------
     def snapshot(self, name: str, *, reason: str) -> int:

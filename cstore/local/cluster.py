@@ -157,13 +157,14 @@ class LocalCluster:
                                 f"(CSTORE_NODE_START_TIMEOUT). From {n.system_log}:\n{n.failure_excerpt(offset)}")
 
     def _wait_peers(self, deadline: float) -> None:
-        from cassandra.cluster import Cluster
+        from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile
         from cassandra.policies import WhiteListRoundRobinPolicy
         from cassandra.auth import PlainTextAuthProvider
 
         auth = PlainTextAuthProvider("cassandra", "cassandra") if self.auth else None
         for n in self.nodes():
-            cluster = Cluster([n.address], load_balancing_policy=WhiteListRoundRobinPolicy([n.address]),
+            only_n = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([n.address]))
+            cluster = Cluster([n.address], execution_profiles={EXEC_PROFILE_DEFAULT: only_n},
                               auth_provider=auth, protocol_version=5, connect_timeout=5)
             try:
                 session = cluster.connect()
