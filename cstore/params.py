@@ -29,9 +29,10 @@ from cassandra import ConsistencyLevel, OperationTimedOut, ReadTimeout, Unavaila
 from cassandra.query import BatchStatement, BatchType
 from cassandra.util import uuid_from_time
 
-from cstore.codec import CodecPipeline, encode_sparse
+from cstore.codec import CodecPipeline, chunk_context, encode_sparse
 from cstore.errors import ConflictError, ConsistencyUnavailable, CorruptData, UnknownOutcome
 from cstore.models import ModelInfo
+from cstore.session import execute, execute_all
 
 log = logging.getLogger("cstore.params")
 
@@ -69,6 +70,7 @@ class ChunkCommit:
     overwrites: int = 0
     bytes_written: int = 0
     resolved_after_timeout: bool = False
+    cas_seconds: float = 0.0  # time of the successful conditional write itself
     touched: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
@@ -113,7 +115,8 @@ class ChunkEngine:
                 continue
             start, stop = info.chunk_bounds(r["param"], chunk)
             try:
-                data = self.codec.decode(r["data"], expect_dtype=info.dtype, expect_shape=[stop - start])
+                data = self.codec.decode(r["data"], expect_dtype=info.dtype, expect_shape=[stop - start],
+                                         context=chunk_context(info.model_id, chunk, r["param"]))
             except CorruptData as exc:
                 raise CorruptData(f"model {info.name!r} parameter {r['param']!r} chunk {chunk} "
                                   f"(version {r['version']}): {exc}") from None
@@ -125,7 +128,7 @@ class ChunkEngine:
         if serial:
             stmt.consistency_level = self.profile.serial_level
         with replica_errors("read_model"):
-            rows = self.session.execute(stmt, execution_profile="read_model")
+            rows = execute(self.session, stmt, profile="read_model")
         return self.decode_rows(info, chunk, rows)
 
     def bucket_of(self, op_id: uuid.UUID) -> int:
@@ -148,9 +151,12 @@ class ChunkEngine:
                                   f"the model is incomplete: restore it from a snapshot")
             op_id = uuid_from_time(time.time())
             bucket = self.bucket_of(op_id)
-            blobs = {p: self.codec.encode(new) for p, (new, _) in changes.items()}
+            blobs = {p: self.codec.encode(new, context=chunk_context(info.model_id, chunk, p))
+                     for p, (new, _) in changes.items()}
             self._write_history(info, chunk, rows, changes, meta, op_id, bucket)
+            t_cas = time.perf_counter()
             applied = self._write_chunk(info, chunk, rows, blobs, op_id)
+            cas_seconds = time.perf_counter() - t_cas
             if applied is None:  # outcome unknown after a timeout: resolve it by a SERIAL read
                 applied = self._resolve(info, chunk, rows, changes, op_id)
                 resolved = True
@@ -165,7 +171,7 @@ class ChunkEngine:
                             self._last_written[(info.model_id, chunk, p)] = (v, op_id)
                 commit = ChunkCommit(chunk, op_id, {p: rows[p].version for p in changes}, new_versions,
                                      sum(len(t) for _, t in changes.values()), retries, conflicts, overwrites,
-                                     sum(len(b) for b in blobs.values()), resolved,
+                                     sum(len(b) for b in blobs.values()), resolved, cas_seconds,
                                      {p: t for p, (_, t) in changes.items()})
                 return commit
             self._abort_history(info, changes, op_id, bucket)
@@ -179,16 +185,16 @@ class ChunkEngine:
             rows = self.read_chunk(info, chunk)
 
     def _write_history(self, info, chunk, rows, changes, meta: CommitMeta, op_id, bucket) -> None:
-        futures = []
+        requests = []
         for p, (new, touched) in changes.items():
             touched = np.asarray(touched, dtype=np.int32)
             delta = encode_sparse(touched, new[touched])
-            futures.append(self.session.execute_async(
-                self.q_history, (info.model_id, bucket, op_id, p, chunk, rows[p].version, rows[p].version + 1,
-                                 rows[p].op_id, meta.update_type, meta.learning_rate, meta.source, delta,
-                                 meta.metadata, self.history_ttl_s), execution_profile="write_history"))
-        for f in futures:
-            self._result(f, "write_history")
+            requests.append((self.q_history, (info.model_id, bucket, op_id, p, chunk, rows[p].version,
+                                              rows[p].version + 1, rows[p].op_id, meta.update_type,
+                                              meta.learning_rate, meta.source, delta, meta.metadata,
+                                              self.history_ttl_s)))
+        with replica_errors("write_history"):
+            execute_all(self.session, requests, profile="write_history")
 
     def _abort_history(self, info, changes, op_id, bucket) -> None:
         for p in changes:  # best effort: the chain walk ignores losers even without the mark
@@ -211,7 +217,7 @@ class ChunkEngine:
             for s in stmts:
                 stmt.add(s)
         try:
-            rs = self.session.execute(stmt, execution_profile="commit_chunk")
+            rs = execute(self.session, stmt, profile="commit_chunk")
         except (WriteTimeout, OperationTimedOut) as exc:
             if isinstance(exc, WriteTimeout) and exc.write_type not in (WriteType.CAS, WriteType.SIMPLE,
                                                                         WriteType.BATCH):
@@ -254,11 +260,9 @@ class ChunkEngine:
         return found
 
     def _write_index(self, info, chunk, new_versions: Mapping[str, int], op_id: uuid.UUID) -> None:
-        futures = [self.session.execute_async(self.q_index, (info.model_id, p, chunk, v, op_id, v),
-                                              execution_profile="commit_chunk")
-                   for p, v in new_versions.items()]
-        for f in futures:
-            self._result(f, "commit_chunk")
+        with replica_errors("commit_chunk"):
+            execute_all(self.session, [(self.q_index, (info.model_id, p, chunk, v, op_id, v))
+                                       for p, v in new_versions.items()], profile="commit_chunk")
 
     def _count_overwrites(self, info, chunk, rows) -> int:
         """Eventual profile: did a concurrent blind write replace the version we wrote last?"""
@@ -272,11 +276,6 @@ class ChunkEngine:
                     n += 1
                     self._last_written.pop((info.model_id, chunk, p))
         return n
-
-    @staticmethod
-    def _result(future, operation: str):
-        with replica_errors(operation):
-            return future.result()
 
 
 def _unavailable_message(exc: Unavailable, operation: str) -> str:

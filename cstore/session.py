@@ -10,10 +10,12 @@ import logging
 import os
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from cassandra import AuthenticationFailed, ConsistencyLevel
+from cassandra.connection import ConnectionBusy
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
@@ -113,3 +115,38 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
 def _short(err: Exception) -> str:
     text = str(err)
     return text if len(text) < 300 else text[:300] + "…"
+
+
+def _busy(exc: BaseException) -> bool:
+    """The driver refused to send because the connection's socket buffer is full (libev back-pressure).
+
+    Nothing reached the server, so sending again is safe even for a compare-and-set.
+    """
+    errors = getattr(exc, "errors", None)
+    return isinstance(exc, NoHostAvailable) and bool(errors) and all(
+        isinstance(e, ConnectionBusy) for e in errors.values())
+
+
+def execute(session: Session, statement: Any, parameters: Any = None, *, profile: str, attempts: int = 200):
+    """``session.execute`` that waits out client-side back-pressure instead of failing."""
+    for attempt in range(attempts):
+        try:
+            return session.execute(statement, parameters, execution_profile=profile)
+        except NoHostAvailable as exc:
+            if not _busy(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.001 * (attempt + 1), 0.05))
+
+
+def execute_all(session: Session, requests: list[tuple[Any, Any]], *, profile: str) -> list:
+    """Send every (statement, parameters) at once and wait for all; busy sends are retried."""
+    futures = [session.execute_async(stmt, params, execution_profile=profile) for stmt, params in requests]
+    results = []
+    for (stmt, params), fut in zip(requests, futures):
+        try:
+            results.append(fut.result())
+        except NoHostAvailable as exc:
+            if not _busy(exc):
+                raise
+            results.append(execute(session, stmt, params, profile=profile))
+    return results

@@ -20,7 +20,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.util import uuid_from_time
 
 from cstore import history as hist
-from cstore.codec import CodecPipeline
+from cstore.codec import CodecPipeline, chunk_context
 from cstore.config import Config, load_config
 from cstore.errors import CstoreError, ModelExists, UnknownModel, ValidationError
 from cstore.models import DEFAULT_CHUNK_SIZE, ModelInfo, encode_metadata, validate_name, validate_spec
@@ -78,7 +78,10 @@ class Store:
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Store":
-        return cls(connect_session(cfg, keyspace=cfg.keyspace))
+        """Connect; chunks are encrypted at rest when CSTORE_ENCRYPTION_KEY(_FILE) is set (cstore/crypto.py)."""
+        from cstore.crypto import pipeline_from_env
+        codec = pipeline_from_env()  # key errors before connecting: nothing is written with a bad setup
+        return cls(connect_session(cfg, keyspace=cfg.keyspace), codec=codec)
 
     def close(self) -> None:
         try:
@@ -119,7 +122,8 @@ class Store:
             flat = full.reshape(-1)
             for k in info.chunks_of(p):
                 lo, hi = info.chunk_bounds(p, k)
-                args.append((info.model_id, k, p, self.codec.encode(flat[lo:hi]), op_id, now))
+                blob = self.codec.encode(flat[lo:hi], context=chunk_context(info.model_id, k, p))
+                args.append((info.model_id, k, p, blob, op_id, now))
                 index_args.append((info.model_id, p, k, op_id))
         # Chunks first, the models row last: a model is visible only once complete.
         execute_concurrent_with_args(self.session, self.q_init, args, concurrency=32, raise_on_first_error=True,
@@ -288,7 +292,7 @@ class Store:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="cstore-commit")
+            self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cstore-commit")
         return self._pool
 
     def _record(self, info: ModelInfo, result: UpdateResult, lr: float | None, drift_events: int = 0) -> None:
