@@ -1,7 +1,10 @@
 """Arrays to bytes and back, as a small codec pipeline (in the spirit of zarr's codecs).
 
 Knows nothing of Cassandra. A chunk is msgpack ``{"v": 1, "dtype": "<f4", "shape": [n],
-"data": <raw little-endian bytes>}``; further codecs (e.g. encryption) wrap those bytes.
+"data": <raw little-endian bytes>}``; further codecs (e.g. encryption, ``cstore.crypto``) wrap
+those bytes. ``context`` identifies what a blob *is* (model, chunk, parameter, see
+:func:`chunk_context`); stages that authenticate bind their output to it, so that a blob
+copied to another place in the database is refused.
 
 >>> import numpy as np
 >>> pipe = CodecPipeline()
@@ -22,12 +25,22 @@ ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
 _FORMAT_VERSION = 1
 
 
+# Encrypted envelopes start with this (see cstore/crypto.py); known here only to give a clear
+# error when encrypted chunks are read without the key.
+ENCRYPTED_MAGIC = b"CSE1"
+
+
 class BytesCodec(Protocol):
-    """A bytes → bytes stage (compression, encryption)."""
+    """A bytes → bytes stage (compression, encryption); ``context`` is associated data."""
 
-    def encode(self, data: bytes) -> bytes: ...
+    def encode(self, data: bytes, context: bytes = b"") -> bytes: ...
 
-    def decode(self, data: bytes) -> bytes: ...
+    def decode(self, data: bytes, context: bytes = b"") -> bytes: ...
+
+
+def chunk_context(model_id, chunk: int, param: str) -> bytes:
+    """Associated data naming one stored chunk: model incarnation, chunk index, parameter."""
+    return b"|".join((model_id.bytes, int(chunk).to_bytes(8, "big", signed=True), param.encode("utf-8")))
 
 
 def encode_array(array: np.ndarray) -> bytes:
@@ -43,6 +56,9 @@ def encode_array(array: np.ndarray) -> bytes:
 def decode_array(blob: bytes, *, expect_dtype: str | None = None,
                  expect_shape: Sequence[int] | None = None) -> np.ndarray:
     """Decode :func:`encode_array` output, checking it is whole and what the caller expects."""
+    if bytes(blob[:4]) == ENCRYPTED_MAGIC:
+        raise CorruptData("chunk is encrypted but no encryption key is configured; set "
+                          "CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
     try:
         obj = msgpack.unpackb(blob, raw=False)
     except Exception as exc:
@@ -73,16 +89,16 @@ class CodecPipeline:
     def __init__(self, stages: Sequence[BytesCodec] = ()) -> None:
         self.stages = list(stages)
 
-    def encode(self, array: np.ndarray) -> bytes:
+    def encode(self, array: np.ndarray, *, context: bytes = b"") -> bytes:
         data = encode_array(array)
         for stage in self.stages:
-            data = stage.encode(data)
+            data = stage.encode(data, context)
         return data
 
     def decode(self, blob: bytes, *, expect_dtype: str | None = None,
-               expect_shape: Sequence[int] | None = None) -> np.ndarray:
+               expect_shape: Sequence[int] | None = None, context: bytes = b"") -> np.ndarray:
         for stage in reversed(self.stages):
-            blob = stage.decode(blob)
+            blob = stage.decode(blob, context)
         return decode_array(blob, expect_dtype=expect_dtype, expect_shape=expect_shape)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from cassandra.concurrent import execute_concurrent_with_args
 
+from cstore.codec import chunk_context
 from cstore.errors import ValidationError
 from cstore.models import ModelInfo
 from cstore.params import ChunkEngine, ChunkRow, CommitMeta
@@ -60,7 +61,8 @@ class Versions:
         head = sum(r.version for rows in chunks.values() for r in rows.values())
         if self.session.execute(self.q_header, (info.model_id, head), execution_profile="read_model").one():
             return head  # the same head was snapshotted already: same content, nothing to do
-        args = [(info.model_id, head, k, p, self.engine.codec.encode(r.data), r.version, r.op_id)
+        args = [(info.model_id, head, k, p,
+                 self.engine.codec.encode(r.data, context=chunk_context(info.model_id, k, p)), r.version, r.op_id)
                 for k, rows in chunks.items() for p, r in rows.items()]
         execute_concurrent_with_args(self.session, self.q_put_chunk, args, concurrency=32,
                                      raise_on_first_error=True, execution_profile="commit_chunk")
