@@ -47,6 +47,11 @@ class Config:
     stats_bucket_s: int = 300
     max_retries: int = 12
     max_payload_bytes: int = 8 * 1024 * 1024
+    # Feedback layout for models whose feedback config is created implicitly (see cstore/feedback.py).
+    feedback_partitions: int = 16
+    feedback_bucket_s: int = 60
+    feedback_ttl_s: int = 7 * 24 * 3600
+    feedback_lateness_s: int = 30
     local_dir: str = ".local"
     source: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -80,7 +85,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
                 raise ValueError("empty list")
             return points
         if name in ("port", "replication_factor", "history_bucket_s", "history_ttl_s",
-                    "stats_bucket_s", "max_retries", "max_payload_bytes"):
+                    "stats_bucket_s", "max_retries", "max_payload_bytes", "feedback_partitions",
+                    "feedback_bucket_s", "feedback_ttl_s", "feedback_lateness_s"):
             out = int(value)
             if out <= 0 or (name == "port" and out > 65535):
                 raise ValueError(f"{out} is out of range")

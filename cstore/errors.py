@@ -63,3 +63,19 @@ class ConsistencyUnavailable(CstoreError):
 
 class NotLoaded(CstoreError):
     """A model handle was used for prediction before any copy of the model was loaded."""
+
+
+class InvalidFeedback(ValidationError):
+    """A feedback event (or a line of a feedback file) is malformed; nothing of it was written."""
+
+
+class FeedbackBackPressure(CstoreError):
+    """The feedback writer's buffer stayed full for longer than its send timeout."""
+
+
+class FeedbackWriteFailed(CstoreError):
+    """Feedback segments could not be written after retries; those events are not durable."""
+
+
+class PermissionDenied(CstoreError):
+    """The logged-in role lacks a permission for this operation (see cql/roles/roles.cql)."""

@@ -1,0 +1,179 @@
+"""The fleet as processes: ``cstore worker`` subprocesses learn 100,000 events; kill -9 and takeover.
+
+Measured figures are printed (run with ``-s`` to see them).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from cstore.feedback import context
+from cstore.fraudsim import FraudStream, constant_log_loss
+from cstore.learn import FeatureHasher, log_loss, predict_proba_batch
+from cstore.learner import create_learner
+from cstore.learner_state import SharedLearnerState
+from cstore.status import fleet_status
+from cstore.store import Store
+from feedback_helpers import all_segments, learned_counts, new_name, start_worker
+
+BATCH = 2000
+
+
+@pytest.fixture(scope="module")
+def store(base_config):
+    st = Store.from_config(base_config)
+    yield st
+    st.close()
+
+
+def _wait(predicate, timeout: float, what: str, every: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _stop(procs) -> list[dict]:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=30)
+        assert p.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def _duplicates(store, name, fcfg) -> tuple[int, int, int]:
+    """(segments never learned, events learned more than once, events learned in total)."""
+    shared = SharedLearnerState(store.session, fcfg.model_id, "default", {}, {}, serial_level=0, ttl_s=fcfg.ttl_s)
+    counts, traces = learned_counts(store, name, shared)
+    segs = {s["seg_id"]: s["n_events"] for s in all_segments(store.session, fcfg)}
+    missing = sum(1 for s in segs if counts[s] == 0)
+    dups = sum(segs[s] * (c - 1) for s, c in counts.items() if c > 1)
+    return missing, dups, sum(t["n_learned"] for t in traces)
+
+
+@pytest.mark.slow
+def test_two_worker_processes_learn_100k_events(base_config, store):
+    name = new_name("fleet")
+    create_learner(store, name, n_features=2**16, chunk_size=16384, partitions=8)
+    gen = FraudStream(seed=21)
+    train, holdout = gen.sample(100_000), gen.sample(5_000, prefix="holdout")
+    t0 = time.monotonic()
+    with store.feedback_writer(name) as w:
+        for tx in train:
+            w.send(tx["entity_id"], tx["label"], features=tx["features"])
+    ingest_s = time.monotonic() - t0
+    procs = [start_worker(base_config, name, "--lease-ttl", "5", "--batch-size", str(BATCH), "--max-wait-ms", "100")
+             for _ in range(2)]
+    try:
+        t1 = time.monotonic()
+        st = _wait(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= 100_000
+                   and s, 150, "lag 0", every=1.0)
+        learn_s = time.monotonic() - t1
+        owners = {w["worker"]: len(w["partitions"]) for w in st["workers"]}
+        assert len(owners) == 2 and sorted(owners.values()) == [4, 4]  # ceil(8 / 2) each
+    finally:
+        stats = _stop(procs)
+    assert all(s["events"] > 0 for s in stats)  # both did work
+    after = fleet_status(store, name)
+    assert all(p["owner"] is None for p in after["partitions"]) and after["workers"] == []  # SIGTERM released
+    missing, dups, learned = _duplicates(store, name, context(store).config(name)[1])
+    lost = sum(s["lost_checkpoints"] for s in stats)
+    assert missing == 0
+    assert dups <= BATCH * lost and learned == 100_000 + dups  # no crash: no duplicate
+    # The learned model against a constant predictor, on held-out events.
+    params = store.read_model(name).params
+    indptr, idx, val = FeatureHasher(2**16).transform_many([tx["features"] for tx in holdout])
+    y = np.array([tx["label"] for tx in holdout], float)
+    p = predict_proba_batch(params["weights"], float(params["bias"][0]), indptr, idx, val)
+    model_ll = float(np.mean(log_loss(p, y)))
+    const_ll = constant_log_loss(y, float(np.mean([tx["label"] for tx in train])))
+    ranks = np.argsort(np.argsort(p)) + 1.0  # AUC from the rank-sum (Mann-Whitney) statistic
+    pos = y == 1
+    auc = float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
+    contention = {k: sum(r[k] for r in store.stats(name, since=time.time() - 900)) for k in ("conflicts", "retries")}
+    print(f"\ningest {100_000 / ingest_s:.0f} events/s; 2 workers learned 100k events in {learn_s:.1f} s "
+          f"({100_000 / learn_s:.0f} events/s); duplicates {dups}; held-out log loss {model_ll:.4f} vs constant "
+          f"{const_ll:.4f}; AUC {auc:.3f} (constant: 0.5); chunk commit contention {contention}")
+    assert model_ll < 0.85 * const_ll and auc > 0.8
+
+
+@pytest.mark.slow
+def test_kill_9_one_worker_the_other_takes_over(base_config, store):
+    name = new_name("kill")
+    ttl = 4
+    create_learner(store, name, n_features=2**14, chunk_size=16384, partitions=8)
+    gen = FraudStream(seed=22)
+    stream = gen.sample(30_000)
+    done = threading.Event()
+
+    def produce() -> None:  # a steady 3000 events/s for 10 s, so the workers are busy when one dies
+        with store.feedback_writer(name, linger_ms=20) as w:
+            start = time.monotonic()
+            for i, tx in enumerate(stream):
+                w.send(tx["entity_id"], tx["label"], features=tx["features"])
+                if i % 300 == 0:
+                    time.sleep(max(0.0, start + i / 3000 - time.monotonic()))
+        done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    procs = [start_worker(base_config, name, "--lease-ttl", str(ttl), "--batch-size", "1000", "--max-wait-ms",
+                          "100") for _ in range(2)]
+    try:
+        workers = _wait(lambda: (ws := fleet_status(store, name)["workers"]) and len(ws) == 2
+                        and all(len(w["partitions"]) == 4 for w in ws) and ws, 30, "2 workers with 4 partitions")
+        time.sleep(1.5)
+        victim = procs[0]
+        victim_id = next(w["worker"] for w in workers if w["pid"] == victim.pid)
+        survivor_id = next(w["worker"] for w in workers if w["pid"] != victim.pid)
+        os.kill(victim.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        _wait(lambda: all(p["owner"] == survivor_id for p in fleet_status(store, name)["partitions"]), ttl + 10,
+              "the survivor to own every partition", every=0.1)
+        takeover_s = time.monotonic() - killed_at
+        victim.wait(timeout=10)
+        assert victim.returncode == -signal.SIGKILL
+        producer.join(timeout=60)
+        assert done.is_set()
+        _wait(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= len(stream),
+              60, "lag 0 after the takeover")
+    finally:
+        if producer.is_alive():
+            producer.join(timeout=60)
+        stats = _stop([p for p in procs if p.poll() is None])
+    missing, dups, learned = _duplicates(store, name, context(store).config(name)[1])
+    print(f"\nkill -9 of {victim_id}: takeover after {takeover_s:.2f} s (lease TTL {ttl} s); "
+          f"duplicates {dups} events; survivor {stats[0]['events']} events")
+    assert takeover_s <= ttl + 3
+    assert missing == 0  # nothing left unlearned
+    assert dups <= 1000 and learned == len(stream) + dups  # at most the victim's one in-flight batch
+
+
+@pytest.mark.slow
+def test_processes_flag_and_sigterm(base_config, store):
+    """``--processes 2`` supervises two workers; SIGTERM: they finish, release their leases, exit 0."""
+    name = new_name("procs")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=4)
+    sup = start_worker(base_config, name, "--processes", "2", "--lease-ttl", "30")
+    try:
+        _wait(lambda: len(fleet_status(store, name)["workers"]) == 2 and all(
+            p["owner"] for p in fleet_status(store, name)["partitions"]), 30, "2 workers owning all partitions")
+    finally:
+        sup.send_signal(signal.SIGTERM)
+        _, stderr = sup.communicate(timeout=30)
+    assert sup.returncode == 0, stderr[-2000:]
+    st = fleet_status(store, name)  # released at once, not after the 30 s TTL
+    assert all(p["owner"] is None for p in st["partitions"]) and st["workers"] == []

@@ -1,0 +1,180 @@
+"""Workers in-process on the real node: learning, priority, feature lookup, exact resumption, drift, federated."""
+from __future__ import annotations
+
+import json
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from cstore.feedback import context, decode_payload
+from cstore.fraudsim import FraudStream
+from cstore.learn import FTRLProximal, FeatureHasher, batch_gradient, detector_from_state, log_loss, \
+    predict_proba_batch
+from cstore.learner import commit_federated, create_learner
+from cstore.status import fleet_status
+from cstore.store import Store
+from cstore.worker import Worker
+from feedback_helpers import all_segments, learned_counts, new_name, run_cli
+
+FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
+
+
+@pytest.fixture(scope="module")
+def store(base_config):
+    st = Store.from_config(base_config)
+    yield st
+    st.close()
+
+
+def _ingest(store, name, txs, kind="explicit", max_batch=500, with_features=True) -> None:
+    with store.feedback_writer(name, max_batch=max_batch, linger_ms=5) as w:
+        for tx in txs:
+            w.send(tx["entity_id"], tx["label"], kind=kind, features=tx["features"] if with_features else None)
+
+
+def test_worker_learns_everything_and_checkpoints(base_config, store):
+    name = new_name("wk")
+    create_learner(store, name, n_features=2**14, chunk_size=4096, partitions=4)
+    _ingest(store, name, FraudStream(seed=11).sample(6000))
+    w = Worker(store, name, batch_size=1000, **FAST)
+    stats = w.run(until_idle=True)
+    assert stats["events"] == 6000 and stats["learned"] == 6000 and stats["lost_checkpoints"] == 0
+    st = fleet_status(store, name)
+    assert st["lag_events"] == 0 and st["learned_events"] == 6000
+    assert all(p["owner"] is None for p in st["partitions"]) and st["workers"] == []  # released on exit
+    counts, traces = learned_counts(store, name, w.shared)
+    segs = all_segments(store.session, w.fcfg)
+    assert set(counts) == {s["seg_id"] for s in segs} and set(counts.values()) == {1}  # each exactly once
+    assert sum(t["n_learned"] for t in traces) == 6000
+    hist = store.history(name, since=time.time() - 600)
+    meta = hist[-1].metadata
+    assert {"batch", "samples", "offsets", "drift_score", "loss", "lr_scale", "worker"} <= set(meta)
+    assert hist[-1].source == "feedback" and hist[-1].update_type == "gradient"
+    res = run_cli(base_config, "status", name, "--json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {"head_version", "lag_events", "partitions", "workers", "last_commit", "drift"} <= set(out)
+    assert out["lag_events"] == 0 and out["head_version"] == st["head_version"] > 0
+    assert {"owner", "lag_events"} <= set(out["partitions"][0]) and out["last_commit"] is not None
+
+
+def test_higher_priority_feedback_is_learned_first(store):
+    name = new_name("prio")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2)
+    gen = FraudStream(seed=12)
+    _ingest(store, name, gen.sample(3000), kind="other")      # the backlog
+    _ingest(store, name, gen.sample(3000), kind="explicit")   # arrives later, more important
+    w = Worker(store, name, batch_size=1000, starvation_reserve=0.1, **FAST)
+    w.run(max_batches=2)
+    _, traces = learned_counts(store, name, w.shared)
+    lanes = [lane for t in traces for _, lane, _, n in t["segments"] for _ in range(n)]
+    explicit, other = w.fcfg.lane_of("explicit"), w.fcfg.lane_of("other")
+    assert len(lanes) >= 1500 and lanes.count(explicit) >= 0.85 * len(lanes) and lanes.count(other) > 0
+
+
+def test_events_without_features_use_the_lookup_hook(store):
+    name = new_name("look")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2)
+    txs = FraudStream(seed=13).sample(1200)
+    _ingest(store, name, txs[:600], with_features=False)
+    known = {tx["entity_id"]: tx["features"] for tx in txs[:400]}
+    calls = []
+
+    def lookup(model, entity_ids):
+        calls.append((model, len(entity_ids)))
+        return {e: known[e] for e in entity_ids if e in known}
+
+    stats = Worker(store, name, batch_size=5000, feature_lookup=lookup, **FAST).run(until_idle=True)
+    assert calls and calls[0][0] == name
+    assert stats["events"] == 600 and stats["learned"] == 400 and stats["skipped"] == 200
+    assert fleet_status(store, name)["lag_events"] == 0  # skipped events are consumed, and counted
+
+
+def test_a_failing_batch_is_retried_not_lost(store):
+    name = new_name("retry")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2)
+    txs = FraudStream(seed=16).sample(300)
+    _ingest(store, name, txs, with_features=False)
+    features = {tx["entity_id"]: tx["features"] for tx in txs}
+    calls = []
+
+    def flaky_lookup(model, entity_ids):  # e.g. the prediction log's table is briefly unavailable
+        calls.append(len(entity_ids))
+        if len(calls) == 1:
+            raise TimeoutError("prediction log unavailable")
+        return {e: features[e] for e in entity_ids}
+
+    stats = Worker(store, name, batch_size=1000, feature_lookup=flaky_lookup, **FAST).run(until_idle=True)
+    assert stats["errors"] == 1 and stats["learned"] == 300 and stats["events"] == 300
+    assert fleet_status(store, name)["lag_events"] == 0
+
+
+def test_a_restarted_worker_resumes_exactly(store):
+    """Two workers one after the other give bit-for-bit the model a pure-numpy replay of the batches gives."""
+    name = new_name("resume")
+    create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=2, alpha=0.3)
+    _ingest(store, name, FraudStream(seed=14).sample(5000), max_batch=250)
+    first = Worker(store, name, batch_size=1000, **FAST)
+    first.run(max_batches=2)
+    Worker(store, name, batch_size=1000, **FAST).run(until_idle=True)
+    counts, traces = learned_counts(store, name, first.shared)
+    assert len(traces) >= 5 and set(counts.values()) == {1}
+    events = {s["seg_id"]: decode_payload(s["payload"]) for s in all_segments(store.session, first.fcfg)}
+    opt, hasher = FTRLProximal(alpha=0.3, beta=1.0), FeatureHasher(2**12)
+    z, n, w = (np.zeros(2**12, np.float32) for _ in range(3))
+    bz, bn, b = np.zeros(1, np.float32), np.zeros(1, np.float32), 0.0
+    losses = []
+    for t in sorted(traces, key=lambda t: t["batch_id"].time):
+        evs = [ev for _, _, seg_id, _ in t["segments"] for ev in events[seg_id]]
+        indptr, idx, val = hasher.transform_many([ev.features for ev in evs])
+        y = np.array([ev.label for ev in evs])
+        losses += list(log_loss(predict_proba_batch(w, b, indptr, idx, val), y))
+        g = batch_gradient(w, b, indptr, idx, val, y, np.ones(len(evs)))
+        z[g.indices], n[g.indices], w[g.indices] = opt.step(z[g.indices], n[g.indices], g.values, t["lr_scale"])
+        bz, bn, bw = opt.step(bz, bn, np.array([g.bias]), t["lr_scale"])
+        b = float(bw[0])
+    stored = store.read_model(name).params
+    for param, mine in (("weights", w), ("z", z), ("n", n)):
+        np.testing.assert_array_equal(stored[param], mine)
+    assert stored["bias"][0] == np.float32(b) and stored["bias_z"][0] == bz[0]
+    state = msgpack.unpackb(first.shared.read()["state"], raw=False)
+    det = detector_from_state(state["detector"])
+    assert det.get_state()["detector"]["n"] + 5000 >= len(losses)  # the detector saw the stream after warm-up
+
+
+def test_drift_is_detected_recorded_and_answered(store):
+    name = new_name("drift")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2, drift_warmup=1000,
+                   drift_params={"min_instances": 200}, drift_response="both")
+    gen = FraudStream(seed=15)
+    _ingest(store, name, gen.sample(4000))
+    w = Worker(store, name, batch_size=500, **FAST)
+    w.run(until_idle=True)
+    assert fleet_status(store, name)["drift"]["detections"] == 0
+    flipped = [{**tx, "label": 1 - tx["label"]} for tx in gen.sample(3000)]  # the concept turns around
+    _ingest(store, name, flipped)
+    w = Worker(store, name, batch_size=500, **FAST)
+    w.run(until_idle=True)
+    st = fleet_status(store, name)
+    assert st["drift"]["detections"] >= 1 and st["drift"]["last_drift"] is not None
+    assert sum(r["drift_events"] for r in store.stats(name, since=time.time() - 600)) >= 1
+    assert st["drift"]["lr_scale"] > 1.0  # response "both": a higher learning rate...
+    assert any("drift detected" in v["reason"] for v in store.versions(name))  # ...and a snapshot first
+
+
+def test_federated_deltas_are_averaged_and_committed(store):
+    name = new_name("fed")
+    create_learner(store, name, n_features=2**10, chunk_size=256, partitions=2)
+    result = commit_federated(store, name, [
+        {"indices": [1, 300], "values": [0.4, -0.2], "count": 1, "bias": 0.1},
+        {"indices": [1], "values": [1.0], "count": 3, "bias": 0.5},
+    ])
+    assert result.chunks == [0, 1]
+    params = store.read_model(name).params
+    np.testing.assert_allclose(params["weights"][[1, 300]], [(0.4 + 3.0) / 4, -0.2 / 4], rtol=1e-5)
+    np.testing.assert_allclose(params["bias"][0], (0.1 + 1.5) / 4, rtol=1e-5)
+    opt = FTRLProximal(alpha=0.3)
+    np.testing.assert_array_equal(params["weights"], opt.weights_from(params["z"], params["n"]))
+    assert {h.update_type for h in store.history(name, since=time.time() - 600)} == {"federated"}
