@@ -42,6 +42,12 @@ class Config:
     replication_dcs: Mapping[str, int] = field(default_factory=dict)
     connect_timeout_s: float = 10.0
     request_timeout_s: float = 12.0
+    # Scoring client (cstore/client.py): how often a cached model polls its head version, how often it
+    # re-reads chunk versions from the chunks themselves, and the prediction log's lifetime and buffer.
+    refresh_interval_s: float = 0.15
+    full_check_s: float = 30.0
+    prediction_log_ttl_s: int = 30 * 24 * 3600
+    prediction_log_queue: int = 10_000
     history_bucket_s: int = 3600
     history_ttl_s: int = 7 * 24 * 3600
     stats_bucket_s: int = 300
@@ -91,7 +97,14 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             if out <= 0 or (name == "port" and out > 65535):
                 raise ValueError(f"{out} is out of range")
             return out
-        if name in ("connect_timeout_s", "request_timeout_s"):
+        if name in ("prediction_log_ttl_s", "prediction_log_queue"):
+            out = int(value)
+            if out <= 0:
+                raise ValueError(f"{out} must be positive")
+            return out
+        if name in ("refresh_interval_s", "full_check_s") and not 0.01 <= float(value) <= 3600:
+            raise ValueError(f"{value} must be between 0.01 and 3600 seconds")
+        if name in ("connect_timeout_s", "request_timeout_s", "refresh_interval_s", "full_check_s"):
             out = float(value)
             if not out > 0:
                 raise ValueError(f"{out} must be positive")

@@ -13,6 +13,7 @@ from typing import Any
 
 from cstore.feedback import context
 from cstore.feedback_reader import FeedbackReader
+from cstore.prediction_log import PredictionLog
 
 
 def _iso(dt) -> str | None:
@@ -49,4 +50,7 @@ def fleet_status(store, model: str, group: str = "default") -> dict[str, Any]:
                   "lr_scale": state.get("lr_scale"), "batches": state.get("batches") or 0,
                   "events_scored": state.get("events") or 0},
         "feedback": fcfg.to_dict(),
+        # Scorers' prediction log, last 24 h: lookup_misses are labels that came without features and
+        # found no logged prediction (never scored with log=True, or expired): counted, not dropped.
+        "prediction_log": PredictionLog(store).stats(model),
     }

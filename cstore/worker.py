@@ -39,11 +39,13 @@ from cstore.learner import Learner, learner_config
 from cstore.learner_state import SharedLearnerState
 from cstore.leases import LeaseManager, new_worker_id
 from cstore.params import CommitMeta
+from cstore.prediction_log import PredictionLog
 
 log = logging.getLogger("cstore.worker")
 
 #: ``feature_lookup(model, entity_ids) -> {entity_id: features}`` for events sent without features
-#: (the hook for a prediction log that remembers what was scored).
+#: (the hook for a prediction log that remembers what was scored). Default: :class:`PredictionLog`, the
+#: features logged by ``model.score(..., log=True)``; its misses are counted in ``prediction_log_stats``.
 FeatureLookup = Callable[[str, list], Mapping[Any, Mapping[str, Any]]]
 _RETRY_COMMIT = (ConflictError, ConsistencyUnavailable, OperationTimedOut, WriteTimeout, Unavailable)
 
@@ -80,6 +82,8 @@ class Worker:
     def __init__(self, store, model: str, *, worker_id: str | None = None, **options: Any) -> None:
         self.opts = WorkerOptions(**options)
         self.opts.check()
+        if self.opts.feature_lookup is None:  # delayed labels join what the scorers logged
+            self.opts.feature_lookup = PredictionLog(store)
         self.store = store
         self.model = model
         self.info, self.fcfg = context(store).config(model)

@@ -23,6 +23,10 @@ def status(obj: CliContext, model: str, group: str, as_json: bool) -> None:
                f"events, learned {st['learned_events']}, last commit {st['last_commit'] or 'never'}")
     click.echo(f"drift: {d['detections']} detection(s), last {d['last_drift'] or 'never'}, score {d['score']}, "
                f"loss {d['loss']}, lr scale {d['lr_scale']}")
+    pl = st["prediction_log"]
+    click.echo(f"prediction log (24 h): {pl['logged']} logged, {pl['dropped']} dropped, {pl['write_errors']} write "
+               f"errors; labels without features: {pl['lookups']}, of which {pl['lookup_misses']} found no "
+               f"logged prediction (never logged or expired)")
     click.echo(f"workers ({len(st['workers'])} alive):")
     for w in st["workers"]:
         click.echo(f"  {w['worker']:40} partitions {w['partitions']}  {w['events']} events  "
