@@ -19,7 +19,7 @@ from typing import Protocol, Sequence
 import msgpack
 import numpy as np
 
-from cstore.errors import CorruptData
+from cstore.errors import CorruptData, ValidationError
 
 ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
 _FORMAT_VERSION = 1
@@ -48,6 +48,11 @@ def encode_array(array: np.ndarray) -> bytes:
     dtype = np.dtype(array.dtype)
     if dtype.name not in ALLOWED_DTYPES:
         raise CorruptData(f"cannot encode dtype {dtype.name}; allowed: {', '.join(ALLOWED_DTYPES)}")
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        # The last line of defence for commits that bypass Store.apply_update's validation (custom transforms).
+        bad = int(np.flatnonzero(~np.isfinite(np.asarray(array).reshape(-1)))[0])
+        raise ValidationError(f"refusing to store NaN or infinity (first at position {bad} of the chunk); "
+                              f"the update or optimizer diverged: lower the learning rate; nothing was written")
     le = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
     return msgpack.packb({"v": _FORMAT_VERSION, "dtype": dtype.name, "shape": list(le.shape),
                           "data": le.tobytes()}, use_bin_type=True)
@@ -80,7 +85,12 @@ def decode_array(blob: bytes, *, expect_dtype: str | None = None,
                           f"{int(np.prod(shape, dtype=np.int64)) * itemsize}; the chunk is truncated or corrupt")
     if expect_shape is not None and list(expect_shape) != shape:
         raise CorruptData(f"chunk has shape {shape} but {list(expect_shape)} was expected")
-    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    out = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
+    if out.dtype.kind == "f" and not np.isfinite(out).all():
+        bad = int(np.flatnonzero(~np.isfinite(out.reshape(-1)))[0])
+        raise CorruptData(f"chunk holds NaN or infinity (first at position {bad}); it was not written by cstore's "
+                          f"validated path: roll the model back to a snapshot")
+    return out
 
 
 class CodecPipeline:

@@ -190,4 +190,7 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str,
 # Variables read elsewhere (launcher, tests, feature switches) that are not connection settings.
 _KNOWN_OTHER_ENV = {"CSTORE_CONFIG", "CSTORE_TESTCONTAINERS", "CSTORE_LOG_LEVEL", "CSTORE_LOG_FORMAT",
                     "CSTORE_ENCRYPTION_KEY", "CSTORE_ENCRYPTION_KEY_FILE", "CSTORE_NODE_START_TIMEOUT",
-                    "CSTORE_HEAP", "CSTORE_TEST_KEYSPACE", "CSTORE_CQL_DIR", "CSTORE_CASSANDRA_VERSION"}
+                    "CSTORE_HEAP", "CSTORE_TEST_KEYSPACE", "CSTORE_CQL_DIR", "CSTORE_CASSANDRA_VERSION",
+                    # cstore/crypto.py and `cstore schema roles` (cstore/roles.py)
+                    "CSTORE_ENCRYPTION_ALLOW_PLAINTEXT", "CSTORE_ADMIN_PASSWORD", "CSTORE_WORKER_PASSWORD",
+                    "CSTORE_SCORER_PASSWORD"}

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from cstore.errors import ValidationError
+from cstore.errors import CorruptData, ValidationError
 
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]{0,63}$")
 PARAM_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,47}$")
@@ -73,9 +73,19 @@ class ModelInfo:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ModelInfo":
-        params = {k: tuple(v) for k, v in json.loads(row["params"]).items()}
+        try:
+            params = {str(k): tuple(int(d) for d in v) for k, v in json.loads(row["params"]).items()}
+            meta = json.loads(row["metadata"] or "{}")
+            ok = (params and all(params.values()) and row["dtype"] in DTYPES and isinstance(row["chunk_size"], int)
+                  and MIN_CHUNK <= row["chunk_size"] <= MAX_CHUNK and row["model_id"] is not None)
+        except (TypeError, ValueError, AttributeError):
+            ok = False
+        if not ok:  # a models row edited or damaged outside cstore: say so instead of a traceback
+            raise CorruptData(f"the models row of {row.get('name')!r} is damaged (params {row.get('params')!r}, "
+                              f"dtype {row.get('dtype')!r}, chunk_size {row.get('chunk_size')!r}); restore it "
+                              f"or drop and re-create the model")
         return cls(row["name"], row["model_id"], row["chunk_size"], row["dtype"], params,
-                   json.loads(row["metadata"] or "{}"), row.get("created_at"), row.get("created_by"))
+                   meta, row.get("created_at"), row.get("created_by"))
 
 
 def validate_name(name: Any) -> str:

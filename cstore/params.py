@@ -25,12 +25,13 @@ from datetime import datetime, timezone
 from typing import Callable, Mapping
 
 import numpy as np
-from cassandra import ConsistencyLevel, OperationTimedOut, ReadTimeout, Unavailable, WriteTimeout, WriteType
+from cassandra import (ConsistencyLevel, OperationTimedOut, ReadTimeout, Unauthorized, Unavailable, WriteTimeout,
+                       WriteType)
 from cassandra.query import BatchStatement, BatchType
 from cassandra.util import uuid_from_time
 
 from cstore.codec import CodecPipeline, chunk_context, encode_sparse
-from cstore.errors import ConflictError, ConsistencyUnavailable, CorruptData, UnknownOutcome
+from cstore.errors import ConflictError, ConsistencyUnavailable, CorruptData, PermissionDenied, UnknownOutcome
 from cstore.models import ModelInfo
 from cstore.session import execute, execute_all
 
@@ -142,7 +143,12 @@ class ChunkEngine:
         rows = dict(current) if current is not None else self.read_chunk(info, chunk)
         while True:
             overwrites += self._count_overwrites(info, chunk, rows)
-            changes = transform(chunk, rows)
+            try:
+                changes = transform(chunk, rows)
+            except KeyError as exc:  # the transform indexed a parameter whose chunk row is gone
+                if not (exc.args and exc.args[0] in info.params and exc.args[0] not in rows):
+                    raise
+                changes = {exc.args[0]: None}
             if not changes:
                 return ChunkCommit(chunk, uuid.uuid1(), {}, {}, 0)
             missing = [p for p in changes if p not in rows]
@@ -278,6 +284,12 @@ class ChunkEngine:
         return n
 
 
+def _server_message(exc: Exception) -> str:
+    """The server's sentence without the driver's wrapping ('Error from server: code=2100 …')."""
+    text = str(exc)
+    return text.split('message="', 1)[-1].rstrip('"') if 'message="' in text else text
+
+
 def _unavailable_message(exc: Unavailable, operation: str) -> str:
     level = ConsistencyLevel.value_to_name.get(exc.consistency, exc.consistency)
     return (f"{operation} needs {exc.required_replicas} replica(s) at consistency {level} but only "
@@ -289,6 +301,9 @@ def replica_errors(operation: str):
     """Turn the driver's replica errors into cstore errors naming the operation, level and replicas."""
     try:
         yield
+    except Unauthorized as exc:
+        raise PermissionDenied(f"{operation}: the logged-in role may not do this ({_server_message(exc)}); "
+                               f"log in as a role that has the permission (see cql/roles/roles.cql)") from None
     except Unavailable as exc:
         raise ConsistencyUnavailable(_unavailable_message(exc, operation)) from None
     except (ReadTimeout, WriteTimeout) as exc:

@@ -23,7 +23,7 @@ from cassandra.query import dict_factory
 
 from cstore.config import Config
 from cstore.consistency import OPERATIONS, Profile, resolve_profile
-from cstore.errors import ConnectionFailed
+from cstore.errors import ConfigError, ConnectionFailed
 
 log = logging.getLogger("cstore.session")
 
@@ -40,10 +40,15 @@ def _connection_class() -> Any:
 def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
     if not (cfg.ssl_ca or cfg.ssl_cert):
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ssl_ca)
-    ctx.check_hostname = False  # nodes are addressed by IP; the CA pins trust
-    if cfg.ssl_cert:
-        ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ssl_ca)
+        ctx.check_hostname = False  # nodes are addressed by IP; the CA pins trust
+        if cfg.ssl_cert:
+            ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
+    except (OSError, ssl.SSLError) as exc:  # never echo key material, only which file failed
+        raise ConfigError(f"cannot load the TLS files (ssl_ca={cfg.ssl_ca!r}, ssl_cert={cfg.ssl_cert!r}, "
+                          f"ssl_key={cfg.ssl_key!r}): {getattr(exc, 'strerror', None) or exc.__class__.__name__}; "
+                          f"check CSTORE_SSL_CA / CSTORE_SSL_CERT / CSTORE_SSL_KEY") from None
     return ctx
 
 
