@@ -53,8 +53,9 @@ class _Backend:
     def __init__(self, cfg: Config, counters: LogCounters) -> None:
         self.store = Store.from_config(cfg)
         self.pid = os.getpid()
-        # Scorers should be fresh again soon after an outage: the driver's default waits up to 10 minutes.
-        self.store.conn.cluster.reconnection_policy = ExponentialReconnectionPolicy(0.5, 5.0)
+        # Scorers should be fresh again soon after an outage, however long: the driver's default waits up
+        # to 10 minutes between attempts and gives up on a host after 64 of them.
+        self.store.conn.cluster.reconnection_policy = ExponentialReconnectionPolicy(0.5, 5.0, max_attempts=None)
         self.cache = CacheStatements(self.store.session)
         self.log = PredictionLog(self.store, counters)
 
@@ -74,7 +75,8 @@ class Client:
         self._backend: _Backend | None = _Backend(self.config, self._counters)  # fail now if nothing answers
         self._models: dict[str, ModelHandle] = {}
         self._writer = PredictionLogWriter(self.backend, self._counters, ttl_s=self.config.prediction_log_ttl_s,
-                                           max_queue=self.config.prediction_log_queue, linger_s=0.05)
+                                           max_queue=self.config.prediction_log_queue, linger_s=0.05,
+                                           max_batch=100)  # short GIL stretches
         self._writer.start()
         self._owner_pid = self._reset_pid = os.getpid()
         self._closed = False

@@ -317,11 +317,11 @@ class PredictionLogWriter:
 
     def _run(self) -> None:
         while True:
+            if time.monotonic() - self._last_stats >= self.stats_every_s:  # also under constant load
+                self._flush_stats()
             if not self._q:
                 if self._stop.is_set():
                     return
-                if time.monotonic() - self._last_stats >= self.stats_every_s:
-                    self._flush_stats()
                 self._stop.wait(self.linger_s)
                 continue
             self._busy = True

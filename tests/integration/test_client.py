@@ -213,6 +213,17 @@ def test_score_logs_features_for_the_join_and_review_candidates(store, client, u
     assert stats["lookups"] == 3 and stats["lookup_hits"] == 2 and stats["lookup_misses"] == 1
 
 
+def test_a_full_log_buffer_drops_and_counts_without_blocking(base_config, store, unique_name):
+    name = make_model(store, unique_name)
+    with Client(config=dataclasses.replace(base_config, prediction_log_queue=5)) as c:
+        model = c.model(name)
+        c._writer.close()  # no writer thread any more: the buffer can only fill up
+        t0 = time.monotonic()
+        scores = [model.score(f"tx-{i}", transaction(i)) for i in range(20)]
+        assert time.monotonic() - t0 < 0.5 and scores == [0.5] * 20  # every prediction answered
+        assert model.status()["log"]["dropped"] == 15 and model.status()["log_queue"] == 5
+
+
 def test_a_handle_created_before_fork_reconnects_in_the_child(store, client, unique_name):
     name = make_model(store, unique_name)
     model = client.model(name)
