@@ -103,10 +103,22 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
         cluster.shutdown()
         reasons = "; ".join(f"{host}: {_short(err)}" for host, err in exc.errors.items())
         if any(isinstance(err, AuthenticationFailed) for err in exc.errors.values()):
+            if not cfg.username:
+                raise ConnectionFailed(f"the cluster at {', '.join(cfg.contact_points)} requires a login: set "
+                                       f"CSTORE_USERNAME and CSTORE_PASSWORD") from None
             raise ConnectionFailed(f"login refused by {', '.join(cfg.contact_points)} for user "
                                    f"{cfg.username!r}: check CSTORE_USERNAME / CSTORE_PASSWORD") from None
         hint = ("start a local node with `cstore local up`" if cfg.uses_local_cluster
                 else "check CSTORE_CONTACT_POINTS / CSTORE_PORT and that the cluster is up")
+        if cfg.ssl_ca or cfg.ssl_cert:
+            if any(m in reasons.lower() for m in ("ssl", "certificate", "tls")):
+                hint = ("the TLS handshake failed: check that CSTORE_SSL_CA is the CA that signed the nodes' "
+                        "certificate and, when the cluster requires client certificates, CSTORE_SSL_CERT / "
+                        "CSTORE_SSL_KEY")
+        elif _port_open(cfg.contact_points, cfg.port):
+            # The port accepts connections but the CQL handshake failed: typically a TLS-only cluster.
+            hint = ("the node accepts connections but closed the plain-text handshake; if the cluster requires "
+                    "TLS, set CSTORE_SSL_CA (and CSTORE_SSL_CERT / CSTORE_SSL_KEY for client certificates)")
         raise ConnectionFailed(f"no Cassandra node answered at {', '.join(cfg.contact_points)}:{cfg.port} "
                                f"({reasons or 'no host'}); {hint}") from None
     except Exception as exc:
@@ -115,6 +127,16 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
             raise ConnectionFailed(f"keyspace {keyspace!r} does not exist; run `cstore schema apply`") from None
         raise ConnectionFailed(f"could not connect: {_short(exc)}") from None
     return Connection(cluster, session, profile, cfg, os.getpid())
+
+
+def _port_open(points, port: int) -> bool:
+    for host in points:
+        try:
+            with socket.create_connection((host, port), timeout=1.0):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _short(err: Exception) -> str:

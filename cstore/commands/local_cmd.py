@@ -24,16 +24,31 @@ def local() -> None:
               help="Number of nodes on 127.0.0.1..N (default 1, or the existing cluster's).")
 @click.option("--heap", default=None, help="JVM heap per node, e.g. 1G or 768M [$CSTORE_HEAP, 1G].")
 @click.option("--auth/--no-auth", default=None, help="PasswordAuthenticator + CassandraAuthorizer.")
+@click.option("--tls", "tls_dir", type=click.Path(file_okay=False), default=None,
+              help="Require TLS from clients, with the certificates in DIR (made by `cstore local certs DIR`).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for each node [240].")
 @click.pass_obj
-def up(obj: CliContext, n_nodes: int | None, heap: str | None, auth: bool | None, timeout: float | None) -> None:
+def up(obj: CliContext, n_nodes: int | None, heap: str | None, auth: bool | None, tls_dir: str | None,
+       timeout: float | None) -> None:
     """Start the local cluster (idempotent: restarts only nodes that are down)."""
     t0 = time.monotonic()
-    cluster = _cluster(obj, n_nodes=n_nodes, heap=heap, auth=auth)
+    cluster = _cluster(obj, n_nodes=n_nodes, heap=heap, auth=auth, tls=tls_dir)
     statuses = cluster.up(**({"timeout": timeout} if timeout else {}))
     for s in statuses:
         click.echo(f"{s.name}  {s.address}:9042  pid {s.pid}  {s.state}  log {s.log}")
     click.echo(f"ready in {time.monotonic() - t0:.1f}s; contact points: {','.join(cluster.contact_points)}")
+
+
+@local.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--nodes", "n_nodes", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="Node addresses to put in the node certificate (127.0.0.1..N).")
+def certs(directory: str, n_nodes: int) -> None:
+    """Generate a throw-away CA, node keystore and client certificate into DIRECTORY (development only)."""
+    from cstore.local.certs import generate
+    out = generate(directory, [f"127.0.0.{i}" for i in range(1, n_nodes + 1)])
+    click.echo(f"TLS material in {out}: start with `cstore local up --tls {out}`, then connect with "
+               f"CSTORE_SSL_CA={out}/ca.pem CSTORE_SSL_CERT={out}/client.pem CSTORE_SSL_KEY={out}/client-key.pem")
 
 
 @local.command()

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Callable
 
 from cstore.errors import LocalClusterError
 from cstore.local.maven import resolve_classpath
-from cstore.local.node import READY_LINE, NodeSpec, pid_alive, pid_exists, stop_pid
+from cstore.local.node import READY_LINE, NodeSpec, java_module_flags, pid_alive, pid_exists, stop_pid
 
 DEFAULT_START_TIMEOUT_S = float(os.environ.get("CSTORE_NODE_START_TIMEOUT", "240"))
 
@@ -49,7 +50,7 @@ class LocalCluster:
 
     def __init__(self, root: str | Path = ".local", *, n_nodes: int | None = None, heap: str | None = None,
                  auth: bool | None = None, name: str = "cluster", first_octet: int = 1,
-                 log: Callable[[str], None] = print) -> None:
+                 tls: str | Path | None = None, log: Callable[[str], None] = print) -> None:
         self.base = Path(root).resolve()
         self.root = self.base / name
         self.name = name
@@ -59,6 +60,8 @@ class LocalCluster:
         self.n_nodes = n_nodes or state.get("n_nodes", 1)
         self.heap = heap or state.get("heap") or os.environ.get("CSTORE_HEAP", "1G")
         self.auth = state.get("auth", False) if auth is None else auth
+        # TLS: a directory made by cstore.local.certs (node keystore, CA); kept across restarts.
+        self.tls = str(Path(tls).resolve()) if tls else state.get("tls")
         if state and (state.get("n_nodes") != self.n_nodes or state.get("auth") != self.auth):
             if self._any_alive(state):
                 raise LocalClusterError(
@@ -83,7 +86,7 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"n_nodes": self.n_nodes, "heap": self.heap, "auth": self.auth,
-                                   "pids": pids}, indent=2))
+                                   "tls": self.tls, "pids": pids}, indent=2))
         tmp.replace(self.state_file)
 
     @staticmethod
@@ -91,8 +94,12 @@ class LocalCluster:
         return any(pid_alive(p) for p in state.get("pids", {}).values())
 
     def nodes(self) -> list[NodeSpec]:
+        tls = {}
+        if self.tls:
+            from cstore.local.certs import node_tls_options
+            tls = node_tls_options(Path(self.tls))
         return [NodeSpec(i, self.n_nodes, self.root, cluster_name=f"cstore-{self.name}", heap=self.heap,
-                         auth=self.auth, first_octet=self.first_octet)
+                         auth=self.auth, first_octet=self.first_octet, **tls)
                 for i in range(1, self.n_nodes + 1)]
 
     def node(self, name_or_index: str | int) -> NodeSpec:
@@ -162,12 +169,29 @@ class LocalCluster:
         from cassandra.auth import PlainTextAuthProvider
 
         auth = PlainTextAuthProvider("cassandra", "cassandra") if self.auth else None
+        ssl_context = None
+        if self.tls:
+            from cstore.local.certs import client_ssl_context
+            ssl_context = client_ssl_context(Path(self.tls))
         for n in self.nodes():
             only_n = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([n.address]))
             cluster = Cluster([n.address], execution_profiles={EXEC_PROFILE_DEFAULT: only_n},
-                              auth_provider=auth, protocol_version=5, connect_timeout=5)
+                              auth_provider=auth, protocol_version=5, connect_timeout=5,
+                              ssl_context=ssl_context)
             try:
-                session = cluster.connect()
+                session = None
+                while session is None:  # a node that just started may time out its first schema queries
+                    try:
+                        session = cluster.connect()
+                    except Exception as exc:
+                        if time.monotonic() > deadline:
+                            raise LocalClusterError(f"{n.name} accepts connections but does not answer CQL "
+                                                    f"({exc}); see {n.system_log}") from None
+                        cluster.shutdown()
+                        time.sleep(1)
+                        cluster = Cluster([n.address], execution_profiles={EXEC_PROFILE_DEFAULT: only_n},
+                                          auth_provider=auth, protocol_version=5, connect_timeout=10,
+                                          ssl_context=ssl_context)
                 while True:
                     peers = {r.peer for r in session.execute("SELECT peer FROM system.peers_v2")}
                     if len(peers) >= self.n_nodes - 1:
@@ -194,6 +218,27 @@ class LocalCluster:
         pid = self.pids().get(n.name)
         if pid:
             stop_pid(pid)
+
+    def nodetool(self, name: str, *args: str, timeout: float = 300.0) -> str:
+        """Run ``nodetool ARGS`` against one node (over its local JMX port); return its output."""
+        n = self.node(name)
+        classpath = resolve_classpath(self.base, log=self.log)
+        # nodetool logs through logback too: give it its own quiet config (never the node's log file).
+        quiet = self.root / "logback-tools.xml"
+        if not quiet.exists():
+            quiet.parent.mkdir(parents=True, exist_ok=True)
+            quiet.write_text('<configuration><appender name="E" class="ch.qos.logback.core.ConsoleAppender">'
+                             '<target>System.err</target><encoder><pattern>%msg%n</pattern></encoder></appender>'
+                             '<root level="WARN"><appender-ref ref="E"/></root></configuration>\n')
+        cmd = ["java", "-Xmx128m", "-XX:+UseSerialGC", "-Djava.net.preferIPv4Stack=true", *java_module_flags(),
+               f"-Dcassandra.storagedir={n.dir / 'data'}", f"-Dlogback.configurationFile={quiet}",
+               "-cp", os.pathsep.join(classpath), "org.apache.cassandra.tools.NodeTool",
+               "-h", "127.0.0.1", "-p", str(n.jmx_port), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-10:])
+            raise LocalClusterError(f"nodetool {' '.join(args)} on {n.name} failed (exit {proc.returncode}):\n{tail}")
+        return proc.stdout
 
     def down(self, purge: bool = False) -> int:
         """Stop exactly the processes this cluster started; return how many were running."""

@@ -5,7 +5,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 _MAIN_CLASS = "org.apache.cassandra.service.CassandraDaemon"
@@ -38,6 +38,12 @@ FAILURE_MARKERS = ("Failed to bind port", "Not starting native transport", "unab
                    "Exception encountered during startup", "ERROR", "FATAL")
 
 
+def java_module_flags() -> list[str]:
+    """The --add-exports/--add-opens Cassandra's classes need on Java 17 (nodetool too)."""
+    return [f for e in _EXPORTS for f in ("--add-exports", f"{e}=ALL-UNNAMED")] + \
+           [f for o in _OPENS for f in ("--add-opens", f"{o}=ALL-UNNAMED")]
+
+
 def balanced_tokens(n: int) -> list[int]:
     """Murmur3 tokens spreading n nodes evenly over the ring (as ccm does)."""
     return [int(-(2 ** 63) + i * (2 ** 64) // n) for i in range(n)]
@@ -54,7 +60,9 @@ class NodeSpec:
     heap: str = "1G"
     auth: bool = False
     tls_keystore: str | None = None
-    tls_password: str | None = None
+    tls_password: str | None = field(default=None, repr=False)
+    tls_truststore: str | None = None
+    tls_require_client_auth: bool = False
     first_octet: int = 1  # node i listens on 127.0.0.(first_octet + i - 1)
 
     @property
@@ -146,8 +154,13 @@ class NodeSpec:
                       "authorizer: CassandraAuthorizer", "role_manager: CassandraRoleManager",
                       "roles_validity: 0ms", "permissions_validity: 0ms", "credentials_validity: 0ms"]
         if self.tls_keystore:
+            # optional: false — a plain-text client is refused, not silently served.
             lines += ["client_encryption_options:", "  enabled: true", "  optional: false",
-                      f"  keystore: {self.tls_keystore}", f"  keystore_password: {self.tls_password}"]
+                      f"  keystore: {self.tls_keystore}", f"  keystore_password: '{self.tls_password}'",
+                      "  store_type: PKCS12", "  protocol: TLS",
+                      f"  require_client_auth: {'true' if self.tls_require_client_auth else 'false'}"]
+            if self.tls_truststore:
+                lines += [f"  truststore: {self.tls_truststore}", f"  truststore_password: '{self.tls_password}'"]
         return "\n".join(lines) + "\n"
 
     def render_logback(self) -> str:
