@@ -33,6 +33,7 @@ log = logging.getLogger("cstore.cache")
 #: The parameters a scorer needs; optimizer state (``z``, ``n``, ``g2``…) is never fetched.
 PREDICT_PARAMS = ("weights", "bias")
 _INDEX_TIMEOUT_S = 2.0  # a poll must not hang for the driver's full request timeout
+INDEX_GRACE_S = 5.0     # an index row may trail its chunk this long (a commit in flight) before it is reported
 
 
 class Backoff:
@@ -152,8 +153,10 @@ class ModelCache:
         self.full_check_s = full_check_s
         self.current: CachedModel | None = None
         self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
-        self.counters = {"polls": 0, "full_checks": 0, "chunks_fetched": 0, "swaps": 0, "index_healed": 0}
-        self.backoff = Backoff(log, f"refresh of model {name!r}")
+        self.counters = {"polls": 0, "full_checks": 0, "chunks_fetched": 0, "swaps": 0, "stale_index_rows": 0}
+        self.index_grace_s = INDEX_GRACE_S
+        self._behind: dict[tuple[str, int], float] = {}  # index row below the chunk we hold: since when
+        self.backoff = Backoff(log, f"refresh of model {name!r}", cap_s=2.0)  # failing polls are cheap
         self._next_full = time.monotonic() + full_check_s
         self._init_sync()
 
@@ -224,8 +227,26 @@ class ModelCache:
             if new is not cur:
                 self.current = new  # the swap: one reference assignment, atomic for readers
                 self.counters["swaps"] += 1
+            self._watch_index(new, index)
             self.last_ok = time.monotonic()
             return new
+
+    def _watch_index(self, state: CachedModel, index: Mapping[tuple[str, int], int]) -> None:
+        """Report index rows that stay behind the chunk rows: a writer died between its commit and its
+        index write. A row behind for a moment is a commit in flight, not a fault: hence the grace."""
+        now = time.monotonic()
+        behind = {key for key, v in state.held.items() if index.get(key, 0) < v}
+        for key in list(self._behind):
+            if key not in behind:
+                del self._behind[key]
+        for key in behind:
+            since = self._behind.setdefault(key, now)
+            if math.isfinite(since) and now - since >= self.index_grace_s:
+                self._behind[key] = -math.inf  # reported once
+                self.counters["stale_index_rows"] += 1
+                log.warning("model %r: the chunk_versions row of %s chunk %d stays behind the chunk (a writer "
+                            "stopped between commit and index write); the full check serves the chunk, and the "
+                            "next commit of that chunk repairs the row", self.name, key[0], key[1])
 
     def _read_index(self, b, info: ModelInfo) -> dict[tuple[str, int], int]:
         rows = b.cache.session.execute(b.cache.q_index, (info.model_id,), execution_profile="read_model",
@@ -257,12 +278,7 @@ class ModelCache:
                                                    concurrency=32, raise_on_first_error=True,
                                                    execution_profile="read_model")
             truth = {(r["param"], k): r["version"] for k, (_, rows) in zip(chunks, results) for r in rows}
-            healed = {k for (p, k), v in truth.items() if v > cur.held.get((p, k), 0) and k not in moved}
-            if healed:
-                log.warning("model %r: chunks %s moved without their chunk_versions index row; healed by "
-                            "the full check", self.name, sorted(healed))
-                self.counters["index_healed"] += len(healed)
-            moved |= healed
+            moved |= {k for (p, k), v in truth.items() if v > cur.held.get((p, k), 0)}
         if not moved:
             version = sum(index.values())
             if version <= cur.version:
