@@ -151,6 +151,9 @@ class FeedbackWriter:
             target = self._sealed_count
             deadline = None if timeout is None else time.monotonic() + timeout
             while self._finished_count < target:
+                if not self._thread.is_alive():
+                    raise FeedbackWriteFailed(f"the writer thread of {self.model!r} died; "
+                                              f"{target - self._finished_count} segment(s) were not written")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     raise FeedbackWriteFailed(f"flush timed out after {timeout} s with "

@@ -140,9 +140,6 @@ class Learner:
     def chunks_of(self, indices: np.ndarray) -> list[int]:
         return sorted(set((indices // self.info.chunk_size).tolist()) | {self.bias_chunk})
 
-    def weights_from_rows(self, rows: Mapping[str, ChunkRow]) -> np.ndarray:
-        return rows["weights"].data
-
     def gradient_transform(self, indices: np.ndarray, grad: np.ndarray, bias_grad: float, lr_scale: float):
         """A pure chunk transform applying one optimizer step at ``indices`` (and to the bias)."""
         return self._transform(indices, grad, np.array([bias_grad]), lambda opt, st, g: opt.apply(st, g, lr_scale))

@@ -4,8 +4,9 @@ One iteration (:meth:`Worker.step`):
 
 1. list new segments of the partitions this worker leases (ids only; see :mod:`cstore.feedback_reader`),
    waiting up to ``max_wait_ms`` for ``batch_size`` events (windowed by time as well as by count);
-2. choose segments by priority lane (lane 0 first; ``starvation_reserve`` of the batch is kept for
-   lower lanes that have a backlog), oldest first; fetch and decode them;
+2. choose segments by priority lane (lane 0 first), oldest first, except that one batch in every
+   ``1 / starvation_reserve`` takes the oldest segments whatever their lane (no starvation); fetch
+   and decode them;
 3. join features (events sent without features go through ``feature_lookup``; without one, or without a
    hit, they are counted as skipped), hash them, weight samples by kind, confidence and age;
 4. read the touched chunks, score every event with the current weights *before* learning (prequential
@@ -176,11 +177,13 @@ class Worker:
         if self.cursors and now - self._last_rebalance < self.heartbeat_s:
             return
         self._last_rebalance = now
-        acquired, released = self.leases.rebalance()
+        _, released = self.leases.rebalance()
         for p in released:
             self.cursors.pop(p, None)
-        if acquired:
-            for p, (_, lanes) in self.reader.load(acquired).items():
+        # Checkpoints of every held partition we have no cursor for (just acquired, or a load that failed).
+        missing = [p for p in self.leases.held() if p not in self.cursors]
+        if missing:
+            for p, (_, lanes) in self.reader.load(missing).items():
                 self.cursors[p] = lanes
 
     # -- one iteration -----------------------------------------------------------------------------
@@ -192,7 +195,9 @@ class Worker:
             self._stop.wait(self.opts.poll_ms / 1000)
             return 0
         listings = self._collect(cursors)
-        chosen = select_segments(listings, self.opts.batch_size, self.opts.starvation_reserve)
+        every = round(1 / self.opts.starvation_reserve) if self.opts.starvation_reserve > 0 else 0
+        by_age = every > 0 and self.stats["batches"] % every == every - 1
+        chosen = select_segments(listings, self.opts.batch_size, by_age=by_age)
         if not chosen:
             for (p, lane), listing in listings.items():
                 cursors[p][lane].advance([], listing, self.fcfg.lateness_s)
@@ -371,28 +376,20 @@ class Worker:
         return any(c.last_batch == batch_id for c in lanes.values())
 
 
-def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size: int,
-                    starvation_reserve: float = 0.1) -> list[SegmentRef]:
+def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size: int, *,
+                    by_age: bool = False) -> list[SegmentRef]:
     """Segments for one batch: higher-priority lanes (lower numbers) first, oldest first within a lane.
 
-    While a lower lane has a backlog, ``starvation_reserve`` of the batch is kept for it, so a flood of
-    high-priority feedback slows the rest down without starving it. Whole segments only; a batch
-    exceeds ``batch_size`` only when its first segment alone does.
+    ``by_age`` ignores the lanes and takes the oldest segments: the worker does that for one batch in
+    every ``1 / starvation_reserve``, so a flood of high-priority feedback slows the rest down without
+    starving it. Whole segments only; a batch exceeds ``batch_size`` only when its first segment does.
     """
-    by_lane: dict[int, list[SegmentRef]] = {}
-    for (_, lane), lst in listings.items():
-        by_lane.setdefault(lane, []).extend(lst.refs)
-    lanes = sorted(lane for lane, refs in by_lane.items() if refs)
+    refs = [r for lst in listings.values() for r in lst.refs]
+    key = (lambda r: (r.ticks, r.seg_id.bytes)) if by_age else (lambda r: (r.lane, r.ticks, r.seg_id.bytes))
     budget, chosen = batch_size, []
-    reserve = int(batch_size * starvation_reserve)
-    for i, lane in enumerate(lanes):
-        cap = budget - (reserve if i + 1 < len(lanes) else 0)
-        for r in sorted(by_lane[lane], key=lambda r: (r.ticks, r.seg_id.bytes)):
-            if r.n_events > cap and chosen:
-                break
-            chosen.append(r)
-            cap -= r.n_events
-            budget -= r.n_events
-        if budget <= 0:
+    for r in sorted(refs, key=key):
+        if chosen and r.n_events > budget:
             break
+        chosen.append(r)
+        budget -= r.n_events
     return chosen

@@ -145,18 +145,19 @@ def test_done_round_trips_through_its_encoding():
 
 
 # -- batch selection ---------------------------------------------------------------------------------
-def test_higher_priority_lane_first_with_a_reserve_for_the_rest():
+def test_higher_priority_lane_first_and_by_age_when_asked():
     base = 1000 * S
     hi = [_ref(base + i * S, 100, lane=0) for i in range(20)]   # 2000 events, newer
     lo = [_ref(base - 500 * S + i * S, 100, lane=2) for i in range(20)]  # older, low priority
     listings = {(0, 0): _listing(hi, base + 100 * S, lane=0), (0, 2): _listing(lo, base + 100 * S, lane=2)}
-    chosen = select_segments(listings, 1000, starvation_reserve=0.1)
-    lanes = [r.lane for r in chosen]
+    chosen = select_segments(listings, 1000)
     assert sum(r.n_events for r in chosen) == 1000
-    assert lanes.count(0) == 9 and lanes.count(2) == 1  # 90 % high priority, 10 % kept for the backlog
-    assert [r.ticks for r in chosen if r.lane == 0] == sorted(r.ticks for r in hi)[:9]  # oldest first
-    only_low = select_segments({(0, 2): _listing(lo, base, lane=2)}, 1000)
-    assert len(only_low) == 10
+    assert [r.seg_id for r in chosen] == [r.seg_id for r in hi[:10]]  # priority, then oldest first
+    aged = select_segments(listings, 1000, by_age=True)
+    assert [r.seg_id for r in aged] == [r.seg_id for r in lo[:10]]  # the anti-starvation batch
+    hi_small = [_ref(base + i * S, 100, lane=0) for i in range(3)]
+    mixed = select_segments({(0, 0): _listing(hi_small, base, lane=0), (0, 2): _listing(lo, base, lane=2)}, 1000)
+    assert [r.lane for r in mixed] == [0] * 3 + [2] * 7  # what is left of the batch goes to lower lanes
 
 
 def test_a_segment_larger_than_the_batch_is_taken_alone():
