@@ -76,7 +76,7 @@ def create_learner(store, name: str, *, n_features: int = 2**20, optimizer: str 
                    chunk_size: int = 16384, kind_weights: Mapping[str, float] | None = None,
                    half_life_s: float | None = None, drift: str = "page_hinkley",
                    drift_params: Mapping[str, Any] | None = None, drift_confirmations: int = 2,
-                   drift_within: int = 2000, drift_warmup: int = 5000, drift_response: str = "boost",
+                   drift_within: int = 2000, drift_warmup: int = 20000, drift_response: str = "boost",
                    schedule: Mapping[str, Any] | None = None, partitions: int | None = None,
                    bucket_s: int | None = None, ttl_s: int | None = None, lateness_s: int | None = None,
                    priorities: Mapping[str, int] | None = None) -> ModelInfo:

@@ -25,7 +25,7 @@ from cstore.learn import ADWIN, AdaptiveLearningRate, DriftConfirmer, PageHinkle
 # flagged after ~200 events, while the false-alarm rate per excursion is ~exp(-2*delta*threshold/var).
 DEFAULT_PAGE_HINKLEY = {"delta": 0.02, "threshold": 50.0, "min_instances": 500, "mode": "up"}
 DEFAULT_ADWIN = {"delta": 0.002, "min_instances": 500}
-DEFAULT_WARMUP = 5000  # events scored by the group before the detector starts
+DEFAULT_WARMUP = 20000  # events scored by the group before the detector starts (early FTRL steps overshoot)
 
 
 def make_detector(drift_cfg: Mapping[str, Any]):

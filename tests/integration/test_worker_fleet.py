@@ -177,3 +177,13 @@ def test_processes_flag_and_sigterm(base_config, store):
     assert sup.returncode == 0, stderr[-2000:]
     st = fleet_status(store, name)  # released at once, not after the 30 s TTL
     assert all(p["owner"] is None for p in st["partitions"]) and st["workers"] == []
+
+
+@pytest.mark.slow
+def test_the_fleet_demo_learns_while_it_scores(store):
+    from cstore.fleet_demo import run
+    lines: list[str] = []
+    figures = run(store, seconds=10, rate=1500, n_features=2**14, echo=lines.append)
+    assert lines[1].split() == ["t", "sent", "events/s", "lag", "version", "accuracy", "log", "loss"]
+    assert figures["sent"] >= 5000 and figures["version"] > 15  # the workers committed while it ran
+    assert lines[-1].startswith("done:") and "learned" in lines[-1]
