@@ -139,11 +139,17 @@ def _config_from_row(row: Mapping[str, Any]) -> FeedbackConfig:
 
 
 def ensure_config(tables: FeedbackTables, model_id: uuid.UUID, *, partitions: int, bucket_s: int, ttl_s: int,
-                  lateness_s: int, priorities: Mapping[str, int] | None = None) -> FeedbackConfig:
-    """The model's layout, creating it with these values if none exists yet (first writer wins)."""
+                  lateness_s: int, priorities: Mapping[str, int] | None = None,
+                  create: bool = True) -> FeedbackConfig | None:
+    """The model's layout, creating it with these values if none exists yet (first writer wins).
+
+    ``create=False`` only reads: None when the model has never had feedback nor a learner.
+    """
     row = tables.session.execute(tables.q_config, (model_id,), execution_profile="coordination").one()
     if row is not None:
         return _config_from_row(row)
+    if not create:
+        return None
     prios = dict(priorities or DEFAULT_PRIORITIES)
     check_layout(partitions, bucket_s, ttl_s, lateness_s, prios)
     rs = tables.session.execute(tables.q_config_create, (model_id, partitions, bucket_s, ttl_s, lateness_s, prios,
@@ -166,15 +172,21 @@ class FeedbackContext:
         self._announced: set[tuple] = set()
         self._lock = threading.Lock()
 
-    def config(self, model: str, **layout: Any) -> tuple[Any, FeedbackConfig]:
-        """``(ModelInfo, FeedbackConfig)`` for ``model``; unknown models raise UnknownModel."""
+    def config(self, model: str, *, create: bool = True, **layout: Any) -> tuple[Any, FeedbackConfig]:
+        """``(ModelInfo, FeedbackConfig)`` for ``model``; unknown models raise UnknownModel.
+
+        ``create=False`` never writes: a model without a feedback layout raises ValidationError.
+        """
         info = self.store.model_info(model)
         cfg = self._configs.get(info.model_id)
         if cfg is None:
             c = self.store.config
             opts = {"partitions": c.feedback_partitions, "bucket_s": c.feedback_bucket_s,
                     "ttl_s": c.feedback_ttl_s, "lateness_s": c.feedback_lateness_s, **layout}
-            cfg = ensure_config(self.tables, info.model_id, **opts)
+            cfg = ensure_config(self.tables, info.model_id, create=create, **opts)
+            if cfg is None:
+                raise ValidationError(f"model {model!r} has no feedback yet and is not a learner; create one "
+                                      f"with `cstore model create-learner` or send feedback first")
             self._configs[info.model_id] = cfg
         return info, cfg
 

@@ -22,7 +22,7 @@ def _iso(dt) -> str | None:
 
 def fleet_status(store, model: str, group: str = "default") -> dict[str, Any]:
     """Everything ``cstore status`` shows, computed from Cassandra alone."""
-    info, fcfg = context(store).config(model)
+    info, fcfg = context(store).config(model, create=False)  # a status query never writes
     session = store.session
     reader = FeedbackReader(session, fcfg, group, serial_level=store.profile.serial_level)
     parts = reader.lag(range(fcfg.partitions))

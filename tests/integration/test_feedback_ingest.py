@@ -8,7 +8,7 @@ import time
 import msgpack
 import pytest
 
-from cstore.errors import FeedbackBackPressure, InvalidFeedback, PayloadTooLarge, UnknownModel
+from cstore.errors import FeedbackBackPressure, InvalidFeedback, PayloadTooLarge, UnknownModel, ValidationError
 from cstore.feedback import (TICKS_PER_S, Segment, context, encode_event, make_event, ticks_now, uuid_at,
                              write_segments)
 from cstore.feedback_reader import FeedbackReader
@@ -74,6 +74,15 @@ def test_unknown_model_writes_nothing(store, session):
     with pytest.raises(UnknownModel):
         store.feedback_writer("no_such_model_x")
     assert session.execute("SELECT count(*) AS n FROM feedback_config").one()["n"] == before
+
+
+def test_status_of_a_model_without_feedback_writes_nothing(store, session):
+    from cstore.status import fleet_status
+    name = new_name("plain")
+    info = store.create_model(name, {"weights": (16,)})
+    with pytest.raises(ValidationError, match="no feedback yet"):
+        fleet_status(store, name)
+    assert session.execute("SELECT * FROM feedback_config WHERE model_id = %s", (info.model_id,)).one() is None
 
 
 def test_flush_returns_when_everything_is_durable(store, session, learner):
