@@ -13,6 +13,11 @@ skips what ``done`` holds, and afterwards the floor may rise to at most ``T - la
 past a listed segment that was not learned, nor past the end of what the scan listed). ``done``
 therefore holds about ``lateness`` seconds of segment ids, a few hundred entries at most.
 
+The argument needs an acknowledged segment to be visible to the consumer's reads: true when the
+``ingest_feedback`` and ``read_feedback`` levels overlap (QUORUM/QUORUM in the strong profile, or any
+level with RF=1). With ONE/ONE on RF>1 (the eventual profile) a replica that missed a write can hide a
+segment longer than the window; that profile trades this guarantee away, like the others it weakens.
+
 Listing is bounded per poll: up to ``max_buckets`` buckets per lane (from the bucket index, which
 skips empty buckets) and ``limit`` ids per bucket; ``horizon`` records how far the listing is
 complete, and the floor never passes it.
