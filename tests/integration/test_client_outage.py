@@ -54,7 +54,7 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
         schema.apply(conn.session, "outage", schema.replication_map(cfg), log=lambda m: None)
         conn.close()
         meta = {"learner": {"n_features": 256, "hash_seed": 0}}
-        with Store.from_config(cfg) as store:
+        with _retry(lambda: Store.from_config(cfg)) as store:
             for name in ("fraud", "opened_later"):
                 store.create_model(name, {"weights": (256,), "bias": (1,)}, chunk_size=64, metadata=meta)
             store.apply_updates("fraud", {"weights": np.linspace(-1, 1, 256, dtype="float32")}, update_type="direct")
@@ -86,14 +86,14 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
         client.flush_log(3.0)
         assert model.status()["log"]["write_errors"] >= 1  # counted, not lost silently
 
-        t_up = time.monotonic()
         cluster.up()
+        t_up = time.monotonic()
         assert _until(lambda: model.staleness < 1.0 and later.loaded, 60), model.status()
-        print(f"fresh again {time.monotonic() - t_up:.1f} s after `up` returned")
+        print(f"fresh again {time.monotonic() - t_up:.1f} s after the node accepted CQL again")
         assert later.predict_proba(f) == 0.5  # all-zero model
-        with Store.from_config(cfg) as store:
-            store.apply_update("fraud", "bias", [-2.0], lr=1.0)
-            assert model.wait_for_version(store.head_version("fraud"), 2.0)
+        store = client.store  # the client's own, reconnected session
+        store.apply_update("fraud", "bias", [-2.0], lr=1.0)
+        assert model.wait_for_version(store.head_version("fraud"), 2.0)
         assert model.predict_proba(f) > p0
     finally:
         if client is not None:
