@@ -15,7 +15,7 @@ help:
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,load]'
+	$(PY) -m pip install -q -e '.[test,load,eval]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
 venv: $(STAMP)
