@@ -90,7 +90,7 @@ def config_cmd(obj: CliContext) -> None:
 
 # Each module in cstore/commands/ exposes COMMANDS, a list of click commands/groups to mount.
 _COMMAND_MODULES = ["local_cmd", "schema_cmd", "model_cmd", "feedback_cmd", "worker_cmd", "status_cmd",
-                    "security_cmd", "eval_cmd"]
+                    "security_cmd", "bench_cmd", "eval_cmd"]
 
 
 def _register() -> None:
@@ -102,6 +102,3 @@ def _register() -> None:
 
 
 _register()
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

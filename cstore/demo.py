@@ -1,12 +1,14 @@
 """``make demo``: set everything up and run the main job end to end with readable output.
 
 Starts a local node when none answers (and leaves it running for you to explore with the CLI),
-applies the schema, then walks through the parameter store: create a model, update it from
-several writers with compare-and-set, snapshot, a bad update that is refused, roll back, and
-read the history and stats back.
+applies the schema, walks through the parameter store (create, compare-and-set updates, snapshot,
+a refused bad update, rollback, replay, history, stats), then runs the main job: a fraud-like
+stream of transactions is scored, labels come back as feedback, two worker processes learn, and
+events/s, lag, model version and accuracy are printed as they improve.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -42,6 +44,10 @@ def run() -> None:
     store = Store.from_config(cfg)
     try:
         parameter_store_tour(store)
+        step("the main job: score a fraud-like stream, send labels as feedback, two workers learn")
+        from cstore.fleet_demo import run as fleet_run
+        figures = fleet_run(store, seconds=float(os.environ.get("DEMO_SECONDS", "45")))
+        print(f"  final: {figures}")
     finally:
         store.close()
     print("\ndemo finished: explore with `.venv/bin/cstore model list`, `cstore history demo_fraud`, "

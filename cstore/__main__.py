@@ -1,0 +1,4 @@
+"""``python -m cstore``: the same as the ``cstore`` command."""
+from cstore.cli import main
+
+main()
