@@ -2,6 +2,10 @@
 as real transaction features are (a few merchants and devices are everywhere, most are rare)."""
 from __future__ import annotations
 
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
 import numpy as np
 
 
@@ -22,3 +26,25 @@ def transaction(rng: np.random.Generator, n: int = 30) -> dict[str, object]:
     feats: dict[str, object] = {f"num_{i}": float(rng.normal()) for i in range(n // 2)}
     feats.update({f"cat_{i}": f"v{int(rng.integers(0, 1000))}" for i in range(n - n // 2)})
     return feats
+
+
+def transactions(n: int, seed: int = 7, per_event: int = 30) -> list[dict[str, object]]:
+    """A pool of ``n`` scoring requests; scenarios cycle through it so that generating
+    requests is not what they measure."""
+    rng = np.random.default_rng(seed)
+    return [transaction(rng, per_event) for _ in range(n)]
+
+
+@contextmanager
+def temp_learner(store, prefix: str, **options: Any) -> Iterator[str]:
+    """A throw-away FTRL learner model named ``<prefix>_<random>``, dropped on the way out."""
+    from cstore.learner import create_learner
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    create_learner(store, name, **{"n_features": 1 << 20, "chunk_size": 16384, **options})
+    try:
+        yield name
+    finally:
+        try:
+            store.drop_model(name, confirm=name)
+        except Exception:  # a failed drop must not hide the scenario's own error; bench models are small
+            pass

@@ -50,7 +50,9 @@ def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: 
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
     else:
-        click.echo("\n" + "\n".join(f"{k:32} {v}" for k, v in sorted(result.items()) if k != "machine"))
+        # Distributions (lists) are for --json and the plots; the summary shows their percentiles.
+        click.echo("\n" + "\n".join(f"{k:32} {v}" for k, v in sorted(result.items())
+                                      if k != "machine" and not isinstance(v, list)))
 
 
 COMMANDS = [bench]

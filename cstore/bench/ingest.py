@@ -1,0 +1,96 @@
+"""``ingest``: feedback events per second through the client's buffered writer, counted once durable,
+vs the raw driver's ``ceiling`` (one prepared INSERT per event with ``execute_concurrent``).
+
+Both sides get the same events (entity id, label, kind, ~30 features) from one pre-built pool, and
+both must serialise the features (cstore validates and msgpack-encodes each event; the ceiling only
+msgpack-encodes), so neither measures request generation.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import msgpack
+from cassandra.concurrent import execute_concurrent_with_args
+
+from cstore.bench.runner import BenchContext, scenario
+from cstore.bench.workload import temp_learner, transactions
+from cstore.feedback import ticks_now, uuid_at
+from cstore.session import connect
+from cstore.store import Store
+
+BENCH_KEYSPACE = "cstore_bench_naive"  # the bench keyspace (cql/bench/), shared with the naive apply baseline
+POOL = 2000
+SLICE = 2000  # events handed to execute_concurrent at once by the ceiling (bounds the time overshoot)
+
+
+def cstore_ingest(ctx: BenchContext, seconds: float, *, max_batch: int = 500, linger_ms: float = 20.0) -> dict:
+    """Send events through ``Store.feedback_writer`` for ``seconds``, flush, count what became durable."""
+    pool = transactions(POOL)
+    store = Store.from_config(ctx.config)
+    try:
+        with temp_learner(store, "bench_ingest", n_features=1 << 16) as name:
+            writer = store.feedback_writer(name, linger_ms=linger_ms, max_batch=max_batch,
+                                           concurrency=ctx.concurrency)
+            with writer:
+                send = writer.send
+                t0 = time.perf_counter()
+                i = 0
+                while time.perf_counter() - t0 < seconds:
+                    for _ in range(1000):  # check the clock every 1000 events, not every event
+                        send(f"tx-{i}", 1.0 if i % 20 == 0 else 0.0, kind="explicit", features=pool[i % POOL])
+                        i += 1
+                writer.flush()  # only durable events count
+                elapsed = time.perf_counter() - t0
+                stats = writer.stats()
+            return {"ingest_events_per_s": round(stats["events_written"] / elapsed),
+                    "ingest_events": stats["events_written"], "ingest_segments": stats["segments_written"],
+                    "ingest_mib_per_s": round(stats["bytes_written"] / elapsed / 2**20, 1),
+                    "ingest_blocked_s": stats["blocked_s"]}
+    finally:
+        store.close()
+
+
+def ceiling_ingest(ctx: BenchContext, seconds: float) -> dict:
+    """The raw driver at its best for a one-row-per-event design: prepared INSERT, execute_concurrent."""
+    ctx.ensure_schema(BENCH_KEYSPACE, Path(__file__).resolve().parents[2] / "cql" / "bench")
+    pool = transactions(POOL)
+    conn = connect(ctx.config, keyspace=BENCH_KEYSPACE)
+    s = conn.session
+    ins = s.prepare("INSERT INTO feedback_raw (run, part, event_id, entity_id, label, kind, features) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
+    run = uuid.uuid4()
+    packb = msgpack.packb
+    written = 0
+    t0 = time.perf_counter()
+    i = 0
+    try:
+        while time.perf_counter() - t0 < seconds:
+            ticks = ticks_now()
+            args = [(run, (i + j) % 16, uuid_at(ticks + j), f"tx-{i + j}", 1.0 if (i + j) % 20 == 0 else 0.0,
+                     "explicit", packb(pool[(i + j) % POOL], use_bin_type=True)) for j in range(SLICE)]
+            results = execute_concurrent_with_args(s, ins, args, concurrency=ctx.concurrency,
+                                                   raise_on_first_error=False, execution_profile="ingest_feedback")
+            written += sum(1 for ok, _ in results if ok)
+            i += SLICE
+    finally:
+        conn.close()
+    elapsed = time.perf_counter() - t0
+    return {"ceiling_events_per_s": round(written / elapsed), "ceiling_failed": i - written}
+
+
+@scenario("ingest")
+def ingest_scenario(ctx: BenchContext) -> dict:
+    seconds = 8.0 if ctx.quick else ctx.duration
+    ctx.log(f"  cstore:  buffered writer (segments of <= 500 events, linger 20 ms), "
+            f"{ctx.concurrency} segments in flight, {seconds:.0f}s")
+    out = cstore_ingest(ctx, seconds)
+    ctx.log(f"  cstore:  {out['ingest_events_per_s']:,} events/s durable ({out['ingest_mib_per_s']} MiB/s)")
+    ceiling_seconds = 6.0 if ctx.quick else min(ctx.duration, 15.0)
+    ctx.log(f"  ceiling: one prepared INSERT per event, execute_concurrent({ctx.concurrency}), {ceiling_seconds:.0f}s")
+    out.update(ceiling_ingest(ctx, ceiling_seconds))
+    ratio = out["ingest_events_per_s"] / max(out["ceiling_events_per_s"], 1)
+    out["ingest_vs_ceiling"] = round(ratio, 1)
+    ctx.log(f"  ceiling: {out['ceiling_events_per_s']:,} events/s → cstore is {ratio:.1f}x")
+    return out
