@@ -1,0 +1,34 @@
+"""Feedback ingestion under load: labelled transactions with their features, through the buffered
+writer (``--cstore-feedback-batch`` events sent, then ``flush()``: the response time is until they are
+durable), and the occasional single durable event (``client.feedback``).
+
+    locust -f locustfiles/feedback.py --headless -u 10 -r 5 -t 1m --only-summary
+
+Reported as ``cstore feedback_batch`` and ``cstore feedback_one``.
+"""
+from __future__ import annotations
+
+from locust import task
+from cstore_locust import CstoreUser
+
+
+class FeedbackUser(CstoreUser):
+    """A producer of labelled feedback (e.g. a chargeback feed)."""
+
+    @task(10)
+    def feedback_batch(self) -> None:
+        n = int(self.environment.parsed_options.cstore_feedback_batch)
+        txs = self.stream.sample(n, prefix=self.prefix)
+        self.call("feedback_batch", self._send, txs)
+
+    def _send(self, txs: list[dict]) -> None:
+        w = self.cs.writer
+        for tx in txs:
+            w.send(tx["entity_id"], tx["label"], kind="explicit", features=tx["features"])
+        w.flush()
+
+    @task(1)
+    def feedback_one(self) -> None:
+        tx = self.stream.sample(1, prefix=self.prefix)[0]
+        self.call("feedback_one", self.cs.client.feedback, tx["entity_id"], tx["label"],
+                  model=self.cs.model_name, features=tx["features"])
