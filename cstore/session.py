@@ -101,8 +101,9 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
         session = cluster.connect(keyspace)
     except NoHostAvailable as exc:
         cluster.shutdown()
-        reasons = "; ".join(f"{host}: {_short(err)}" for host, err in exc.errors.items())
-        if any(isinstance(err, AuthenticationFailed) for err in exc.errors.values()):
+        errors = exc.errors if isinstance(exc.errors, dict) else dict(enumerate(exc.errors or []))
+        reasons = "; ".join(f"{host}: {_short(err)}" for host, err in errors.items())
+        if any(isinstance(err, AuthenticationFailed) for err in errors.values()):
             if not cfg.username:
                 raise ConnectionFailed(f"the cluster at {', '.join(cfg.contact_points)} requires a login: set "
                                        f"CSTORE_USERNAME and CSTORE_PASSWORD") from None

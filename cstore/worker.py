@@ -108,6 +108,7 @@ class Worker:
         self.stats = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "drifts": 0, "lost_checkpoints": 0,
                       "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
         self._rate_mark = (time.monotonic(), 0)
+        self.on_commit: Callable[[Any, float], None] | None = None  # (UpdateResult, seconds): metrics hook
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -146,8 +147,12 @@ class Worker:
         finally:
             self._stop.set()
             hb.join(timeout=self.heartbeat_s + 5)
-            self.leases.release_all()
-            self.leases.register(self.stats, unregister=True)
+            try:
+                self.leases.release_all()
+                self.leases.register(self.stats, unregister=True)
+            except Exception as exc:  # Cassandra unreachable at shutdown: the TTLs free the leases anyway
+                log.warning("could not release leases on the way out (%s); they expire within %.0f s",
+                            exc, self.opts.lease_ttl_s)
         return dict(self.stats)
 
     def _heartbeat(self) -> None:
@@ -322,8 +327,12 @@ class Worker:
         remaining, attempt = list(chunks), 0
         while remaining:
             try:
-                self.store.commit_transform(self.model, remaining, transform, meta, lr=lr_scale,
-                                            current={k: current[k] for k in remaining} if attempt == 0 else None)
+                t0 = time.perf_counter()
+                result = self.store.commit_transform(self.model, remaining, transform, meta, lr=lr_scale,
+                                                     current={k: current[k] for k in remaining} if attempt == 0
+                                                     else None)
+                if self.on_commit is not None:
+                    self.on_commit(result, time.perf_counter() - t0)
                 return
             except _RETRY_COMMIT as exc:
                 partial = getattr(exc, "partial", None)

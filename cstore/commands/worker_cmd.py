@@ -16,6 +16,7 @@ import click
 
 from cstore.cli import CliContext, echo_json
 from cstore.commands.model_cmd import model
+from cstore.logs import log_format_option, setup_logging
 
 log = logging.getLogger("cstore.worker")
 _GLOBAL_FLAGS = {"contact_points": "--contact-points", "port": "--port", "keyspace": "--keyspace",
@@ -104,25 +105,58 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
 @click.option("--poll-ms", type=click.FloatRange(1), default=100.0, show_default=True)
 @click.option("--max-batches", type=click.IntRange(1), help="Exit after this many batches.")
 @click.option("--until-idle", is_flag=True, help="Exit once a poll finds nothing new to learn (batch jobs).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              help="Serve /metrics, /healthz and /readyz on this port (0: any free port; default: off).")
+@click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for the metrics server.")
+@log_format_option
 @click.pass_obj
 def worker(obj: CliContext, models, group, processes, batch_size, max_wait_ms, lease_ttl, heartbeat, poll_ms,
-           max_batches, until_idle) -> None:
-    """Learn from feedback: lease partitions, learn micro-batches, checkpoint. SIGTERM exits cleanly."""
+           max_batches, until_idle, metrics_port, metrics_host, log_format) -> None:
+    """Learn from feedback: lease partitions, learn micro-batches, checkpoint. SIGTERM exits cleanly.
+
+    With --metrics-port the worker exposes Prometheus metrics (events learned, commits, conflicts,
+    retries, per-partition lag, commit latency, drift, lease changes), /healthz (alive) and /readyz
+    (connected and holding leases or waiting for them; unready while draining or when no node answers).
+    """
+    redactor = setup_logging(log_format)
+    redactor.add_secret(obj.config.password)
     opts = {"group": group, "batch_size": batch_size, "max_wait_ms": max_wait_ms, "lease_ttl_s": lease_ttl,
             "heartbeat_s": heartbeat, "poll_ms": poll_ms, "until_idle": until_idle}
     if processes > 1 or len(models) > 1:
-        sys.exit(_supervise(obj, models, processes, opts, max_batches))
+        sys.exit(_supervise(obj, models, processes, opts, max_batches, metrics_port, metrics_host, log_format))
+    from cstore.metrics import Readiness, WorkerMetrics, cluster_check, multiprocess_dir, serve
     from cstore.worker import Worker
+    from cstore.worker_observer import WorkerObserver
     until_idle = opts.pop("until_idle")
-    w = Worker(obj.store(), models[0], **opts)
-    signal.signal(signal.SIGTERM, w.stop)
-    signal.signal(signal.SIGINT, w.stop)
+    store = obj.store()
+    w = Worker(store, models[0], **opts)
+    observer = server = None
+    if metrics_port is not None or multiprocess_dir():
+        readiness = Readiness()
+        readiness.add_check(cluster_check(store.conn.cluster))
+        metrics = WorkerMetrics(models[0])
+        observer = WorkerObserver(w, metrics, readiness).start()
+        if metrics_port is not None:  # a supervised child reports through its supervisor's server instead
+            server = serve(metrics_port, metrics_host, readiness, registry=metrics.registry)
+            click.echo(f"metrics on http://{metrics_host}:{server.port}/metrics", err=True)
+
+    def stop(*args) -> None:
+        if observer is not None:
+            observer.stop()
+        w.stop(*args)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     log.info("worker %s learning %s (group %s)", w.worker_id, models[0], group)
-    stats = w.run(max_batches=max_batches, until_idle=until_idle)
+    try:
+        stats = w.run(max_batches=max_batches, until_idle=until_idle)
+    finally:
+        if server is not None:
+            server.close()
     click.echo(json.dumps({"worker": w.worker_id, "model": models[0], **stats}))
 
 
-def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int | None) -> list[str]:
+def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int | None,
+                log_format: str = "text") -> list[str]:
     args = [sys.executable, "-c", "from cstore.cli import main; main()"]
     if obj.config_file:
         args += ["--config", obj.config_file]
@@ -131,7 +165,7 @@ def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int |
             args += [flag, str(obj.overrides[key])]
     args += ["worker", "--model", model_name, "--group", opts["group"], "--batch-size", str(opts["batch_size"]),
              "--max-wait-ms", str(opts["max_wait_ms"]), "--lease-ttl", str(opts["lease_ttl_s"]),
-             "--poll-ms", str(opts["poll_ms"])]
+             "--poll-ms", str(opts["poll_ms"]), "--log-format", log_format]
     if opts["heartbeat_s"]:
         args += ["--heartbeat", str(opts["heartbeat_s"])]
     if max_batches:
@@ -141,15 +175,29 @@ def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int |
     return args
 
 
-def _supervise(obj: CliContext, models, processes: int, opts: dict, max_batches: int | None) -> int:
-    """Run K children per model; restart the ones that crash; forward SIGTERM; exit when all are done."""
+def _supervise(obj: CliContext, models, processes: int, opts: dict, max_batches: int | None,
+               metrics_port: int | None = None, metrics_host: str = "0.0.0.0", log_format: str = "text") -> int:
+    """Run K children per model; restart the ones that crash; forward SIGTERM; exit when all are done.
+
+    With a metrics port, the children write their metrics to a shared directory and this process
+    serves the sum (prometheus_client's multi-process mode)."""
+    from cstore.metrics import Readiness, enable_multiprocess, mark_process_dead, multiprocess_registry, serve
+    server, readiness = None, Readiness()
+    if metrics_port is not None:
+        import tempfile
+        enable_multiprocess(tempfile.mkdtemp(prefix="cstore-metrics-"))
+        server = serve(metrics_port, metrics_host, readiness, registry=multiprocess_registry())
+        click.echo(f"metrics on http://{metrics_host}:{server.port}/metrics", err=True)
     specs = [(m, k) for m in models for k in range(processes)]
-    children = {spec: subprocess.Popen(_child_args(obj, spec[0], opts, max_batches)) for spec in specs}
+    child_args = lambda m: _child_args(obj, m, opts, max_batches, log_format)  # noqa: E731
+    children = {spec: subprocess.Popen(child_args(spec[0])) for spec in specs}
+    readiness.set_ready(f"{len(children)} worker process(es) running")
     stopping = False
 
     def forward(signum, _frame) -> None:
         nonlocal stopping
         stopping = True
+        readiness.set_unready("stopping: children are finishing their batches")
         for proc in children.values():
             if proc.poll() is None:
                 proc.send_signal(signum)
@@ -163,11 +211,15 @@ def _supervise(obj: CliContext, models, processes: int, opts: dict, max_batches:
                 continue
             if proc.returncode != 0 and not stopping and not max_batches and not opts["until_idle"]:
                 log.warning("worker %s #%d exited with %d; restarting it", spec[0], spec[1], proc.returncode)
+                if server is not None:
+                    mark_process_dead(proc.pid)
                 time.sleep(1.0)
-                children[spec] = subprocess.Popen(_child_args(obj, spec[0], opts, max_batches))
+                children[spec] = subprocess.Popen(child_args(spec[0]))
             else:
                 codes[spec] = proc.returncode
         time.sleep(0.2)
+    if server is not None:
+        server.close()
     return max(abs(c) for c in codes.values()) if codes else 0
 
 

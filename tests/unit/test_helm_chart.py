@@ -204,20 +204,15 @@ def test_bad_values_fail_with_a_clear_reason(rendered, sets, reason):
 
 
 def test_worker_flags_used_by_the_chart_exist(rendered):
-    """The chart's worker arguments must be options of `cstore worker` (once that command exists).
-    ``--metrics-port`` arrives with the worker's metrics integration: until then it is an expected failure."""
+    """Every option the chart passes to the worker must be an option of `cstore worker`."""
     from cstore.cli import main
-    worker = main.commands.get("worker")
-    if worker is None:
-        pytest.skip("`cstore worker` is not part of the CLI yet")
+    worker = main.commands["worker"]
     known = {opt for p in worker.params for opt in p.opts}
     args = container(one(rendered["ci"], "Deployment"))["args"]
     used = [a for a in args[args.index("worker"):] if re.match(r"^--[a-z]", a)]
     missing = sorted(set(used) - known)
-    assert set(missing) <= {"--metrics-port"}, f"flags the chart passes but `cstore worker` lacks: {missing}"
-    assert {"--model", "--group", "--processes", "--batch-size", "--max-wait-ms"} <= set(used)
-    if missing:
-        pytest.xfail("`cstore worker --metrics-port` is not there yet (worker metrics integration, issue 8)")
+    assert not missing, f"flags the chart passes but `cstore worker` lacks: {missing}"
+    assert {"--model", "--group", "--processes", "--batch-size", "--max-wait-ms", "--metrics-port"} <= set(used)
 
 
 def test_schema_job_flags_exist():
