@@ -236,6 +236,10 @@ class ChunkEngine:
         except ReadTimeout as exc:  # the Paxos read phase of an LWT
             with replica_errors("commit_chunk"):
                 raise exc
+        if self.profile.lwt and not rs.was_applied and len(rs.response_future.attempted_hosts) > 1:
+            # The driver re-sent the LWT to another coordinator after a connection error: the first send may
+            # have applied it, and then this "not applied" is our own commit. Resolve it, never retry blind.
+            return None
         return rs.was_applied if self.profile.lwt else True
 
     def _resolve(self, info, chunk, rows, changes, op_id) -> bool:

@@ -133,7 +133,8 @@ class Store:
         rs = self.session.execute(self.q_create, (name, info.model_id, now, actor(), chunk_size, dtype,
                                                   json.dumps({k: list(v) for k, v in shapes.items()}), meta_json),
                                   execution_profile="coordination")
-        if not rs.was_applied:
+        # "Not applied" can be our own row: the driver re-sends an LWT to another node after a connection error.
+        if not rs.was_applied and rs.one().get("model_id") != info.model_id:
             raise ModelExists(f"model {name!r} was created concurrently by someone else")
         return self.model_info(name, refresh=True)
 

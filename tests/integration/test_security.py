@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -45,13 +46,20 @@ def sec1(tmp_path_factory):
     cluster.down(purge=True)
     try:
         cluster.up()
-        conn = connect(cfg(tls, "cassandra", "cassandra", keyspace=None))
-        try:
-            schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1}, log=lambda m: None)
-            report = apply_roles(conn.session, KS, PASSWORDS, log=lambda m: None)
-            assert report.grants > 20 and not report.skipped, report
-        finally:
-            conn.close()
+        for attempt in range(4):  # schema changes on a busy 2-core machine can time out: retry (idempotent)
+            conn = connect(cfg(tls, "cassandra", "cassandra", keyspace=None, request_timeout_s=60.0))
+            try:
+                schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1},
+                             log=lambda m: None)
+                report = apply_roles(conn.session, KS, PASSWORDS, log=lambda m: None)
+                break
+            except Exception:
+                if attempt == 3:
+                    raise
+                time.sleep(5)
+            finally:
+                conn.close()
+        assert report.grants > 20 and not report.skipped, report
         with Store.from_config(cfg(tls, "sec_admin", PASSWORDS["admin"])) as admin:
             admin.create_model("fraud", {"w": (64,)}, chunk_size=16)
         yield cluster, tls
