@@ -6,6 +6,7 @@ encryption at rest runs on the shared test node (it needs no special server).
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import logging
 import os
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cassandra.cluster import Cluster
 
 from cstore import schema
 from cstore.codec import CodecPipeline
@@ -28,7 +28,7 @@ from cstore.errors import ConfigError, ConnectionFailed, CorruptData, Permission
 from cstore.local import LocalCluster
 from cstore.local.certs import generate
 from cstore.local.node import pid_alive
-from cstore.roles import ROLES, apply_roles, role_name
+from cstore.roles import ROLES, apply_roles
 from cstore.session import connect
 from cstore.store import Store
 from conftest import REPO
@@ -190,8 +190,8 @@ def test_tls_connects_and_plain_connection_is_refused(sec1):
 
 
 # -- encryption at rest (shared test node) -------------------------------------------------------------
-KEY1 = "k1:" + __import__("base64").b64encode(b"1" * 32).decode()
-KEY2 = "k2:" + __import__("base64").b64encode(b"2" * 32).decode()
+KEY1 = "k1:" + base64.b64encode(b"1" * 32).decode()
+KEY2 = "k2:" + base64.b64encode(b"2" * 32).decode()
 
 
 def encrypted_store(base_config, keys: str) -> Store:
