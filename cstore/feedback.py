@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import msgpack
 from cassandra import OperationTimedOut, Unavailable, WriteTimeout
+from cassandra.cluster import NoHostAvailable
 from cassandra.concurrent import execute_concurrent_with_args
 
 from cstore.errors import ConsistencyUnavailable, FeedbackWriteFailed, ValidationError
@@ -246,7 +247,9 @@ class WriteReport:
     failed: list[tuple[Segment, Exception]] = field(default_factory=list)
 
 
-_RETRYABLE = (WriteTimeout, OperationTimedOut, Unavailable)
+# Segment and bucket-index writes are idempotent (same key, same bytes), so a send that may or may not
+# have happened -- a timeout, or a connection that died under it (NoHostAvailable) -- is simply repeated.
+_RETRYABLE = (WriteTimeout, OperationTimedOut, Unavailable, NoHostAvailable)
 
 
 def write_segments(ctx: FeedbackContext, cfg: FeedbackConfig, segments: list[Segment], *, max_attempts: int = 6,
