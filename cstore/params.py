@@ -170,7 +170,11 @@ class ChunkEngine:
                 resolved = False
             if applied:
                 new_versions = {p: rows[p].version + 1 for p in changes}
-                self._write_index(info, chunk, new_versions, op_id)
+                try:
+                    self._write_index(info, chunk, new_versions, op_id)
+                except Exception as exc:  # committed already: a lagging index must not turn it into an error
+                    log.warning("model %s chunk %d committed at %s but its version index was not updated (%s); "
+                                "scorers catch up at their next full check", info.name, chunk, new_versions, exc)
                 if not self.profile.lwt:
                     with self._lock:
                         for p, v in new_versions.items():
