@@ -52,6 +52,7 @@ def rel3():
         cluster.up()
         print(f"\nrel3: 3 nodes up in {time.monotonic() - t0:.1f}s")
         apply_schema(cluster)
+        wait_schema_agreement(cluster)
         yield cluster
     finally:
         pids = list(cluster.pids().values())
@@ -76,6 +77,27 @@ def apply_schema(cluster: LocalCluster, attempts: int = 4) -> None:
             time.sleep(5)
         finally:
             conn.close()
+
+
+def wait_schema_agreement(cluster: LocalCluster, timeout_s: float = 180.0) -> None:
+    """Every node must know every table before clients prepare statements on it (a lagging node says
+    'table … does not exist'); the driver waits only 10 s per DDL statement."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        versions = {}
+        for n in cluster.nodes():
+            only = ExecutionProfile(load_balancing_policy=WhiteListRoundRobinPolicy([n.address]))
+            c = Cluster([n.address], execution_profiles={EXEC_PROFILE_DEFAULT: only}, protocol_version=5)
+            try:
+                versions[n.name] = c.connect().execute("SELECT schema_version FROM system.local").one().schema_version
+            except Exception as exc:
+                versions[n.name] = repr(exc)
+            finally:
+                c.shutdown()
+        if len(set(versions.values())) == 1:
+            return
+        assert time.monotonic() < deadline, f"schema versions never agreed: {versions}"
+        time.sleep(3)
 
 
 def config(cluster: LocalCluster, profile: str, **extra):
@@ -233,8 +255,10 @@ def test_one_node_down_strong_commits_all_fails_eventual_continues_then_converge
     assert sum(o[2] == "ok" for o in after["eventual"]) >= 5, after["eventual"][-3:]
     all_errors = [o[3] for o in after["all"] if o[2] == "error"]
     assert all_errors and not any(o[2] == "ok" for o in after["all"][3:])
-    assert all("ConsistencyUnavailable" in e and "consistency ALL" in e and "replica" in e
-               for e in all_errors[-3:]), all_errors[-3:]
+    # A request in flight to the killed coordinator may end as a driver timeout; once the coordinator
+    # answers, the error names the level and the replicas.
+    clear = [e for e in all_errors if "ConsistencyUnavailable" in e and "consistency ALL" in e and "replica" in e]
+    assert clear and clear[-1] == all_errors[-1], all_errors[-3:]
 
     t_back = time.monotonic()
     rel3.up()
