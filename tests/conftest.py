@@ -75,6 +75,15 @@ def session(base_config):
     conn.close()
 
 
+@pytest.fixture(scope="module")
+def store(base_config):
+    """A connected Store in the test keyspace, shared by the tests of one module."""
+    from cstore.store import Store
+    s = Store.from_config(base_config)
+    yield s
+    s.close()
+
+
 @pytest.fixture
 def unique_name():
     return "t_" + uuid.uuid4().hex[:12]

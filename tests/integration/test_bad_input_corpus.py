@@ -21,13 +21,6 @@ from test_store_bad_input import fingerprint
 
 
 @pytest.fixture(scope="module")
-def store(base_config):
-    s = Store.from_config(base_config)
-    yield s
-    s.close()
-
-
-@pytest.fixture(scope="module")
 def model(store):
     name = "corpus_cli"
     if name in {m.name for m in store.list_models()}:

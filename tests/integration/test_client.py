@@ -20,18 +20,10 @@ from cstore.errors import UnknownModel, ValidationError
 from cstore.learn import FeatureHasher, predict_proba
 from cstore.learner import create_learner
 from cstore.status import fleet_status
-from cstore.store import Store
 from cstore.worker import Worker
 
 N_FEATURES = 1024
 SEED = 3
-
-
-@pytest.fixture(scope="module")
-def store(base_config):
-    s = Store.from_config(base_config)
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")

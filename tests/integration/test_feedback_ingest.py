@@ -13,15 +13,7 @@ from cstore.feedback import (TICKS_PER_S, Segment, context, encode_event, make_e
                              write_segments)
 from cstore.feedback_reader import FeedbackReader
 from cstore.learner import create_learner
-from cstore.store import Store
 from feedback_helpers import all_events, all_segments, new_name, run_cli
-
-
-@pytest.fixture(scope="module")
-def store(base_config):
-    st = Store.from_config(base_config)
-    yield st
-    st.close()
 
 
 @pytest.fixture

@@ -11,13 +11,6 @@ from cstore.store import Store
 
 
 @pytest.fixture
-def store(base_config):
-    s = Store.from_config(base_config)
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def model(store, unique_name):
     store.create_model(unique_name, {"w": (1000,), "b": (1,), "emb": (50, 4)}, chunk_size=256)
     yield unique_name

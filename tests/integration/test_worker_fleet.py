@@ -19,17 +19,9 @@ from cstore.learn import FeatureHasher, log_loss, predict_proba_batch
 from cstore.learner import create_learner
 from cstore.learner_state import SharedLearnerState
 from cstore.status import fleet_status
-from cstore.store import Store
 from feedback_helpers import all_segments, learned_counts, new_name, start_worker
 
 BATCH = 2000
-
-
-@pytest.fixture(scope="module")
-def store(base_config):
-    st = Store.from_config(base_config)
-    yield st
-    st.close()
 
 
 def _wait(predicate, timeout: float, what: str, every: float = 0.25):

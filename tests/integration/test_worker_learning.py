@@ -6,7 +6,6 @@ import time
 
 import msgpack
 import numpy as np
-import pytest
 
 from cstore.feedback import decode_payload
 from cstore.fraudsim import FraudStream
@@ -14,18 +13,10 @@ from cstore.learn import FTRLProximal, FeatureHasher, batch_gradient, detector_f
     predict_proba_batch
 from cstore.learner import commit_federated, create_learner
 from cstore.status import fleet_status
-from cstore.store import Store
 from cstore.worker import Worker
 from feedback_helpers import all_segments, learned_counts, new_name, run_cli
 
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
-
-
-@pytest.fixture(scope="module")
-def store(base_config):
-    st = Store.from_config(base_config)
-    yield st
-    st.close()
 
 
 def _ingest(store, name, txs, kind="explicit", max_batch=500, with_features=True) -> None:
