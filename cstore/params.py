@@ -27,6 +27,7 @@ from typing import Callable, Mapping
 import numpy as np
 from cassandra import (ConsistencyLevel, OperationTimedOut, ReadTimeout, Unauthorized, Unavailable, WriteTimeout,
                        WriteType)
+from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 from cassandra.util import uuid_from_time
 
@@ -304,11 +305,27 @@ def _unavailable_message(exc: Unavailable, operation: str) -> str:
             f"{exc.alive_replicas} are alive; bring the missing nodes back or use a weaker profile")
 
 
+def _replica_error(exc: NoHostAvailable) -> Exception | None:
+    """The first server-side replica error (auth, unavailable, timeout) among the hosts a request tried."""
+    for err in (getattr(exc, "errors", None) or {}).values():
+        if isinstance(err, (Unauthorized, Unavailable, ReadTimeout, WriteTimeout)):
+            return err
+    return None
+
+
 @contextmanager
 def replica_errors(operation: str):
     """Turn the driver's replica errors into cstore errors naming the operation, level and replicas."""
     try:
-        yield
+        try:
+            yield
+        except NoHostAvailable as exc:
+            # The driver's retry policy moves on to the next host after an Unavailable; when that host's
+            # connection is gone too it reports both. The replica error is the one that explains the failure.
+            inner = _replica_error(exc)
+            if inner is None:
+                raise
+            raise inner from None
     except Unauthorized as exc:
         raise PermissionDenied(f"{operation}: the logged-in role may not do this ({_server_message(exc)}); "
                                f"log in as a role that has the permission (see cql/roles/roles.cql)") from None
