@@ -27,7 +27,7 @@ demo: $(STAMP)
 # The test session starts a local node if none answers and stops it afterwards only if it
 # started it (see tests/conftest.py).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 up: $(STAMP)
 	$(CSTORE) local up
