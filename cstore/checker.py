@@ -63,8 +63,12 @@ def coordinate(process: int, i: int, n_processes: int, n_chunks: int, chunk_size
 
 
 def client_main(overrides: dict[str, Any], model: str, process: int, n_processes: int, n_chunks: int,
-                chunk_size: int, duration_s: float, log_path: str, stop_file: str | None = None) -> None:
-    """One client process: update until ``duration_s`` has passed or ``stop_file`` exists (JSON-lines log)."""
+                chunk_size: int, duration_s: float, log_path: str, stop_file: str | None = None,
+                max_rate: float | None = None) -> None:
+    """One client process: update until ``duration_s`` has passed or ``stop_file`` exists (JSON-lines log).
+
+    ``max_rate`` caps operations per second, so that cheap blind writes leave CPU to the nodes.
+    """
     from cstore.config import load_config
     from cstore.errors import ConflictError, ValidationError
     from cstore.store import Store
@@ -97,6 +101,8 @@ def client_main(overrides: dict[str, Any], model: str, process: int, n_processes
                 outcome, error = "unknown", f"{type(exc).__name__}: {exc}"
             rec = Op(op_id, process, chunk, coord, t0, time.monotonic(), outcome, error[:300])
             out.write(json.dumps(asdict(rec)) + "\n")
+            if max_rate:
+                time.sleep(max(0.0, t0 + 1.0 / max_rate - time.monotonic()))
         if store is not None:
             try:
                 store.close()

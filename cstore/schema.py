@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,12 +80,44 @@ def _replication_cql(rep: dict[str, object]) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
-def ensure_keyspace(session, keyspace: str, replication: dict[str, object]) -> None:
+def ensure_keyspace(session, keyspace: str, replication: dict[str, object], run=None) -> None:
+    """Create the keyspace and the migrations table unless they exist.
+
+    Existing ones are looked up first because ``CREATE KEYSPACE IF NOT EXISTS`` needs CREATE on ALL
+    KEYSPACES even when the keyspace is there: an admin role limited to its keyspace can then migrate.
+    """
+    run = run or session.execute
     # Keyspace names are validated by Config (lower-case identifier), never user free text.
-    session.execute(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = "
-                    f"{_replication_cql(replication)}")
-    session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations ("
-                    f"name text PRIMARY KEY, checksum text, applied_at timestamp)")
+    tables = {r["table_name"] for r in run("SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s",
+                                           (keyspace,))}
+    if not tables and run("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                          (keyspace,)).one() is None:
+        run(f"CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {_replication_cql(replication)}")
+    if "schema_migrations" not in tables:
+        run(f"CREATE TABLE IF NOT EXISTS {keyspace}.schema_migrations ("
+            f"name text PRIMARY KEY, checksum text, applied_at timestamp)")
+
+
+@contextmanager
+def _ddl_on_one_node(session, wait_s: float = 120.0):
+    """Run one migration's statements on a single coordinator and wait for schema agreement once, at the end.
+
+    The driver otherwise waits for agreement after every statement (about 1.6 s each on three nodes);
+    one coordinator keeps each statement ordered after the ones it depends on.
+    """
+    cluster = session.cluster
+    host = next((h for h in cluster.metadata.all_hosts() if h.is_up), None)
+    saved = cluster.max_schema_agreement_wait
+    cluster.max_schema_agreement_wait = 0
+    try:
+        yield lambda stmt, params=None: session.execute(stmt, params, timeout=60, host=host)
+    finally:
+        cluster.max_schema_agreement_wait = saved
+    if not cluster.control_connection.wait_for_schema_agreement(wait_time=wait_s):
+        raise SchemaError(f"the nodes did not agree on the schema within {wait_s:.0f} s; check that every node "
+                          f"is up (`cstore local status`, `nodetool describecluster`), then re-run `cstore schema "
+                          f"apply` (it is idempotent)")
+    cluster.refresh_schema_metadata()
 
 
 def applied(session, keyspace: str) -> dict[str, dict]:
@@ -107,27 +140,29 @@ def status(session, keyspace: str, directory: Path | None = None) -> list[dict]:
 def apply(session, keyspace: str, replication: dict[str, object], directory: Path | None = None,
           log=print) -> list[str]:
     """Create the keyspace if needed and apply pending migrations in order; return what was applied."""
-    ensure_keyspace(session, keyspace, replication)
-    done = applied(session, keyspace)
     todo = migrations(directory)
+    with _ddl_on_one_node(session) as run:
+        ensure_keyspace(session, keyspace, replication, run)
+    done = applied(session, keyspace)
     for m in todo:
         row = done.get(m.name)
         if row is not None and row["checksum"] != m.checksum:
             raise SchemaError(f"migration {m.name} changed after it was applied (checksum "
                               f"{row['checksum'][:12]}… → {m.checksum[:12]}…); never edit an applied "
                               f"migration: restore it and add a new numbered file instead")
-    session.set_keyspace(keyspace)
+    session.set_keyspace(keyspace)  # migration files name their tables without the keyspace
     applied_now = []
     for m in todo:
         if m.name in done:
             continue
-        for stmt in m.statements:
-            try:
-                session.execute(SimpleStatement(stmt), timeout=60)
-            except Exception as exc:
-                raise SchemaError(f"{m.name}: statement failed: {exc}\n{stmt[:200]}") from None
-        session.execute(f"INSERT INTO {keyspace}.schema_migrations (name, checksum, applied_at) VALUES (%s, %s, %s)",
-                        (m.name, m.checksum, datetime.now(timezone.utc)))
+        with _ddl_on_one_node(session) as run:
+            for stmt in m.statements:
+                try:
+                    run(SimpleStatement(stmt))
+                except Exception as exc:
+                    raise SchemaError(f"{m.name}: statement failed: {exc}\n{stmt[:200]}") from None
+            run(f"INSERT INTO {keyspace}.schema_migrations (name, checksum, applied_at) VALUES (%s, %s, %s)",
+                (m.name, m.checksum, datetime.now(timezone.utc)))
         applied_now.append(m.name)
         log(f"applied {m.name}")
     return applied_now

@@ -65,6 +65,12 @@ class Connection:
     def close(self) -> None:
         self.cluster.shutdown()
 
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
 
 def make_execution_profiles(profile: Profile, cfg: Config) -> dict[str, ExecutionProfile]:
     lbp_factory = lambda: TokenAwarePolicy(DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))  # noqa: E731

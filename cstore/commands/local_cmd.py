@@ -26,13 +26,16 @@ def local() -> None:
 @click.option("--auth/--no-auth", default=None, help="PasswordAuthenticator + CassandraAuthorizer.")
 @click.option("--tls", "tls_dir", type=click.Path(file_okay=False), default=None,
               help="Require TLS from clients, with the certificates in DIR (made by `cstore local certs DIR`).")
+@click.option("--quick-start/--no-quick-start", default=None,
+              help="C1-only JIT: faster (re)starts on a small machine, slower steady state; for throw-away "
+                   "test clusters, not for benchmarks (default off, or the existing cluster's).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for each node [240].")
 @click.pass_obj
 def up(obj: CliContext, n_nodes: int | None, heap: str | None, auth: bool | None, tls_dir: str | None,
-       timeout: float | None) -> None:
+       quick_start: bool | None, timeout: float | None) -> None:
     """Start the local cluster (idempotent: restarts only nodes that are down)."""
     t0 = time.monotonic()
-    cluster = _cluster(obj, n_nodes=n_nodes, heap=heap, auth=auth, tls=tls_dir)
+    cluster = _cluster(obj, n_nodes=n_nodes, heap=heap, auth=auth, tls=tls_dir, quick_start=quick_start)
     statuses = cluster.up(**({"timeout": timeout} if timeout else {}))
     for s in statuses:
         click.echo(f"{s.name}  {s.address}:9042  pid {s.pid}  {s.state}  log {s.log}")

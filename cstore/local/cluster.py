@@ -49,14 +49,18 @@ class LocalCluster:
     """
 
     def __init__(self, root: str | Path = ".local", *, n_nodes: int | None = None, heap: str | None = None,
-                 auth: bool | None = None, name: str = "cluster", first_octet: int = 1,
-                 tls: str | Path | None = None, log: Callable[[str], None] = print) -> None:
+                 auth: bool | None = None, name: str = "cluster", first_octet: int | None = None,
+                 tls: str | Path | None = None, quick_start: bool | None = None,
+                 log: Callable[[str], None] = print) -> None:
         self.base = Path(root).resolve()
         self.root = self.base / name
         self.name = name
-        self.first_octet = first_octet
         self.log = log
         state = self._read_state()
+        # Node i listens on 127.0.0.(first_octet + i - 1); kept in the state file, so that a re-opened
+        # cluster finds its nodes without being told again.
+        self.first_octet = first_octet or state.get("first_octet", 1)
+        self.quick_start = state.get("quick_start", False) if quick_start is None else quick_start
         self.n_nodes = n_nodes or state.get("n_nodes", 1)
         self.heap = heap or state.get("heap") or os.environ.get("CSTORE_HEAP", "1G")
         self.auth = state.get("auth", False) if auth is None else auth
@@ -86,7 +90,8 @@ class LocalCluster:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps({"n_nodes": self.n_nodes, "heap": self.heap, "auth": self.auth,
-                                   "tls": self.tls, "pids": pids}, indent=2))
+                                   "tls": self.tls, "first_octet": self.first_octet,
+                                   "quick_start": self.quick_start, "pids": pids}, indent=2))
         tmp.replace(self.state_file)
 
     @staticmethod
@@ -99,7 +104,7 @@ class LocalCluster:
             from cstore.local.certs import node_tls_options
             tls = node_tls_options(Path(self.tls))
         return [NodeSpec(i, self.n_nodes, self.root, cluster_name=f"cstore-{self.name}", heap=self.heap,
-                         auth=self.auth, first_octet=self.first_octet, **tls)
+                         auth=self.auth, first_octet=self.first_octet, quick_start=self.quick_start, **tls)
                 for i in range(1, self.n_nodes + 1)]
 
     def node(self, name_or_index: str | int) -> NodeSpec:

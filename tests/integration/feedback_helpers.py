@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -21,8 +23,9 @@ def run_cli(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProces
     return subprocess.run(cli_args(cfg) + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def start_worker(cfg, model: str, *args: str) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}
+def start_worker(cfg, model: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """A ``cstore worker`` process for ``model`` on ``cfg``'s cluster; ``env`` adds ``CSTORE_*`` settings."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}, **(env or {})}
     return subprocess.Popen(cli_args(cfg) + ["worker", "--model", model, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -58,3 +61,45 @@ def learned_counts(store, name: str, shared) -> tuple[collections.Counter, list[
 
 def new_name(prefix: str = "fb") -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(predicate, timeout: float, what: str, every: float = 0.25, *, tolerate: tuple = ()):
+    """Poll ``predicate`` until it returns something true; exceptions in ``tolerate`` count as 'not yet'."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except tolerate as exc:
+            value, last = None, exc
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def stop_workers(procs) -> list[dict]:
+    """SIGTERM the worker processes; each must exit 0 and print its final stats as JSON."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr[-2000:]
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def learning_tally(store, name: str) -> tuple[int, int, int]:
+    """(segments never learned, events learned more than once, events learned in total) of model ``name``."""
+    from cstore.feedback import context
+    from cstore.learner_state import SharedLearnerState
+
+    fcfg = context(store).config(name)[1]
+    shared = SharedLearnerState(store.session, fcfg.model_id, "default", {}, {}, serial_level=0, ttl_s=fcfg.ttl_s)
+    counts, traces = learned_counts(store, name, shared)
+    segs = {s["seg_id"]: s["n_events"] for s in all_segments(store.session, fcfg)}
+    missing = sum(1 for s in segs if counts[s] == 0)
+    dups = sum(segs[s] * (c - 1) for s, c in counts.items() if c > 1)
+    return missing, dups, sum(t["n_learned"] for t in traces)

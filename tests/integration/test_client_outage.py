@@ -13,22 +13,14 @@ import pytest
 from cstore import Client, schema
 from cstore.config import load_config
 from cstore.errors import ConnectionFailed, NotLoaded
-from cstore.local import LocalCluster
 from cstore.session import connect
 from cstore.store import Store
-from conftest import REPO
+from private_cluster import private_cluster, retrying
 
 
-def _retry(fn, timeout: float = 90.0):
+def _connecting(fn):
     """A node that has just started on a busy machine may refuse the first connections."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return fn()
-        except ConnectionFailed:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(2)
+    return retrying(fn, attempts=45, pause_s=2.0, retry_on=(ConnectionFailed,))
 
 
 def _until(predicate, timeout: float, step: float = 0.1) -> bool:
@@ -43,59 +35,56 @@ def _until(predicate, timeout: float, step: float = 0.1) -> bool:
 @pytest.mark.slow
 @pytest.mark.fault
 def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
-    cluster = LocalCluster(REPO / ".local", n_nodes=1, heap="512M", name="client_outage", first_octet=21)
-    cluster.down(purge=True)
     client = None
-    try:
-        cluster.up()
-        cfg = load_config({"contact_points": ",".join(cluster.contact_points), "keyspace": "outage",
-                           "refresh_interval_s": 0.1}, env={})
-        conn = _retry(lambda: connect(cfg))
-        schema.apply(conn.session, "outage", schema.replication_map(cfg), log=lambda m: None)
-        conn.close()
-        meta = {"learner": {"n_features": 256, "hash_seed": 0}}
-        with _retry(lambda: Store.from_config(cfg)) as store:
-            for name in ("fraud", "opened_later"):
-                store.create_model(name, {"weights": (256,), "bias": (1,)}, chunk_size=64, metadata=meta)
-            store.apply_updates("fraud", {"weights": np.linspace(-1, 1, 256, dtype="float32")}, update_type="direct")
+    with private_cluster("client_outage", 21) as cluster:
+        try:
+            cfg = load_config({"contact_points": ",".join(cluster.contact_points), "keyspace": "outage",
+                               "refresh_interval_s": 0.1}, env={})
+            with _connecting(lambda: connect(cfg)) as conn:
+                schema.apply(conn.session, "outage", schema.replication_map(cfg), log=lambda m: None)
+            meta = {"learner": {"n_features": 256, "hash_seed": 0}}
+            with _connecting(lambda: Store.from_config(cfg)) as store:
+                for name in ("fraud", "opened_later"):
+                    store.create_model(name, {"weights": (256,), "bias": (1,)}, chunk_size=64, metadata=meta)
+                store.apply_updates("fraud", {"weights": np.linspace(-1, 1, 256, dtype="float32")},
+                                    update_type="direct")
 
-        client = _retry(lambda: Client(config=cfg))
-        model = client.model("fraud")
-        f = {"amount": 0.7, "country": "FR", "hour": 3.0}
-        p0 = model.predict_proba(f)
-        assert p0 != 0.5 and model.staleness < 1.0
+            client = _connecting(lambda: Client(config=cfg))
+            model = client.model("fraud")
+            f = {"amount": 0.7, "country": "FR", "hour": 3.0}
+            p0 = model.predict_proba(f)
+            assert p0 != 0.5 and model.staleness < 1.0
 
-        cluster.stop("node1")
-        assert _until(lambda: model.status()["refresh_errors"] > 0, 10)
-        samples = []
-        for _ in range(40):  # 4 s without Cassandra
-            assert model.predict_proba(f) == p0
-            assert model.score("tx-during-outage", f) == p0  # logging never fails the prediction
-            samples.append(model.staleness)
-            time.sleep(0.1)
-        assert samples == sorted(samples) and samples[-1] > samples[0] + 3.5
-        status = model.status()
-        assert status["loaded"] and status["failing_streak"] > 0 and status["last_error"]
-        print(f"\nwhile down: staleness {samples[0]:.1f} → {samples[-1]:.1f} s, {status['refresh_errors']} "
-              f"refresh errors, last: {status['last_error'][:100]}")
+            cluster.stop("node1")
+            assert _until(lambda: model.status()["refresh_errors"] > 0, 10)
+            samples = []
+            for _ in range(40):  # 4 s without Cassandra
+                assert model.predict_proba(f) == p0
+                assert model.score("tx-during-outage", f) == p0  # logging never fails the prediction
+                samples.append(model.staleness)
+                time.sleep(0.1)
+            assert samples == sorted(samples) and samples[-1] > samples[0] + 3.5
+            status = model.status()
+            assert status["loaded"] and status["failing_streak"] > 0 and status["last_error"]
+            print(f"\nwhile down: staleness {samples[0]:.1f} → {samples[-1]:.1f} s, {status['refresh_errors']} "
+                  f"refresh errors, last: {status['last_error'][:100]}")
 
-        later = client.model("opened_later")  # Cassandra is down: returned unloaded, loads in background
-        with pytest.raises(NotLoaded, match="never been loaded.*127.0.0.21"):
-            later.predict_proba(f)
-        assert later.version is None and later.staleness == float("inf")
-        client.flush_log(3.0)
-        assert model.status()["log"]["write_errors"] >= 1  # counted, not lost silently
+            later = client.model("opened_later")  # Cassandra is down: returned unloaded, loads in background
+            with pytest.raises(NotLoaded, match="never been loaded.*127.0.0.21"):
+                later.predict_proba(f)
+            assert later.version is None and later.staleness == float("inf")
+            client.flush_log(3.0)
+            assert model.status()["log"]["write_errors"] >= 1  # counted, not lost silently
 
-        cluster.up()
-        t_up = time.monotonic()
-        assert _until(lambda: model.staleness < 1.0 and later.loaded, 60), model.status()
-        print(f"fresh again {time.monotonic() - t_up:.1f} s after the node accepted CQL again")
-        assert later.predict_proba(f) == 0.5  # all-zero model
-        store = client.store  # the client's own, reconnected session
-        store.apply_update("fraud", "bias", [-2.0], lr=1.0)
-        assert model.wait_for_version(store.head_version("fraud"), 2.0)
-        assert model.predict_proba(f) > p0
-    finally:
-        if client is not None:
-            client.close()
-        cluster.down(purge=True)
+            cluster.up()
+            t_up = time.monotonic()
+            assert _until(lambda: model.staleness < 1.0 and later.loaded, 60), model.status()
+            print(f"fresh again {time.monotonic() - t_up:.1f} s after the node accepted CQL again")
+            assert later.predict_proba(f) == 0.5  # all-zero model
+            store = client.store  # the client's own, reconnected session
+            store.apply_update("fraud", "bias", [-2.0], lr=1.0)
+            assert model.wait_for_version(store.head_version("fraud"), 2.0)
+            assert model.predict_proba(f) > p0
+        finally:
+            if client is not None:
+                client.close()

@@ -1,5 +1,8 @@
 """Reliability under node faults on a PRIVATE 3-node cluster (127.0.0.31-33, RF=3).
 
+The module's fixture also proves the local cluster itself: three nodes up, the keyspace at RF=3, and
+``down(purge=True)`` leaving no Cassandra process behind.
+
 * Jepsen-style: several client processes update unique coordinates while nodes are killed with
   ``kill -9`` and restarted; after healing, :mod:`cstore.checker` proves that in the ``strong``
   profile every acknowledged update is present exactly once, no failed one is, unknown ones at
@@ -8,14 +11,16 @@
   acknowledged updates (the checker can fail).
 * One node down mid-load: strong keeps committing, ``all`` fails naming level and replicas,
   eventual continues; once the node is back, replicas converge and QUORUM reads what was acked.
+* The worker fleet with a node killed under it: every feedback event is learned, and duplicates stay
+  within the documented bound (one batch per lost checkpoint; see :mod:`cstore.worker`).
 
 Figures are printed (run with ``-s``) and quoted in docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -28,55 +33,39 @@ from cassandra.policies import WhiteListRoundRobinPolicy
 
 from cstore import checker, schema
 from cstore.config import load_config
+from cstore.fraudsim import FraudStream
+from cstore.learner import create_learner
 from cstore.local import LocalCluster
-from cstore.local.node import pid_alive
 from cstore.session import connect
+from cstore.status import fleet_status
 from cstore.store import Store
-from conftest import REPO
+from feedback_helpers import learning_tally, new_name, start_worker, stop_workers, wait_for
+from private_cluster import private_cluster, retrying
 
 pytestmark = [pytest.mark.slow, pytest.mark.fault]
 KS = "rel"
 FIGURES: dict[str, dict] = {}
 
 
-def make_cluster() -> LocalCluster:
-    return LocalCluster(REPO / ".local", n_nodes=3, heap="512M", name="rel3", first_octet=31, log=lambda m: None)
-
-
 @pytest.fixture(scope="module")
 def rel3():
-    cluster = make_cluster()
-    cluster.down(purge=True)
     t0 = time.monotonic()
-    try:
-        cluster.up()
+    with private_cluster("rel3", 31, n_nodes=3) as cluster:
         print(f"\nrel3: 3 nodes up in {time.monotonic() - t0:.1f}s")
-        apply_schema(cluster)
+        retrying(lambda: apply_schema(cluster))
         wait_schema_agreement(cluster)
+        with Store.from_config(config(cluster, "strong")) as store:
+            rf = store.session.execute("SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                                       (KS,)).one()["replication"]
+        assert rf["replication_factor"] == "3", rf
         yield cluster
-    finally:
-        pids = list(cluster.pids().values())
-        cluster.down(purge=True)
-        assert not any(pid_alive(p) for p in pids)
-        left = subprocess.run(["pgrep", "-f", "/rel3/node"], capture_output=True, text=True).stdout.strip()
-        assert left == "", f"Cassandra processes left behind: {left}"
-        if FIGURES:
-            print("\nreliability figures:", json.dumps(FIGURES, indent=1))
+    if FIGURES:
+        print("\nreliability figures:", json.dumps(FIGURES, indent=1))
 
 
-def apply_schema(cluster: LocalCluster, attempts: int = 4) -> None:
-    """Schema changes on a freshly started cluster of a busy 2-core machine can time out: retry (idempotent)."""
-    for attempt in range(attempts):
-        conn = connect(config(cluster, "strong", request_timeout_s=60.0))
-        try:
-            schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 3}, log=lambda m: None)
-            return
-        except Exception:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(5)
-        finally:
-            conn.close()
+def apply_schema(cluster: LocalCluster) -> None:
+    with connect(config(cluster, "strong", request_timeout_s=60.0)) as conn:
+        schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 3}, log=lambda m: None)
 
 
 def wait_schema_agreement(cluster: LocalCluster, timeout_s: float = 180.0) -> None:
@@ -132,19 +121,34 @@ class Nemesis(threading.Thread):
             self.error = exc
 
 
-def run_workload(cluster: LocalCluster, tmp: Path, profile: str, model: str, *, n_procs: int, n_chunks: int,
-                 chunk_size: int, kill: list[str], gap_s: float = 5.0, down_s: float = 3.0):
-    """Clients + nemesis; returns (ops, facts, nemesis events, seconds)."""
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """Client processes of one profile, each updating coordinates of its own in one model."""
+    profile: str
+    model: str
+    n_procs: int
+    n_chunks: int
+    chunk_size: int
+    max_rate: float | None = None  # operations per second per process
+
+
+def run_workloads(cluster: LocalCluster, tmp: Path, workloads: list[Workload], *, kill: list[str],
+                  gap_s: float = 5.0, down_s: float = 3.0):
+    """All workloads' clients at once under one nemesis; returns ({model: (ops, facts)}, nemesis events, seconds).
+
+    Sharing the nemesis gives every profile exactly the same faults, and the module one run of restarts.
+    """
     with Store.from_config(config(cluster, "strong")) as store:
-        store.create_model(model, {checker.PARAM: (n_chunks * chunk_size,)}, chunk_size=chunk_size)
+        for w in workloads:
+            store.create_model(w.model, {checker.PARAM: (w.n_chunks * w.chunk_size,)}, chunk_size=w.chunk_size)
     t_start = time.time()
-    stop = tmp / f"{model}.stop"
+    stop = tmp / "clients.stop"
     ctx = multiprocessing.get_context("spawn")  # never fork a process that holds driver threads
-    logs = [tmp / f"{model}-p{i}.jsonl" for i in range(n_procs)]
+    logs = {w.model: [tmp / f"{w.model}-p{i}.jsonl" for i in range(w.n_procs)] for w in workloads}
     procs = [ctx.Process(target=checker.client_main,
-                         args=(overrides(cluster, profile), model, i, n_procs, n_chunks, chunk_size, 600.0,
-                               str(logs[i]), str(stop)))
-             for i in range(n_procs)]
+                         args=(overrides(cluster, w.profile), w.model, i, w.n_procs, w.n_chunks, w.chunk_size,
+                               600.0, str(logs[w.model][i]), str(stop), w.max_rate))
+             for w in workloads for i in range(w.n_procs)]
     t0 = time.monotonic()
     for p in procs:
         p.start()
@@ -160,9 +164,11 @@ def run_workload(cluster: LocalCluster, tmp: Path, profile: str, model: str, *, 
     elapsed = time.monotonic() - t0
     assert nemesis.error is None, f"nemesis failed: {nemesis.error}"
     cluster.up()
+    results = {}
     with Store.from_config(config(cluster, "strong", request_timeout_s=30.0)) as store:
-        facts = checker.collect(store, model, since=t_start - 120)
-    return checker.read_ops(logs), facts, nemesis.events, elapsed
+        for w in workloads:
+            results[w.model] = (checker.read_ops(logs[w.model]), checker.collect(store, w.model, since=t_start - 120))
+    return results, nemesis.events, elapsed
 
 
 def fault_figures(ops, events, elapsed) -> dict:
@@ -175,33 +181,45 @@ def fault_figures(ops, events, elapsed) -> dict:
             windows.append((down.pop(node), t))
     during = sum(1 for o in ops if o.outcome == "ok" and any(a <= o.complete <= b for a, b in windows))
     return {"faults": len(windows), "ok_while_a_node_was_down": during,
+            "down_then_restart_s": [round(b - a, 1) for a, b in windows],
             "node_down_s": round(sum(b - a for a, b in windows)), "seconds": round(elapsed),
             "errors": checker.group_errors(ops)}
 
 
-def test_strong_loses_no_acknowledged_update_under_kill9(rel3, tmp_path):
-    ops, facts, events, elapsed = run_workload(rel3, tmp_path, "strong", "jepsen_strong", n_procs=3, n_chunks=4,
-                                               chunk_size=1024, kill=["node1", "node3"])
-    result = checker.check(ops, facts, 1024)
+STRONG = Workload("strong", "jepsen_strong", n_procs=3, n_chunks=4, chunk_size=1024)
+# Blind writes at ONE cost the client almost nothing: capped, so that they leave CPU to the restarting node.
+EVENTUAL = Workload("eventual", "jepsen_eventual", n_procs=2, n_chunks=2, chunk_size=8192, max_rate=60)
+
+
+@pytest.fixture(scope="module")
+def jepsen(rel3, tmp_path_factory):
+    """Strong and eventual clients side by side while node1, then node3, are killed with -9 and restarted."""
+    results, events, elapsed = run_workloads(rel3, tmp_path_factory.mktemp("jepsen"), [STRONG, EVENTUAL],
+                                             kill=["node1", "node3"])
+    return {model: (ops, facts, fault_figures(ops, events, elapsed)) for model, (ops, facts) in results.items()}
+
+
+def test_strong_loses_no_acknowledged_update_under_kill9(jepsen):
+    ops, facts, faults = jepsen[STRONG.model]
+    result = checker.check(ops, facts, STRONG.chunk_size)
     summary = result.summary()
-    FIGURES["strong"] = {**summary, **fault_figures(ops, events, elapsed)}
+    FIGURES["strong"] = {**summary, **faults}
     print("\nstrong:", json.dumps(FIGURES["strong"]))
     assert result.ok > 100, "too few acknowledged operations for the check to mean anything"
-    assert FIGURES["strong"]["faults"] == 2 and FIGURES["strong"]["ok_while_a_node_was_down"] > 0
+    assert faults["faults"] == 2 and faults["ok_while_a_node_was_down"] > 0
     assert result.valid, summary
     assert result.lost == [] and result.duplicated == [] and result.failed_present == []
 
 
-def test_eventual_negative_control_reports_lost_updates(rel3, tmp_path):
-    ops, facts, events, elapsed = run_workload(rel3, tmp_path, "eventual", "jepsen_eventual", n_procs=3,
-                                               n_chunks=2, chunk_size=8192, kill=["node2"])
-    result = checker.check(ops, facts, 8192)
+def test_eventual_negative_control_reports_lost_updates(jepsen):
+    ops, facts, faults = jepsen[EVENTUAL.model]
+    result = checker.check(ops, facts, EVENTUAL.chunk_size)
     summary = result.summary()
-    FIGURES["eventual"] = {**summary, **fault_figures(ops, events, elapsed)}
+    FIGURES["eventual"] = {**summary, **faults}
     print("\neventual:", json.dumps(FIGURES["eventual"]))
     assert result.ok > 100
     assert not result.valid and len(result.lost) > 0, "the checker must catch eventual's lost updates"
-    assert FIGURES["eventual"]["ok_while_a_node_was_down"] > 0
+    assert faults["ok_while_a_node_was_down"] > 0
 
 
 # -- one node down mid-load ------------------------------------------------------------------------
@@ -305,3 +323,59 @@ def test_one_node_down_strong_commits_all_fails_eventual_continues_then_converge
         cq.shutdown()
     FIGURES["node_down"] = figures
     print("\nnode down:", json.dumps(figures))
+
+
+# -- the worker fleet with a node down -------------------------------------------------------------
+def test_fleet_learns_every_event_while_a_node_is_killed(rel3):
+    """Two ``cstore worker`` processes learn a steady stream; node2 is killed under them and restarted later."""
+    batch, n_events, rate = 1000, 24_000, 2000
+    cfg = config(rel3, "strong")
+    name = new_name("fleetdown")
+    stream = FraudStream(seed=23).sample(n_events)
+    with Store.from_config(cfg) as store:
+        create_learner(store, name, n_features=2**14, chunk_size=16384, partitions=4)
+        procs = [start_worker(cfg, name, "--lease-ttl", "6", "--batch-size", str(batch), "--max-wait-ms", "100",
+                              env={"CSTORE_REQUEST_TIMEOUT_S": "6"}) for _ in range(2)]
+        sent = threading.Event()
+
+        def produce() -> None:  # a steady rate, so that the fleet is busy when the node dies
+            with store.feedback_writer(name, linger_ms=20) as w:
+                start = time.monotonic()
+                for i, tx in enumerate(stream):
+                    w.send(tx["entity_id"], tx["label"], features=tx["features"])
+                    if i % 200 == 0:
+                        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            sent.set()
+
+        producer = threading.Thread(target=produce)
+        status = lambda: fleet_status(store, name)  # noqa: E731
+        try:
+            wait_for(lambda: len((s := status())["workers"]) == 2 and all(p["owner"] for p in s["partitions"]),
+                     90, "2 workers owning all partitions", every=0.5, tolerate=(Exception,))
+            producer.start()
+            time.sleep(4)
+            learned_before = status()["learned_events"]
+            rel3.kill("node2")
+            t_kill = time.monotonic()
+            producer.join(timeout=120)
+            assert sent.is_set(), "the producer could not deliver its feedback with one node down"
+            final = wait_for(lambda: (s := status())["lag_events"] == 0 and s["learned_events"] >= n_events and s,
+                             180, "lag 0 with node2 down", every=1.0, tolerate=(Exception,))
+            caught_up_s = time.monotonic() - t_kill
+            assert final["workers"] and len(final["workers"]) == 2, final["workers"]
+        finally:
+            if producer.is_alive():
+                producer.join(timeout=120)
+            stats = stop_workers([p for p in procs if p.poll() is None])
+        assert [p.returncode for p in procs] == [0, 0]
+        rel3.up()  # node2 back before the next test
+        missing, dups, learned = learning_tally(store, name)
+    lost_checkpoints = sum(s["lost_checkpoints"] for s in stats)
+    figures = {"events": n_events, "learned_before_kill": learned_before, "lag_0_after_kill_s": round(caught_up_s, 1),
+               "duplicates": dups, "lost_checkpoints": lost_checkpoints, "missing_segments": missing,
+               "batches": sum(s["batches"] for s in stats)}
+    FIGURES["fleet_node_down"] = figures
+    print("\nfleet, node2 killed:", json.dumps(figures))
+    assert 0 < learned_before < n_events  # the node died while the fleet was learning
+    assert missing == 0  # every event learned
+    assert dups <= batch * lost_checkpoints and learned == n_events + dups  # the documented bound

@@ -13,7 +13,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -25,13 +24,11 @@ from cstore.codec import CodecPipeline
 from cstore.config import load_config
 from cstore.crypto import AesGcmStage, Keyring, pipeline_from_env
 from cstore.errors import ConfigError, ConnectionFailed, CorruptData, PermissionDenied
-from cstore.local import LocalCluster
 from cstore.local.certs import generate
-from cstore.local.node import pid_alive
 from cstore.roles import ROLES, apply_roles
 from cstore.session import connect
 from cstore.store import Store
-from conftest import REPO
+from private_cluster import private_cluster, retrying
 
 KS = "sec"
 PASSWORDS = {r: f"{r}-{secrets.token_urlsafe(16)}" for r in ROLES}  # random: a leak is unmistakable
@@ -41,32 +38,17 @@ PASSWORDS = {r: f"{r}-{secrets.token_urlsafe(16)}" for r in ROLES}  # random: a 
 def sec1(tmp_path_factory):
     """One private node with auth and TLS (client certificates required)."""
     tls = generate(tmp_path_factory.mktemp("tls"), ["127.0.0.41"])
-    cluster = LocalCluster(REPO / ".local", n_nodes=1, heap="512M", auth=True, tls=tls, name="sec1",
-                           first_octet=41, log=lambda m: None)
-    cluster.down(purge=True)
-    try:
-        cluster.up()
-        for attempt in range(4):  # schema changes on a busy 2-core machine can time out: retry (idempotent)
-            conn = connect(cfg(tls, "cassandra", "cassandra", keyspace=None, request_timeout_s=60.0))
-            try:
+    with private_cluster("sec1", 41, auth=True, tls=tls) as cluster:
+        def set_up():
+            with connect(cfg(tls, "cassandra", "cassandra", keyspace=None, request_timeout_s=60.0)) as conn:
                 schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1},
                              log=lambda m: None)
-                report = apply_roles(conn.session, KS, PASSWORDS, log=lambda m: None)
-                break
-            except Exception:
-                if attempt == 3:
-                    raise
-                time.sleep(5)
-            finally:
-                conn.close()
+                return apply_roles(conn.session, KS, PASSWORDS, log=lambda m: None)
+        report = retrying(set_up)
         assert report.grants > 20 and not report.skipped, report
         with Store.from_config(cfg(tls, "sec_admin", PASSWORDS["admin"])) as admin:
             admin.create_model("fraud", {"w": (64,)}, chunk_size=16)
         yield cluster, tls
-    finally:
-        pids = list(cluster.pids().values())
-        cluster.down(purge=True)
-        assert not any(pid_alive(p) for p in pids)
 
 
 def cfg(tls, username=None, password=None, keyspace=KS, **extra):

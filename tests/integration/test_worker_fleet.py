@@ -4,7 +4,6 @@ Measured figures are printed (run with ``-s`` to see them).
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import threading
@@ -13,47 +12,13 @@ import time
 import numpy as np
 import pytest
 
-from cstore.feedback import context
 from cstore.fraudsim import FraudStream, constant_log_loss
 from cstore.learn import FeatureHasher, log_loss, predict_proba_batch
 from cstore.learner import create_learner
-from cstore.learner_state import SharedLearnerState
 from cstore.status import fleet_status
-from feedback_helpers import all_segments, learned_counts, new_name, start_worker
+from feedback_helpers import learning_tally, new_name, start_worker, stop_workers, wait_for
 
 BATCH = 2000
-
-
-def _wait(predicate, timeout: float, what: str, every: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _stop(procs) -> list[dict]:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    out = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=30)
-        assert p.returncode == 0, stderr[-2000:]
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
-    return out
-
-
-def _duplicates(store, name, fcfg) -> tuple[int, int, int]:
-    """(segments never learned, events learned more than once, events learned in total)."""
-    shared = SharedLearnerState(store.session, fcfg.model_id, "default", {}, {}, serial_level=0, ttl_s=fcfg.ttl_s)
-    counts, traces = learned_counts(store, name, shared)
-    segs = {s["seg_id"]: s["n_events"] for s in all_segments(store.session, fcfg)}
-    missing = sum(1 for s in segs if counts[s] == 0)
-    dups = sum(segs[s] * (c - 1) for s, c in counts.items() if c > 1)
-    return missing, dups, sum(t["n_learned"] for t in traces)
 
 
 @pytest.mark.slow
@@ -71,17 +36,17 @@ def test_two_worker_processes_learn_100k_events(base_config, store):
              for _ in range(2)]
     try:
         t1 = time.monotonic()
-        st = _wait(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= 100_000
+        st = wait_for(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= 100_000
                    and s, 150, "lag 0", every=1.0)
         learn_s = time.monotonic() - t1
         owners = {w["worker"]: len(w["partitions"]) for w in st["workers"]}
         assert len(owners) == 2 and sorted(owners.values()) == [4, 4]  # ceil(8 / 2) each
     finally:
-        stats = _stop(procs)
+        stats = stop_workers(procs)
     assert all(s["events"] > 0 for s in stats)  # both did work
     after = fleet_status(store, name)
     assert all(p["owner"] is None for p in after["partitions"]) and after["workers"] == []  # SIGTERM released
-    missing, dups, learned = _duplicates(store, name, context(store).config(name)[1])
+    missing, dups, learned = learning_tally(store, name)
     lost = sum(s["lost_checkpoints"] for s in stats)
     assert missing == 0
     assert dups <= BATCH * lost and learned == 100_000 + dups  # no crash: no duplicate
@@ -125,7 +90,7 @@ def test_kill_9_one_worker_the_other_takes_over(base_config, store):
     procs = [start_worker(base_config, name, "--lease-ttl", str(ttl), "--batch-size", "1000", "--max-wait-ms",
                           "100") for _ in range(2)]
     try:
-        workers = _wait(lambda: (ws := fleet_status(store, name)["workers"]) and len(ws) == 2
+        workers = wait_for(lambda: (ws := fleet_status(store, name)["workers"]) and len(ws) == 2
                         and all(len(w["partitions"]) == 4 for w in ws) and ws, 30, "2 workers with 4 partitions")
         time.sleep(1.5)
         victim = procs[0]
@@ -133,20 +98,20 @@ def test_kill_9_one_worker_the_other_takes_over(base_config, store):
         survivor_id = next(w["worker"] for w in workers if w["pid"] != victim.pid)
         os.kill(victim.pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        _wait(lambda: all(p["owner"] == survivor_id for p in fleet_status(store, name)["partitions"]), ttl + 10,
+        wait_for(lambda: all(p["owner"] == survivor_id for p in fleet_status(store, name)["partitions"]), ttl + 10,
               "the survivor to own every partition", every=0.1)
         takeover_s = time.monotonic() - killed_at
         victim.wait(timeout=10)
         assert victim.returncode == -signal.SIGKILL
         producer.join(timeout=60)
         assert done.is_set()
-        _wait(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= len(stream),
+        wait_for(lambda: (s := fleet_status(store, name))["lag_events"] == 0 and s["learned_events"] >= len(stream),
               60, "lag 0 after the takeover")
     finally:
         if producer.is_alive():
             producer.join(timeout=60)
-        stats = _stop([p for p in procs if p.poll() is None])
-    missing, dups, learned = _duplicates(store, name, context(store).config(name)[1])
+        stats = stop_workers([p for p in procs if p.poll() is None])
+    missing, dups, learned = learning_tally(store, name)
     print(f"\nkill -9 of {victim_id}: takeover after {takeover_s:.2f} s (lease TTL {ttl} s); "
           f"duplicates {dups} events; survivor {stats[0]['events']} events")
     assert takeover_s <= ttl + 3
@@ -161,7 +126,7 @@ def test_processes_flag_and_sigterm(base_config, store):
     create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=4)
     sup = start_worker(base_config, name, "--processes", "2", "--lease-ttl", "30")
     try:
-        _wait(lambda: len(fleet_status(store, name)["workers"]) == 2 and all(
+        wait_for(lambda: len(fleet_status(store, name)["workers"]) == 2 and all(
             p["owner"] for p in fleet_status(store, name)["partitions"]), 30, "2 workers owning all partitions")
     finally:
         sup.send_signal(signal.SIGTERM)

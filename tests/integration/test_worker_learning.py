@@ -60,6 +60,7 @@ def test_higher_priority_feedback_is_learned_first(store):
     w = Worker(store, name, batch_size=1000, starvation_reserve=0.1, **FAST)
     w.run(max_batches=3)
     explicit, other = w.fcfg.lane_of("explicit"), w.fcfg.lane_of("other")
+    assert explicit < other  # a lower lane number is learned first
     _, traces = learned_counts(store, name, w.shared)
     lanes = [lane for t in traces for _, lane, _, n in t["segments"] for _ in range(n)]
     assert len(lanes) >= 1500 and set(lanes) == {explicit}  # all explicit first, though it came later

@@ -7,20 +7,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
 import numpy as np
 import pytest
 
-from conftest import REPO
 from cstore import schema
 from cstore.config import load_config
 from cstore.learner import create_learner
-from cstore.local import LocalCluster
 from cstore.session import connect
 from cstore.store import Store
+from feedback_helpers import wait_for
+from private_cluster import private_cluster
 
 
 def _free_port() -> int:
@@ -43,61 +42,45 @@ def _metric(text: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
 
 
-def _wait(pred, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_metrics_move_with_work_and_readyz_follows_cassandra():
-    cluster = LocalCluster(REPO / ".local", n_nodes=1, heap="512M", name="metrics1", first_octet=51)
-    cluster.down(purge=True)
     proc = None
-    try:
-        cluster.up()
-        cfg = load_config({"contact_points": "127.0.0.51", "keyspace": "metrics"}, env={})
-        bootstrap = connect(cfg)  # no keyspace yet
+    with private_cluster("metrics1", 51) as cluster:
         try:
-            schema.apply(bootstrap.session, "metrics", schema.replication_map(cfg), log=lambda m: None)
+            cfg = load_config({"contact_points": "127.0.0.51", "keyspace": "metrics"}, env={})
+            with connect(cfg) as bootstrap:  # no keyspace yet
+                schema.apply(bootstrap.session, "metrics", schema.replication_map(cfg), log=lambda m: None)
+            store = Store.from_config(cfg)
+            create_learner(store, "m", n_features=2**12, partitions=2, chunk_size=1024)
+            rng = np.random.default_rng(0)
+            with store.feedback_writer("m") as w:
+                for i in range(3000):
+                    w.send(f"e{i}", int(rng.random() < 0.3), features={"a": float(rng.normal()), "c": f"v{i % 7}"})
+            store.close()
+            port = _free_port()
+            proc = subprocess.Popen([sys.executable, "-m", "cstore", "--contact-points", "127.0.0.51", "--keyspace",
+                                     "metrics", "worker", "--model", "m", "--lease-ttl", "4", "--batch-size", "500",
+                                     "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            base = f"http://127.0.0.1:{port}"
+            wait_for(lambda: _get(base + "/healthz")[0] == 200 if proc.poll() is None else
+                     pytest.fail(proc.stderr.read()), 60, "/healthz")
+            text = wait_for(lambda: (lambda t: t if _metric(t, "cstore_events_learned_total") >= 3000 else None)(
+                _get(base + "/metrics")[1]), 90, "all 3000 events learned in /metrics")
+            assert _metric(text, "cstore_chunk_commits_total") > 0
+            assert _metric(text, "cstore_commit_latency_seconds_count") > 0
+            assert _metric(text, "cstore_leases_held") == 2
+            assert _metric(text, "cstore_lease_changes_total") >= 2
+            assert _get(base + "/readyz")[0] == 200
+
+            cluster.stop("node1")
+            status, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(_get(base + "/readyz")), 60,
+                                    "/readyz to turn unready")
+            assert "no Cassandra node up" in body
+            assert _get(base + "/healthz")[0] == 200  # alive, just not ready
+
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
         finally:
-            bootstrap.close()
-        store = Store.from_config(cfg)
-        create_learner(store, "m", n_features=2**12, partitions=2, chunk_size=1024)
-        rng = np.random.default_rng(0)
-        with store.feedback_writer("m") as w:
-            for i in range(3000):
-                w.send(f"e{i}", int(rng.random() < 0.3), features={"a": float(rng.normal()), "c": f"v{i % 7}"})
-        store.close()
-        port = _free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "cstore", "--contact-points", "127.0.0.51", "--keyspace",
-                                 "metrics", "worker", "--model", "m", "--lease-ttl", "4", "--batch-size", "500",
-                                 "--metrics-port", str(port), "--metrics-host", "127.0.0.1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        base = f"http://127.0.0.1:{port}"
-        _wait(lambda: _get(base + "/healthz")[0] == 200 if proc.poll() is None else
-              pytest.fail(proc.stderr.read()), 60, "/healthz")
-        text = _wait(lambda: (lambda t: t if _metric(t, "cstore_events_learned_total") >= 3000 else None)(
-            _get(base + "/metrics")[1]), 90, "all 3000 events learned in /metrics")
-        assert _metric(text, "cstore_chunk_commits_total") > 0
-        assert _metric(text, "cstore_commit_latency_seconds_count") > 0
-        assert _metric(text, "cstore_leases_held") == 2
-        assert _metric(text, "cstore_lease_changes_total") >= 2
-        assert _get(base + "/readyz")[0] == 200
-
-        cluster.stop("node1")
-        status, body = _wait(lambda: (lambda r: r if r[0] == 503 else None)(_get(base + "/readyz")), 60,
-                             "/readyz to turn unready")
-        assert "no Cassandra node up" in body
-        assert _get(base + "/healthz")[0] == 200  # alive, just not ready
-
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        cluster.down(purge=True)
+            if proc is not None and proc.poll() is None:
+                proc.kill()
