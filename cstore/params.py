@@ -338,3 +338,8 @@ def replica_errors(operation: str):
         raise ConsistencyUnavailable(f"{operation} timed out at consistency {level}: {exc.received_responses} "
                                      f"of {exc.required_responses} required replica(s) answered; retry later, "
                                      f"bring nodes back, or use a weaker profile") from None
+    except OperationTimedOut as exc:
+        # The client gave up on the coordinator (killed, or overloaded). Every operation wrapped here is a
+        # read, or a write that commits nothing by itself (history first, then the chunk's compare-and-set).
+        raise ConsistencyUnavailable(f"{operation}: the coordinator did not answer in time ({_server_message(exc)}); "
+                                     f"retry, or raise request_timeout_s if the cluster is just slow") from None

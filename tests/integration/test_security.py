@@ -109,6 +109,18 @@ def test_worker_commits_parameters_but_cannot_write_feedback_or_schema(sec1):
             worker.create_model("not_allowed", {"w": (4,)})
 
 
+def test_keyspace_admin_reruns_migrations_without_superuser(sec1):
+    """`schema apply` as the keyspace's admin role: the keyspace exists, so no CREATE on ALL KEYSPACES is needed."""
+    _, tls = sec1
+    with connect(cfg(tls, "sec_admin", PASSWORDS["admin"], keyspace=None)) as conn:
+        assert schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1},
+                            log=lambda m: None) == []
+        assert {m["state"] for m in schema.status(conn.session, KS)} == {"applied"}
+        with pytest.raises(Exception, match="Unauthorized|permission"):  # its limits are unchanged
+            conn.session.execute("CREATE KEYSPACE sec_other WITH replication = "
+                                 "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+
+
 def test_credentials_are_never_printed_or_logged(sec1, caplog):
     cluster, tls = sec1
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")},

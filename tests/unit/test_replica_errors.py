@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from cassandra import ConsistencyLevel, Unavailable
+from cassandra import ConsistencyLevel, OperationTimedOut, Unavailable
 from cassandra.cluster import NoHostAvailable
 from cassandra.connection import ConnectionException
 
@@ -36,3 +36,9 @@ def test_no_host_available_without_replica_error_is_left_alone():
     with pytest.raises(NoHostAvailable):
         with replica_errors("read_model"):
             raise exc
+
+
+def test_client_side_timeout_becomes_a_cstore_error():
+    with pytest.raises(ConsistencyUnavailable, match=r"read_model: the coordinator did not answer in time"):
+        with replica_errors("read_model"):
+            raise OperationTimedOut(errors={"127.0.0.1:9042": "Client request timeout"}, last_host="127.0.0.1:9042")
