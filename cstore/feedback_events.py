@@ -193,3 +193,34 @@ def decode_payload(payload: bytes) -> list[Event]:
     if not items or items[0] != PAYLOAD_VERSION:
         raise InvalidFeedback(f"feedback segment has unknown format {items[:1]!r}")
     return [Event(*it) for it in items[1:]]
+
+
+def _usable(ev: Event) -> bool:
+    """Can a learner use this stored event? (It was validated when sent, unless something else wrote it.)"""
+    def unit(v: Any) -> bool:
+        return type(v) in (float, int) and 0.0 <= v <= 1.0
+    return (type(ev.entity_id) in (str, int) and unit(ev.label) and ev.kind in KINDS
+            and (ev.confidence is None or unit(ev.confidence))
+            and type(ev.event_time) in (float, int) and math.isfinite(ev.event_time)
+            and (ev.features is None or type(ev.features) is dict))
+
+
+def decode_stored(payload: bytes) -> tuple[list[Event], int]:
+    """A stored segment's usable events, and how many poison events it had (set aside, never learned).
+
+    Raises :class:`InvalidFeedback` when the payload is not a segment at all (damaged, or written by
+    something other than cstore); the worker then sets the whole segment aside.
+    """
+    try:
+        items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for damaged input
+        raise InvalidFeedback(f"feedback segment is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if type(items) is not list or not items or items[0] != PAYLOAD_VERSION:
+        raise InvalidFeedback(f"feedback segment has unknown format {str(items)[:40]!r}")
+    good = []
+    for it in items[1:]:
+        if type(it) is list and len(it) == len(Event._fields):
+            ev = Event(*it)
+            if _usable(ev):
+                good.append(ev)
+    return good, len(items) - 1 - len(good)

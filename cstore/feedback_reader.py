@@ -24,6 +24,7 @@ complete, and the floor never passes it.
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,8 +35,11 @@ from cassandra import ConsistencyLevel
 from cassandra.concurrent import execute_concurrent, execute_concurrent_with_args
 from cassandra.query import BatchStatement, BatchType
 
-from cstore.feedback import TICKS_PER_S, Event, FeedbackConfig, decode_payload, max_uuid_at, ticks_of
+from cstore.errors import InvalidFeedback
+from cstore.feedback import TICKS_PER_S, Event, FeedbackConfig, max_uuid_at, ticks_of
+from cstore.feedback_events import decode_stored
 
+log = logging.getLogger("cstore.worker")
 _INF = 2**62
 
 
@@ -114,6 +118,10 @@ class FeedbackReader:
         self.cfg = cfg
         self.group = group
         self.serial_level = serial_level
+        # Poison: stored events a learner cannot use (written by something other than cstore's writer,
+        # or damaged). They are counted, logged and passed over, so that their partition moves on.
+        self.poison_events = 0
+        self.poison_segments = 0
         p = session.prepare
         self.q_buckets = p("SELECT bucket, lane FROM feedback_buckets WHERE model_id = ? AND part = ? AND bucket >= ?")
         self.q_list = p("SELECT seg_id, n_events FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
@@ -230,10 +238,20 @@ class FeedbackReader:
         args = [(self.cfg.model_id, r.part, r.lane, r.bucket, r.seg_id) for r in refs]
         res = execute_concurrent_with_args(self.session, self.q_fetch, args, concurrency=32,
                                            raise_on_first_error=True, execution_profile="read_feedback")
+        sizes = {r.seg_id: r.n_events for r in refs}
         out = {}
         for _, rows in res:
             for r in rows:
-                out[r["seg_id"]] = decode_payload(r["payload"])
+                try:
+                    out[r["seg_id"]], bad = decode_stored(r["payload"])
+                except InvalidFeedback as exc:
+                    self.poison_segments += 1
+                    out[r["seg_id"]], bad = [], sizes.get(r["seg_id"], 0)
+                    log.error("feedback segment %s of model %s is unreadable (%s); its %d event(s) are set aside "
+                              "(the row stays in feedback_segments until its TTL)", r["seg_id"], self.cfg.model_id,
+                              exc, bad)
+                if bad:
+                    self.poison_events += bad
         return out
 
     def lag(self, parts: Iterable[int]) -> dict[int, dict[str, Any]]:

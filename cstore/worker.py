@@ -105,8 +105,8 @@ class Worker:
         self._lost: set[int] = set()
         self._lock = threading.Lock()
         self._last_rebalance = 0.0
-        self.stats = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "drifts": 0, "lost_checkpoints": 0,
-                      "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
+        self.stats = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "poisoned": 0, "drifts": 0,
+                      "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
         self._rate_mark = (time.monotonic(), 0)
         self.on_commit: Callable[[Any, float], None] | None = None  # (UpdateResult, seconds): metrics hook
 
@@ -263,6 +263,7 @@ class Worker:
         self.stats.update(events=self.stats["events"] + n, batches=self.stats["batches"] + 1,
                           learned=self.stats["learned"] + len(keep),
                           skipped=self.stats["skipped"] + len(events) - len(keep),
+                          poisoned=self.reader.poison_events,
                           last_batch_s=round(time.monotonic() - t0, 4))
         log.info("batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
                  batch_id, n, len(keep), parts, loss, score, 1000 * (time.monotonic() - t0))

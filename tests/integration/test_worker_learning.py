@@ -87,6 +87,39 @@ def test_events_without_features_use_the_lookup_hook(store):
     assert fleet_status(store, name)["lag_events"] == 0  # skipped events are consumed, and counted
 
 
+def test_poison_events_and_an_unreadable_segment_are_set_aside_and_the_partition_moves_on(store):
+    """Stored feedback that cstore's writer would never produce (another producer, or damage) must not
+    block a partition: the worker counts it, logs it, learns the rest and checkpoints past it."""
+    name = new_name("poison")
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=1)
+    txs = FraudStream(seed=14).sample(300)
+    now = time.time()
+    bad_events = [[f"bad-{i}", label, "explicit", None, now, {"amount": 1.0}, None]
+                  for i, label in enumerate(["yes", float("nan"), 7.0, None])]
+    bad_events += [[1.5, 1.0, "explicit", None, now, None, None], ["short", 1.0]]  # wrong entity type; 2 fields
+    with store.feedback_writer(name, linger_ms=10_000) as w:  # the raw path: bytes the writer does not check
+        for tx in txs[:100]:
+            w.send(tx["entity_id"], tx["label"], features=tx["features"])
+        for ev in bad_events:
+            w.send_event(ev[0], "explicit", msgpack.packb(ev, use_bin_type=True))
+        for tx in txs[100:200]:
+            w.send(tx["entity_id"], tx["label"], features=tx["features"])
+    with store.feedback_writer(name, linger_ms=10_000) as w:  # one segment that is not msgpack at all
+        for i in range(3):
+            w.send_event(f"junk-{i}", "explicit", b"\xc1\xc1")
+    with store.feedback_writer(name) as w:
+        for tx in txs[200:]:
+            w.send(tx["entity_id"], tx["label"], features=tx["features"])
+    version0 = store.head_version(name)
+    worker = Worker(store, name, batch_size=1000, **FAST)
+    stats = worker.run(until_idle=True)
+    assert stats["events"] == 300 + len(bad_events) + 3
+    assert stats["poisoned"] == len(bad_events) + 3 and worker.reader.poison_segments == 1
+    assert stats["learned"] == 300 and stats["errors"] == 0
+    assert fleet_status(store, name)["lag_events"] == 0  # checkpointed past the poison
+    assert store.head_version(name) > version0
+
+
 def test_a_failing_batch_is_retried_not_lost(store):
     name = new_name("retry")
     create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2)
