@@ -1,8 +1,12 @@
 """Arrays to bytes and back, as a small codec pipeline (in the spirit of zarr's codecs).
 
 Knows nothing of Cassandra. A chunk is msgpack ``{"v": 1, "dtype": "<f4", "shape": [n],
-"data": <raw little-endian bytes>}``; further codecs (e.g. encryption, ``cstore.crypto``) wrap
-those bytes. ``context`` identifies what a blob *is* (model, chunk, parameter, see
+"data": <raw little-endian bytes>}``; an array of at least ``SPARSE_MIN_SIZE`` elements that is
+smaller so is stored sparse instead: ``"mask"`` holds one bit per element (set where the element's
+bits are not all zero, so ``-0.0`` survives) and ``"data"`` only those elements. Hashed models are
+mostly zeros until their features have been seen, and optimizer state even more so: this cuts what
+every commit writes, and Cassandra's work with it. Further codecs (e.g. encryption,
+``cstore.crypto``) wrap those bytes. ``context`` identifies what a blob *is* (model, chunk, parameter, see
 :func:`chunk_context`); stages that authenticate bind their output to it, so that a blob
 copied to another place in the database is refused.
 
@@ -23,6 +27,8 @@ from cstore.errors import CorruptData, ValidationError
 
 ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
 _FORMAT_VERSION = 1
+SPARSE_MIN_SIZE = 256  # smaller arrays are always stored dense: the mask would not pay for itself
+_UINT = {4: np.uint32, 8: np.uint64}
 
 
 # Encrypted envelopes start with this (see cstore/crypto.py); known here only to give a clear
@@ -54,8 +60,33 @@ def encode_array(array: np.ndarray) -> bytes:
         raise ValidationError(f"refusing to store NaN or infinity (first at position {bad} of the chunk); "
                               f"the update or optimizer diverged: lower the learning rate; nothing was written")
     le = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<"))
-    return msgpack.packb({"v": _FORMAT_VERSION, "dtype": dtype.name, "shape": list(le.shape),
-                          "data": le.tobytes()}, use_bin_type=True)
+    out = {"v": _FORMAT_VERSION, "dtype": dtype.name, "shape": list(le.shape)}
+    flat = le.reshape(-1)
+    if flat.size >= SPARSE_MIN_SIZE:
+        present = flat.view(_UINT[dtype.itemsize]) != 0  # by bit pattern: -0.0 is kept as it is
+        n_present = int(np.count_nonzero(present))
+        if (flat.size + 7) // 8 + n_present * dtype.itemsize < flat.size * dtype.itemsize:
+            out["mask"] = np.packbits(present).tobytes()
+            out["data"] = flat[present].tobytes()
+            return msgpack.packb(out, use_bin_type=True)
+    out["data"] = le.tobytes()
+    return msgpack.packb(out, use_bin_type=True)
+
+
+def _densify(obj: dict, dtype: str, size: int) -> bytes:
+    """The dense payload of a sparse chunk (mask + present elements), checked for consistency."""
+    mask, data = obj["mask"], obj["data"]
+    itemsize = np.dtype(dtype).itemsize
+    if not isinstance(mask, bytes) or not isinstance(data, bytes) or len(mask) != (size + 7) // 8:
+        raise CorruptData(f"sparse chunk has a {len(mask) if isinstance(mask, bytes) else '?'}-byte mask for "
+                          f"{size} elements; the chunk is truncated or corrupt")
+    present = np.unpackbits(np.frombuffer(mask, np.uint8), count=size).astype(bool)
+    if int(np.count_nonzero(present)) * itemsize != len(data):
+        raise CorruptData(f"sparse chunk lists {int(np.count_nonzero(present))} elements but holds "
+                          f"{len(data)} bytes; the chunk is truncated or corrupt")
+    dense = np.zeros(size, dtype=_UINT[itemsize])
+    dense[present] = np.frombuffer(data, dtype=_UINT[itemsize])
+    return dense.tobytes()
 
 
 def decode_array(blob: bytes, *, expect_dtype: str | None = None,
@@ -80,6 +111,8 @@ def decode_array(blob: bytes, *, expect_dtype: str | None = None,
             or not isinstance(data, bytes)):
         raise CorruptData(f"chunk has an invalid shape {shape!r} or payload")
     itemsize = np.dtype(dtype).itemsize
+    if "mask" in obj:
+        data = _densify(obj, dtype, int(np.prod(shape, dtype=np.int64)))
     if int(np.prod(shape, dtype=np.int64)) * itemsize != len(data):
         raise CorruptData(f"chunk payload is {len(data)} bytes but shape {shape} of {dtype} needs "
                           f"{int(np.prod(shape, dtype=np.int64)) * itemsize}; the chunk is truncated or corrupt")
