@@ -126,23 +126,38 @@ def decode_array(blob: bytes, *, expect_dtype: str | None = None,
     return out
 
 
+def history_context(model_id, chunk: int, param: str, op_id) -> bytes:
+    """Associated data naming one history delta: its chunk and parameter, and the commit it records."""
+    return chunk_context(model_id, chunk, param) + b"|op|" + op_id.bytes
+
+
 class CodecPipeline:
-    """``encode``: array → msgpack → each bytes codec in order; ``decode`` reverses it."""
+    """``encode``: array → msgpack → each bytes codec in order; ``decode`` reverses it.
+
+    ``encode_bytes``/``decode_bytes`` run only the bytes stages: history deltas, which are not one
+    array, go through them so that encryption at rest covers them too.
+    """
 
     def __init__(self, stages: Sequence[BytesCodec] = ()) -> None:
         self.stages = list(stages)
 
     def encode(self, array: np.ndarray, *, context: bytes = b"") -> bytes:
-        data = encode_array(array)
+        return self.encode_bytes(encode_array(array), context=context)
+
+    def decode(self, blob: bytes, *, expect_dtype: str | None = None,
+               expect_shape: Sequence[int] | None = None, context: bytes = b"") -> np.ndarray:
+        return decode_array(self.decode_bytes(blob, context=context), expect_dtype=expect_dtype,
+                            expect_shape=expect_shape)
+
+    def encode_bytes(self, data: bytes, *, context: bytes = b"") -> bytes:
         for stage in self.stages:
             data = stage.encode(data, context)
         return data
 
-    def decode(self, blob: bytes, *, expect_dtype: str | None = None,
-               expect_shape: Sequence[int] | None = None, context: bytes = b"") -> np.ndarray:
+    def decode_bytes(self, blob: bytes, *, context: bytes = b"") -> bytes:
         for stage in reversed(self.stages):
             blob = stage.decode(blob, context)
-        return decode_array(blob, expect_dtype=expect_dtype, expect_shape=expect_shape)
+        return blob
 
 
 def encode_sparse(indices: np.ndarray, values: np.ndarray) -> bytes:

@@ -19,7 +19,7 @@ import numpy as np
 from cassandra.concurrent import execute_concurrent_with_args
 from cassandra.util import max_uuid_from_time, min_uuid_from_time
 
-from cstore.codec import decode_sparse
+from cstore.codec import CodecPipeline, decode_sparse, history_context
 from cstore.errors import CorruptData
 from cstore.models import ModelInfo
 
@@ -48,10 +48,15 @@ class HistoryRow:
     delta: bytes
 
     @classmethod
-    def from_row(cls, r: dict) -> "HistoryRow":
+    def from_row(cls, r: dict, codec: CodecPipeline | None = None) -> "HistoryRow":
+        """A stored row; ``codec`` opens its delta (decrypts it when encryption at rest is on)."""
+        delta = r["delta"]
+        if codec is not None and delta is not None:
+            delta = codec.decode_bytes(delta, context=history_context(r["model_id"], r["chunk"], r["param"],
+                                                                      r["op_id"]))
         return cls(r["op_id"], datetime.fromtimestamp(op_time(r["op_id"]), timezone.utc), r["param"], r["chunk"],
                    r["old_version"], r["new_version"], r["prev_op_id"], r["update_type"], r["learning_rate"],
-                   r["source"], json.loads(r["metadata"] or "{}"), r["status"], r["delta"])
+                   r["source"], json.loads(r["metadata"] or "{}"), r["status"], delta)
 
     def to_dict(self) -> dict[str, Any]:
         idx, _ = decode_sparse(self.delta)
@@ -64,10 +69,11 @@ class HistoryRow:
 class HistoryReader:
     """Reads history partitions of one model between two times."""
 
-    def __init__(self, session, bucket_s: int, ttl_s: int) -> None:
+    def __init__(self, session, bucket_s: int, ttl_s: int, codec: CodecPipeline | None = None) -> None:
         self.session = session
         self.bucket_s = bucket_s
         self.ttl_s = ttl_s
+        self.codec = codec
         self.q_range = session.prepare(
             "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id >= ? AND op_id <= ?")
         self.q_one = session.prepare(
@@ -84,7 +90,7 @@ class HistoryReader:
         results = execute_concurrent_with_args(self.session, self.q_range, args, concurrency=32,
                                                raise_on_first_error=True, results_generator=False,
                                                execution_profile="read_history")
-        out = [HistoryRow.from_row(r) for ok, rs in results for r in rs]
+        out = [HistoryRow.from_row(r, self.codec) for ok, rs in results for r in rs]
         out.sort(key=lambda h: (op_time(h.op_id), h.op_id.bytes, h.param))
         return out
 
@@ -92,7 +98,7 @@ class HistoryReader:
         bucket = int(op_time(op_id)) // self.bucket_s
         row = self.session.execute(self.q_one, (info.model_id, bucket, op_id, param),
                                    execution_profile="read_history").one()
-        return HistoryRow.from_row(row) if row else None
+        return HistoryRow.from_row(row, self.codec) if row else None
 
     def heads(self, info: ModelInfo) -> dict[tuple[str, int], tuple[int, uuid.UUID]]:
         """(param, chunk) → (version, op_id) from the chunk-version index."""

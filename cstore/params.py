@@ -31,7 +31,7 @@ from cassandra.cluster import NoHostAvailable
 from cassandra.query import BatchStatement, BatchType
 from cassandra.util import uuid_from_time
 
-from cstore.codec import CodecPipeline, chunk_context, encode_sparse
+from cstore.codec import CodecPipeline, chunk_context, encode_sparse, history_context
 from cstore.errors import ConflictError, ConsistencyUnavailable, CorruptData, PermissionDenied, UnknownOutcome
 from cstore.models import ModelInfo
 from cstore.session import execute, execute_all
@@ -199,7 +199,8 @@ class ChunkEngine:
         requests = []
         for p, (new, touched) in changes.items():
             touched = np.asarray(touched, dtype=np.int32)
-            delta = encode_sparse(touched, new[touched])
+            delta = self.codec.encode_bytes(encode_sparse(touched, new[touched]),
+                                            context=history_context(info.model_id, chunk, p, op_id))
             requests.append((self.q_history, (info.model_id, bucket, op_id, p, chunk, rows[p].version,
                                               rows[p].version + 1, rows[p].op_id, meta.update_type,
                                               meta.learning_rate, meta.source, delta, meta.metadata,

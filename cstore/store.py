@@ -57,7 +57,7 @@ class Store:
         self.stats_recorder = StatsRecorder(self.session, cfg.stats_bucket_s)
         self.engine = ChunkEngine(conn, self.codec, self.stats_recorder, max_retries=cfg.max_retries,
                                   history_bucket_s=cfg.history_bucket_s, history_ttl_s=cfg.history_ttl_s)
-        self.history_reader = hist.HistoryReader(self.session, cfg.history_bucket_s, cfg.history_ttl_s)
+        self.history_reader = hist.HistoryReader(self.session, cfg.history_bucket_s, cfg.history_ttl_s, self.codec)
         self.versions_mgr = Versions(self.session, self.engine)
         self._pool: ThreadPoolExecutor | None = None
         self._info_cache: dict[str, tuple[float, ModelInfo]] = {}

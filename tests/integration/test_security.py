@@ -235,6 +235,30 @@ def test_encrypted_chunks_roundtrip_rotate_and_refuse_tampering(base_config, ses
             plain.read_model(unique_name)
 
 
+def test_history_deltas_are_encrypted_bound_to_their_commit_and_still_replay(base_config, session, unique_name):
+    store = encrypted_store(base_config, KEY1)
+    try:
+        store.create_model(unique_name, {"w": (32,)}, chunk_size=16)
+        base = store.snapshot(unique_name, reason="replay base")
+        store.apply_update(unique_name, "w", [1.0], indices=[3], lr=0.5)
+        store.apply_update(unique_name, "w", [1.0], indices=[4], lr=0.25)
+        info = store.model_info(unique_name)
+        stored = list(session.execute("SELECT bucket, op_id, param, chunk, delta FROM history WHERE model_id=%s "
+                                      "ALLOW FILTERING", (info.model_id,)))
+        assert len(stored) == 2 and all(bytes(r["delta"]).startswith(b"CSE1\x02k1") for r in stored)
+        assert not any(np.float32(-0.5).tobytes() in bytes(r["delta"]) for r in stored)  # not in clear
+        assert [h.to_dict()["coords"] for h in store.history(unique_name)] == [1, 1]  # readable with the key
+        assert store.replay(unique_name, base)["w"][[3, 4]].tolist() == [-0.5, -0.25]  # replays bit-exactly
+        # A delta copied onto another commit's row is refused: each is bound to its own op id.
+        first, second = sorted(stored, key=lambda r: r["op_id"].time)
+        session.execute("UPDATE history SET delta=%s WHERE model_id=%s AND bucket=%s AND op_id=%s AND param=%s",
+                        (first["delta"], info.model_id, second["bucket"], second["op_id"], second["param"]))
+        with pytest.raises(CorruptData):
+            store.history(unique_name)
+    finally:
+        store.close()
+
+
 def test_tampered_or_swapped_chunk_is_refused_and_nothing_written(base_config, session, unique_name):
     store = encrypted_store(base_config, KEY1)
     try:
