@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from cassandra.util import uuid_from_time
 from cstore import history as hist
 from cstore.codec import CodecPipeline, chunk_context
 from cstore.config import Config, load_config
-from cstore.errors import CstoreError, ModelExists, UnknownModel, ValidationError
+from cstore.errors import CorruptData, CstoreError, ModelExists, UnknownModel, ValidationError
 from cstore.models import DEFAULT_CHUNK_SIZE, ModelInfo, encode_metadata, validate_name, validate_spec
 from cstore.params import ChunkEngine, ChunkRow, CommitMeta, Transform, replica_errors
 from cstore.session import Connection, connect as connect_session
@@ -30,6 +31,7 @@ from cstore.stats import StatsRecorder, Totals
 from cstore.updates import UpdateResult, check_kind, check_learning_rate, make_transform, split_update
 from cstore.versions import Versions, actor, rollback_meta, rollback_transform
 
+log = logging.getLogger("cstore.store")
 _INFO_TTL_S = 5.0
 
 
@@ -156,9 +158,15 @@ class Store:
         return info
 
     def list_models(self) -> list[ModelInfo]:
-        return sorted((ModelInfo.from_row(r) for r in self.session.execute(self.q_models,
-                                                                            execution_profile="read_model")),
-                      key=lambda m: m.name)
+        """Every model, by name. A damaged ``models`` row is left out with a warning saying how to mend it,
+        so that one bad row does not hide all the others (``model_info`` on it raises ``CorruptData``)."""
+        out = []
+        for r in self.session.execute(self.q_models, execution_profile="read_model"):
+            try:
+                out.append(ModelInfo.from_row(r))
+            except CorruptData as exc:
+                log.warning("skipped in the model list: %s", exc)
+        return sorted(out, key=lambda m: m.name)
 
     def describe(self, name: str) -> dict[str, Any]:
         info = self.model_info(name, refresh=True)

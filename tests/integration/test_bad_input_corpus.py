@@ -189,8 +189,9 @@ def test_missing_chunk_row_is_named(session, store, unique_name):
 
 @pytest.mark.parametrize("column,value", [("params", "{not json"), ("params", '{"w": "ten"}'), ("dtype", "float16"),
                                           ("chunk_size", 0)])
-def test_damaged_models_row_is_refused(session, store, unique_name, column, value):
+def test_damaged_models_row_is_refused(session, store, unique_name, column, value, caplog):
     store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    store.create_model(f"{unique_name}_ok", {"w": (8,)}, chunk_size=32)
     info = store.model_info(unique_name)
     good = session.execute("SELECT * FROM models WHERE name = %s", (unique_name,)).one()
     session.execute(f"UPDATE models SET {column} = %s WHERE name = %s", (value, unique_name))
@@ -199,6 +200,10 @@ def test_damaged_models_row_is_refused(session, store, unique_name, column, valu
             store.model_info(unique_name, refresh=True)  # what a fresh process does first
         with pytest.raises(CorruptData, match="models row of .* is damaged"):
             store.describe(unique_name)
+        with caplog.at_level("WARNING", logger="cstore.store"):  # the other models are still listed
+            listed = {m.name for m in store.list_models()}
+        assert unique_name not in listed and f"{unique_name}_ok" in listed
+        assert f"models row of {unique_name!r} is damaged" in caplog.text
         rows = list(session.execute("SELECT version FROM chunks WHERE model_id = %s AND chunk = 0",
                                     (info.model_id,)))
         assert [r["version"] for r in rows] == [1]
@@ -206,6 +211,7 @@ def test_damaged_models_row_is_refused(session, store, unique_name, column, valu
         session.execute(f"UPDATE models SET {column} = %s WHERE name = %s", (good[column], unique_name))
     store.model_info(unique_name, refresh=True)
     store.drop_model(unique_name, confirm=unique_name)
+    store.drop_model(f"{unique_name}_ok", confirm=f"{unique_name}_ok")
 
 
 def test_damaged_history_and_snapshot_are_refused(session, store, unique_name):
