@@ -66,6 +66,9 @@ class WorkerMetrics:
         self.events_learned = Counter(
             "cstore_events_learned", "Feedback events learned (included in a committed micro-batch).",
             m, registry=reg)
+        self.events_poisoned = Counter(
+            "cstore_events_poisoned", "Stored feedback events a learner cannot use (written by another producer, "
+            "or damaged): counted, logged with their segment id and passed over.", m, registry=reg)
         self.batches = Counter(
             "cstore_batches_committed", "Micro-batches whose update was committed.", m, registry=reg)
         self.commits = Counter(
@@ -103,6 +106,7 @@ class WorkerMetrics:
             m, multiprocess_mode="livesum", registry=reg)
         # Create the label children up front, so every series exists (at 0) from the first scrape.
         self._learned = self.events_learned.labels(model)
+        self._poisoned = self.events_poisoned.labels(model)
         self._batches = self.batches.labels(model)
         self._commits = self.commits.labels(model)
         self._conflicts = self.conflicts.labels(model)
@@ -120,6 +124,12 @@ class WorkerMetrics:
         if events < 0:
             raise ValueError(f"events must be >= 0, got {events}")
         self._learned.inc(events)
+
+    def record_poisoned(self, events: int) -> None:
+        """``events`` stored feedback events were set aside as unusable."""
+        if events < 0:
+            raise ValueError(f"events must be >= 0, got {events}")
+        self._poisoned.inc(events)
 
     def record_commit(self, chunks: int, seconds: float, *, conflicts: int = 0, retries: int = 0) -> None:
         """One micro-batch committed: ``chunks`` chunk writes acknowledged in ``seconds``

@@ -58,6 +58,7 @@ class WorkerObserver:
     def sample(self) -> None:
         w, m = self.worker, self.metrics
         m.record_learned(self._delta("learned"))
+        m.record_poisoned(self._delta("poisoned"))
         for _ in range(self._delta("drifts")):
             m.record_drift()
         held = set(w.leases.held())

@@ -50,8 +50,10 @@ def test_metrics_endpoint_counts_the_work_done(served):
     # every series exists at 0 before any work, so alerts and rates work from the first scrape
     assert before[("cstore_events_learned_total", m)] == 0
     assert before[("cstore_commit_latency_seconds_count", m)] == 0
+    assert before[("cstore_events_poisoned_total", m)] == 0
 
     metrics.record_learned(512)
+    metrics.record_poisoned(6)
     metrics.record_commit(chunks=7, seconds=0.004, conflicts=2, retries=3)
     metrics.record_learned(100)
     metrics.record_commit(chunks=3, seconds=0.2)
@@ -66,6 +68,7 @@ def test_metrics_endpoint_counts_the_work_done(served):
 
     after = samples(get(server.url + "/metrics")[2])
     assert after[("cstore_events_learned_total", m)] == 612
+    assert after[("cstore_events_poisoned_total", m)] == 6
     assert after[("cstore_batches_committed_total", m)] == 2
     assert after[("cstore_chunk_commits_total", m)] == 10
     assert after[("cstore_commit_conflicts_total", m)] == 3
@@ -93,6 +96,8 @@ def test_bad_arguments_are_refused_and_count_nothing(served):
         metrics.record_commit(chunks=-1, seconds=0.1)
     with pytest.raises(ValueError):
         metrics.record_learned(-5)
+    with pytest.raises(ValueError):
+        metrics.record_poisoned(-1)
     s = samples(metrics.scrape())
     assert s[("cstore_batches_committed_total", (("model", "fraud"),))] == 0
     assert s[("cstore_events_learned_total", (("model", "fraud"),))] == 0
