@@ -15,21 +15,13 @@ from cstore.config import load_config
 from cstore.errors import ConnectionFailed, NotLoaded
 from cstore.session import connect
 from cstore.store import Store
+from feedback_helpers import wait_for
 from private_cluster import private_cluster, retrying
 
 
 def _connecting(fn):
     """A node that has just started on a busy machine may refuse the first connections."""
     return retrying(fn, attempts=45, pause_s=2.0, retry_on=(ConnectionFailed,))
-
-
-def _until(predicate, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
 
 
 @pytest.mark.slow
@@ -56,7 +48,7 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
             assert p0 != 0.5 and model.staleness < 1.0
 
             cluster.stop("node1")
-            assert _until(lambda: model.status()["refresh_errors"] > 0, 10)
+            wait_for(lambda: model.status()["refresh_errors"] > 0, 10, "a failed refresh", every=0.1)
             samples = []
             for _ in range(40):  # 4 s without Cassandra
                 assert model.predict_proba(f) == p0
@@ -78,7 +70,7 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
 
             cluster.up()
             t_up = time.monotonic()
-            assert _until(lambda: model.staleness < 1.0 and later.loaded, 60), model.status()
+            wait_for(lambda: model.staleness < 1.0 and later.loaded, 60, "both models fresh again", every=0.1)
             print(f"fresh again {time.monotonic() - t_up:.1f} s after the node accepted CQL again")
             assert later.predict_proba(f) == 0.5  # all-zero model
             store = client.store  # the client's own, reconnected session

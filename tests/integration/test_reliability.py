@@ -199,24 +199,25 @@ def jepsen(rel3, tmp_path_factory):
     return {model: (ops, facts, fault_figures(ops, events, elapsed)) for model, (ops, facts) in results.items()}
 
 
+def checked(jepsen, workload: Workload, label: str):
+    """The checker's verdict on one workload of the shared run, recorded for RELIABILITY.md."""
+    ops, facts, faults = jepsen[workload.model]
+    result = checker.check(ops, facts, workload.chunk_size)
+    FIGURES[label] = {**result.summary(), **faults}
+    print(f"\n{label}:", json.dumps(FIGURES[label]))
+    return result, faults
+
+
 def test_strong_loses_no_acknowledged_update_under_kill9(jepsen):
-    ops, facts, faults = jepsen[STRONG.model]
-    result = checker.check(ops, facts, STRONG.chunk_size)
-    summary = result.summary()
-    FIGURES["strong"] = {**summary, **faults}
-    print("\nstrong:", json.dumps(FIGURES["strong"]))
+    result, faults = checked(jepsen, STRONG, "strong")
     assert result.ok > 100, "too few acknowledged operations for the check to mean anything"
     assert faults["faults"] == 2 and faults["ok_while_a_node_was_down"] > 0
-    assert result.valid, summary
+    assert result.valid, result.summary()
     assert result.lost == [] and result.duplicated == [] and result.failed_present == []
 
 
 def test_eventual_negative_control_reports_lost_updates(jepsen):
-    ops, facts, faults = jepsen[EVENTUAL.model]
-    result = checker.check(ops, facts, EVENTUAL.chunk_size)
-    summary = result.summary()
-    FIGURES["eventual"] = {**summary, **faults}
-    print("\neventual:", json.dumps(FIGURES["eventual"]))
+    result, faults = checked(jepsen, EVENTUAL, "eventual")
     assert result.ok > 100
     assert not result.valid and len(result.lost) > 0, "the checker must catch eventual's lost updates"
     assert faults["ok_while_a_node_was_down"] > 0
