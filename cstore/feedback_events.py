@@ -188,11 +188,11 @@ def encode_event(ev: Event) -> bytes:
 
 
 def decode_payload(payload: bytes) -> list[Event]:
-    """Events of one segment, in the order they were sent."""
-    items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    if not items or items[0] != PAYLOAD_VERSION:
-        raise InvalidFeedback(f"feedback segment has unknown format {items[:1]!r}")
-    return [Event(*it) for it in items[1:]]
+    """Events of one segment, in the order they were sent; raises if any of them is unusable."""
+    events, bad = decode_stored(payload)
+    if bad:
+        raise InvalidFeedback(f"feedback segment holds {bad} unusable event(s) (see decode_stored)")
+    return events
 
 
 def _usable(ev: Event) -> bool:
