@@ -54,7 +54,10 @@ def plot() -> None:
     if sweep:
         cs = [int(r["command"].split("--concurrency ")[1].split()[0]) for r in sweep]
         fig, ax = plt.subplots(figsize=(7, 4.2))
-        ax.plot(cs, [r["ingest_events_per_s"] for r in sweep], "o-", label="cstore buffered writer (segments)")
+        ax.plot(cs, [r["ingest_events_per_s"] for r in sweep], "o-",
+                label="cstore send_batch (columns; 8 segments in flight at every C)")
+        if all("ingest_send_events_per_s" in r for r in sweep):
+            ax.plot(cs, [r["ingest_send_events_per_s"] for r in sweep], "^-", label="cstore send (one event per call)")
         ax.plot(cs, [r["ceiling_events_per_s"] for r in sweep], "s--", label="ceiling: one INSERT per event")
         ax.axhline(100_000, color="grey", lw=0.8, ls=":", label="goal: 100,000 events/s")
         ax.set_xscale("log", base=2)

@@ -22,17 +22,18 @@ absorbs clock skew between producers and consumers.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 import time
 import uuid
 import weakref
+import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
 import msgpack
+import numpy as np
 from cassandra import OperationTimedOut, Unavailable, WriteTimeout
 from cassandra.cluster import NoHostAvailable
 from cassandra.concurrent import execute_concurrent_with_args
@@ -88,8 +89,16 @@ class FeedbackConfig:
         return tuple(sorted(set(self.priorities.values())))
 
     def part_of(self, entity_id: str | int) -> int:
-        digest = hashlib.blake2b(str(entity_id).encode("utf-8", "surrogatepass"), digest_size=8).digest()
-        return int.from_bytes(digest, "little") % self.partitions
+        # CRC-32: stable across processes and versions, and ~8x cheaper than a keyed hash, which matters
+        # at 100k events/s. Only the write side uses it (readers list every partition), so the choice
+        # affects balance and per-entity order, never what is read.
+        return zlib.crc32(str(entity_id).encode("utf-8", "surrogatepass")) % self.partitions
+
+    def parts_of(self, entity_ids: list) -> np.ndarray:
+        """:meth:`part_of` of many ids at once."""
+        crc = zlib.crc32
+        return np.fromiter((crc(e.encode("utf-8", "surrogatepass") if type(e) is str else str(e).encode())
+                            for e in entity_ids), dtype=np.int64, count=len(entity_ids)) % self.partitions
 
     def lane_of(self, kind: str) -> int:
         return self.priorities[kind]
@@ -217,17 +226,27 @@ def context(store) -> FeedbackContext:
 # -- segments and durable writes ----------------------------------------------------------------------
 @dataclass
 class Segment:
-    """Encoded events bound for one (partition, lane); stamped when sealed, re-stamped if acked late."""
+    """Encoded events bound for one (partition, lane); stamped when sealed, re-stamped if acked late.
+
+    Format 1 holds one msgpack item per event; format 2 (:mod:`cstore.feedback_columns`) holds blocks
+    of columns, ``block_events`` events in all. A segment never mixes the two.
+    """
 
     part: int
     lane: int
-    events: list[bytes] = field(default_factory=list)
+    items: list[bytes] = field(default_factory=list)
     nbytes: int = 0
     seg_id: uuid.UUID | None = None
     ticks: int = 0
     bucket: int = 0
     attempts: int = 0
     restamps: int = 0
+    version: int = PAYLOAD_VERSION
+    block_events: int = 0
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items) if self.version == PAYLOAD_VERSION else self.block_events
 
     def stamp(self, cfg: FeedbackConfig) -> None:
         self.ticks = ticks_now()
@@ -236,7 +255,7 @@ class Segment:
 
     def payload(self) -> bytes:
         packer = msgpack.Packer(use_bin_type=True)
-        return packer.pack_array_header(len(self.events) + 1) + packer.pack(PAYLOAD_VERSION) + b"".join(self.events)
+        return packer.pack_array_header(len(self.items) + 1) + packer.pack(self.version) + b"".join(self.items)
 
 
 @dataclass
@@ -281,7 +300,7 @@ def write_segments(ctx: FeedbackContext, cfg: FeedbackConfig, segments: list[Seg
                 todo = _retry_or_fail(report, bad, err, max_attempts) + \
                     [s for s in todo if (s.part, s.bucket, s.lane) not in failed_keys]
                 continue
-        args = [(cfg.model_id, s.part, s.lane, s.bucket, s.seg_id, len(s.events), ctx.writer_id, s.payload(),
+        args = [(cfg.model_id, s.part, s.lane, s.bucket, s.seg_id, s.n_events, ctx.writer_id, s.payload(),
                  cfg.ttl_s) for s in todo]
         results = execute_concurrent_with_args(ctx.tables.session, ctx.tables.q_segment, args,
                                                concurrency=concurrency, raise_on_first_error=False,
@@ -323,7 +342,7 @@ def raise_failures(report: WriteReport) -> None:
     if not report.failed:
         return
     seg, err = report.failed[0]
-    n = sum(len(s.events) for s, _ in report.failed)
+    n = sum(s.n_events for s, _ in report.failed)
     if isinstance(err, Unavailable):
         raise ConsistencyUnavailable(f"ingest_feedback: not enough replicas for {n} event(s) ({err}); bring nodes "
                                      f"back or use a weaker profile; those events were not written") from None

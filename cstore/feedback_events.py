@@ -35,7 +35,8 @@ MAX_METADATA_BYTES = 4 * 1024
 MAX_ENTITY_CHARS = 256
 MAX_FUTURE_S = 300.0
 MIN_EVENT_TIME = 946684800.0  # 2000-01-01: earlier values are almost always a unit mistake
-PAYLOAD_VERSION = 1
+PAYLOAD_VERSION = 1    # a segment of one msgpack item per event (this module)
+COLUMNAR_VERSION = 2   # a segment of column blocks (cstore.feedback_columns)
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -215,8 +216,10 @@ def decode_stored(payload: bytes) -> tuple[list[Event], int]:
         items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for damaged input
         raise InvalidFeedback(f"feedback segment is not valid msgpack ({type(exc).__name__}: {exc})") from None
-    if type(items) is not list or not items or items[0] != PAYLOAD_VERSION:
+    if type(items) is not list or not items or items[0] not in (PAYLOAD_VERSION, COLUMNAR_VERSION):
         raise InvalidFeedback(f"feedback segment has unknown format {str(items)[:40]!r}")
+    if items[0] == COLUMNAR_VERSION:
+        return _decode_columnar(items[1:])
     good = []
     for it in items[1:]:
         if type(it) is list and len(it) == len(Event._fields):
@@ -224,3 +227,21 @@ def decode_stored(payload: bytes) -> tuple[list[Event], int]:
             if _usable(ev):
                 good.append(ev)
     return good, len(items) - 1 - len(good)
+
+
+def _decode_columnar(blocks: list) -> tuple[list[Event], int]:
+    # Imported here: feedback_columns builds on this module's validation helpers.
+    from cstore.feedback_columns import decode_block
+    good: list[Event] = []
+    bad = 0
+    for block in blocks:
+        try:
+            events = decode_block(block)
+        except (ValueError, TypeError, KeyError):
+            n = block.get("n") if type(block) is dict else None
+            bad += n if type(n) is int and 0 < n <= 1_000_000 else 1
+            continue
+        usable = [ev for ev in events if _usable(ev)]
+        bad += len(events) - len(usable)
+        good += usable
+    return good, bad

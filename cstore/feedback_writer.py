@@ -5,6 +5,9 @@
 ...         w.send(tx.id, tx.label, kind="explicit", features=tx.features)
 ...     w.flush()   # everything sent above is durable at the ingest_feedback level
 
+Producers holding batches as columns (arrays, a DataFrame) use :meth:`send_batch` instead: one
+vectorised validation per column and segments stored as columns (:mod:`cstore.feedback_columns`).
+
 Events are validated in :meth:`send` (a bad event raises and nothing of it is buffered), then
 buffered per (partition, lane). A buffer becomes a segment (one CQL row) when it holds
 ``max_batch`` events or ``max_segment_bytes``, or when its oldest event is ``linger_ms`` old. A
@@ -17,11 +20,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from cstore.errors import FeedbackBackPressure, FeedbackWriteFailed, ValidationError
 from cstore.feedback import (FeedbackConfig, Segment, WriteReport, context, encode_event, make_event,
                              raise_failures, write_segments)
+from cstore.feedback_columns import encode_block, make_batch, reorder
+from cstore.feedback_events import COLUMNAR_VERSION, PAYLOAD_VERSION
 
 log = logging.getLogger("cstore.feedback")
 
@@ -91,27 +98,71 @@ class FeedbackWriter:
     def send_event(self, entity_id: Any, kind: str, data: bytes) -> None:
         """Buffer an event already validated and encoded by :func:`cstore.feedback.make_event`."""
         key = (self.cfg.part_of(entity_id), self.cfg.lane_of(kind))
-        size = len(data)
         with self._cond:
-            self._check_usable()
-            if self._buffered + size > self.max_buffer_bytes:
-                self._wait_for_room(size)
-            opened = self._open.get(key)
-            if opened is None:
-                opened = self._open[key] = (time.monotonic(), Segment(*key))
-            seg = opened[1]
-            if seg.events and seg.nbytes + size > self.max_segment_bytes:
-                self._seal(key)
-                opened = self._open[key] = (time.monotonic(), Segment(*key))
-                seg = opened[1]
-            seg.events.append(data)
-            seg.nbytes += size
-            self._buffered += size
-            self.events_sent += 1
-            if len(seg.events) >= self.max_batch or seg.nbytes >= self.max_segment_bytes:
-                self._seal(key)
-            if len(self._open) == 1 and len(seg.events) == 1:
-                self._cond.notify_all()  # the flusher may be sleeping without a deadline
+            self._append(key, data, 1, PAYLOAD_VERSION)
+
+    def send_batch(self, entity_ids: Sequence[Any], labels: Any, *, kind: str = "explicit", confidence: Any = None,
+                   event_time: Any = None, features: Mapping[str, Any] | None = None) -> int:
+        """Validate and buffer a batch of events given as columns; returns how many were buffered.
+
+        All-or-nothing: a bad value anywhere raises before any event of the batch is buffered. See
+        :mod:`cstore.feedback_columns` for the columns (NaN or None = a feature missing for one event).
+
+        >>> w.send_batch(["tx-1", "tx-2"], [0, 1], features={"amount": [12.5, 3.0]})   # doctest: +SKIP
+        2
+        """
+        batch = make_batch(entity_ids, labels, kind=kind, confidence=confidence, event_time=event_time,
+                           features=features)
+        lane = self.cfg.lane_of(kind)
+        parts = self.cfg.parts_of(batch.entity_ids)
+        order = np.argsort(parts, kind="stable")  # groups partitions, keeping each one's events in order
+        batch, parts = reorder(batch, order), parts[order]
+        edges = [0, *(np.flatnonzero(np.diff(parts)) + 1).tolist(), batch.n]
+        before = self.events_sent
+        try:
+            for start, end in zip(edges, edges[1:]):
+                key = (int(parts[start]), lane)
+                for lo in range(start, end, self.max_batch):
+                    self._append_block(key, batch, lo, min(end, lo + self.max_batch))
+        except FeedbackBackPressure as exc:
+            raise FeedbackBackPressure(f"{exc} ({self.events_sent - before} of this batch's {batch.n} events "
+                                       f"were buffered before the timeout and will be written)") from None
+        return batch.n
+
+    def _append_block(self, key: tuple[int, int], batch, lo: int, hi: int) -> None:
+        data = encode_block(batch, lo, hi)
+        if len(data) > self.max_segment_bytes and hi - lo > 1:  # too wide for one segment: halve it
+            mid = (lo + hi) // 2
+            self._append_block(key, batch, lo, mid)
+            self._append_block(key, batch, mid, hi)
+            return
+        with self._cond:
+            self._append(key, data, hi - lo, COLUMNAR_VERSION)
+
+    def _append(self, key: tuple[int, int], data: bytes, n_events: int, version: int) -> None:
+        """Add one encoded item (an event, or a block of ``n_events``) to its open segment. Holds the lock."""
+        size = len(data)
+        self._check_usable()
+        if self._buffered + size > self.max_buffer_bytes:
+            self._wait_for_room(size)
+        opened = self._open.get(key)
+        if opened is not None and opened[1].items and (
+                opened[1].version != version or opened[1].nbytes + size > self.max_segment_bytes
+                or opened[1].n_events + n_events > self.max_batch):
+            self._seal(key)
+            opened = None
+        if opened is None:
+            opened = self._open[key] = (time.monotonic(), Segment(*key, version=version))
+        seg = opened[1]
+        seg.items.append(data)
+        seg.nbytes += size
+        seg.block_events += n_events if version == COLUMNAR_VERSION else 0
+        self._buffered += size
+        self.events_sent += n_events
+        if seg.n_events >= self.max_batch or seg.nbytes >= self.max_segment_bytes:
+            self._seal(key)
+        if len(self._open) == 1 and len(seg.items) == 1:
+            self._cond.notify_all()  # the flusher may be sleeping without a deadline
 
     def _wait_for_room(self, size: int) -> None:
         deadline = time.monotonic() + self.send_timeout_s
@@ -221,7 +272,7 @@ class FeedbackWriter:
                 self._outstanding -= 1
                 self._finished_count += 1
                 if id(seg) not in failed:
-                    self.events_written += len(seg.events)
+                    self.events_written += seg.n_events
                     self.segments_written += 1
                     self.bytes_written += seg.nbytes
             self.retries += report.retries
@@ -229,5 +280,5 @@ class FeedbackWriter:
             self._failures.extend(report.failed)
             self._cond.notify_all()
         for seg, err in report.failed:
-            log.error("feedback segment of %d event(s) for %s could not be written: %s", len(seg.events),
+            log.error("feedback segment of %d event(s) for %s could not be written: %s", seg.n_events,
                       self.model, err)

@@ -6,11 +6,12 @@ import threading
 import time
 
 import msgpack
+import numpy as np
 import pytest
 
 from cstore.errors import FeedbackBackPressure, InvalidFeedback, PayloadTooLarge, UnknownModel, ValidationError
-from cstore.feedback import (TICKS_PER_S, Segment, context, encode_event, make_event, ticks_now, uuid_at,
-                             write_segments)
+from cstore.feedback import (TICKS_PER_S, Segment, context, decode_payload, encode_event, make_event, ticks_now,
+                             uuid_at, write_segments)
 from cstore.feedback_reader import FeedbackReader
 from cstore.learner import create_learner
 from feedback_helpers import all_events, all_segments, new_name, run_cli
@@ -57,6 +58,53 @@ def test_bad_feedback_writes_nothing(store, session, learner, kwargs, exc):
         w.send("tx-good", 1, features={"a": 1.0})  # the writer stays usable after a rejected event
     _, fcfg = context(store).config(learner)
     assert [e.entity_id for e in all_events(session, fcfg)] == ["tx-good"]
+
+
+def test_column_batches_are_stored_as_the_events_send_would_store(store, session, learner):
+    n = 3000
+    rng = np.random.default_rng(5)
+    amount = rng.normal(size=n)
+    amount[::7] = np.nan  # missing for every 7th event
+    country = rng.choice(["FR", "DE", "US"], size=n)
+    device = [None if i % 5 == 0 else f"d{i % 11}" for i in range(n)]
+    ids, labels = [f"tx-{i}" for i in range(n)], (np.arange(n) % 9 == 0).astype(float)
+    with store.feedback_writer(learner, max_batch=400) as w:
+        for lo in range(0, n, 1000):
+            sl = slice(lo, lo + 1000)
+            assert w.send_batch(ids[sl], labels[sl], kind="implicit", confidence=0.7,
+                                features={"amount": amount[sl], "country": country[sl], "device": device[sl]}) == 1000
+        assert w.stats()["events_sent"] == n
+    _, fcfg = context(store).config(learner)
+    segs = all_segments(session, fcfg)
+    assert {msgpack.unpackb(s["payload"])[0] for s in segs} == {2}  # format 2: columns
+    assert sum(s["n_events"] for s in segs) == n and max(s["n_events"] for s in segs) <= 400
+    assert {s["part"] for s in segs} == set(range(fcfg.partitions))
+    got = {ev.entity_id: ev for ev in all_events(session, fcfg)}
+    assert len(got) == n
+    for i in range(n):
+        feats = {"amount": float(amount[i]), "country": str(country[i]), "device": device[i]}
+        feats = {k: v for k, v in feats.items() if v is not None and v == v}
+        want = make_event(ids[i], labels[i], "implicit", 0.7, got[ids[i]].event_time, feats)
+        assert got[ids[i]] == want
+    for s in segs:  # each event in the partition of its entity id, as with send()
+        assert {fcfg.part_of(e.entity_id) for e in decode_payload(s["payload"])} == {s["part"]}
+
+
+@pytest.mark.parametrize("features, exc", [
+    ({"amount": [1.0, 2.0, float("inf")]}, InvalidFeedback),
+    ({"amount": [1.0, 2.0]}, InvalidFeedback),
+    ({"country": ["FR", "DE", "x" * 600]}, PayloadTooLarge),
+    ({"country": ["FR", "DE", 3]}, InvalidFeedback),
+])
+def test_a_bad_column_batch_writes_nothing(store, session, learner, features, exc):
+    with store.feedback_writer(learner) as w:
+        w.send_batch(["tx-0"], [1], features={"amount": [0.5]})  # buffered first: must survive the refusal
+        with pytest.raises(exc):
+            w.send_batch(["tx-1", "tx-2", "tx-3"], [0, 1, 0], features=features)
+        with pytest.raises(InvalidFeedback, match="event 2 has 7.0"):
+            w.send_batch(["tx-1", "tx-2", "tx-3"], [0, 1, 7], features={"amount": [1.0, 2.0, 3.0]})
+    _, fcfg = context(store).config(learner)
+    assert [(e.entity_id, e.features) for e in all_events(session, fcfg)] == [("tx-0", {"amount": 0.5})]
 
 
 def test_unknown_model_writes_nothing(store, session):

@@ -6,6 +6,7 @@ import time
 
 import msgpack
 import numpy as np
+import pytest
 
 from cstore.feedback import decode_payload
 from cstore.fraudsim import FraudStream
@@ -23,6 +24,16 @@ def _ingest(store, name, txs, kind="explicit", max_batch=500, with_features=True
     with store.feedback_writer(name, max_batch=max_batch, linger_ms=5) as w:
         for tx in txs:
             w.send(tx["entity_id"], tx["label"], kind=kind, features=tx["features"] if with_features else None)
+
+
+def _ingest_columns(store, name, txs, kind="explicit", max_batch=500) -> None:
+    """The same transactions as column batches of 1000 (send_batch), strings as numpy text arrays."""
+    with store.feedback_writer(name, max_batch=max_batch, linger_ms=5) as w:
+        for lo in range(0, len(txs), 1000):
+            part = txs[lo:lo + 1000]
+            columns = {k: np.array([tx["features"][k] for tx in part]) for k in part[0]["features"]}
+            w.send_batch([tx["entity_id"] for tx in part], [tx["label"] for tx in part], kind=kind,
+                         features=columns)
 
 
 def test_worker_learns_everything_and_checkpoints(base_config, store):
@@ -139,11 +150,13 @@ def test_a_failing_batch_is_retried_not_lost(store):
     assert fleet_status(store, name)["lag_events"] == 0
 
 
-def test_a_restarted_worker_resumes_exactly(store):
-    """Two workers one after the other give bit-for-bit the model a pure-numpy replay of the batches gives."""
+@pytest.mark.parametrize("ingest", [_ingest, _ingest_columns], ids=["send", "send_batch"])
+def test_a_restarted_worker_resumes_exactly(store, ingest):
+    """Two workers one after the other give bit-for-bit the model a pure-numpy replay of the batches gives,
+    whether the feedback came event by event or as columns."""
     name = new_name("resume")
     create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=2, alpha=0.3)
-    _ingest(store, name, FraudStream(seed=14).sample(5000), max_batch=250)
+    ingest(store, name, FraudStream(seed=14).sample(5000), max_batch=250)
     first = Worker(store, name, batch_size=1000, **FAST)
     first.run(max_batches=2)
     Worker(store, name, batch_size=1000, **FAST).run(until_idle=True)
