@@ -34,7 +34,7 @@ from cassandra.util import uuid_from_time
 from cstore.codec import CodecPipeline, chunk_context, encode_sparse, history_context
 from cstore.errors import ConflictError, ConsistencyUnavailable, CorruptData, PermissionDenied, UnknownOutcome
 from cstore.models import ModelInfo
-from cstore.session import execute, execute_all
+from cstore.session import execute, execute_partition
 
 log = logging.getLogger("cstore.params")
 
@@ -206,7 +206,7 @@ class ChunkEngine:
                                               meta.learning_rate, meta.source, delta, meta.metadata,
                                               self.history_ttl_s)))
         with replica_errors("write_history"):
-            execute_all(self.session, requests, profile="write_history")
+            execute_partition(self.session, requests, profile="write_history")  # rows of one (model, bucket)
 
     def _abort_history(self, info, changes, op_id, bucket) -> None:
         for p in changes:  # best effort: the chain walk ignores losers even without the mark
@@ -277,8 +277,8 @@ class ChunkEngine:
 
     def _write_index(self, info, chunk, new_versions: Mapping[str, int], op_id: uuid.UUID) -> None:
         with replica_errors("commit_chunk"):
-            execute_all(self.session, [(self.q_index, (info.model_id, p, chunk, v, op_id, v))
-                                       for p, v in new_versions.items()], profile="commit_chunk")
+            execute_partition(self.session, [(self.q_index, (info.model_id, p, chunk, v, op_id, v))
+                                             for p, v in new_versions.items()], profile="commit_chunk")
 
     def _count_overwrites(self, info, chunk, rows) -> int:
         """Eventual profile: did a concurrent blind write replace the version we wrote last?"""

@@ -19,7 +19,7 @@ from cassandra.connection import ConnectionBusy
 from cassandra.auth import PlainTextAuthProvider
 from cassandra.cluster import EXEC_PROFILE_DEFAULT, Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, RetryPolicy, TokenAwarePolicy
-from cassandra.query import dict_factory
+from cassandra.query import BatchStatement, BatchType, dict_factory
 
 from cstore.config import Config
 from cstore.consistency import OPERATIONS, Profile, resolve_profile
@@ -172,15 +172,14 @@ def execute(session: Session, statement: Any, parameters: Any = None, *, profile
             time.sleep(min(0.001 * (attempt + 1), 0.05))
 
 
-def execute_all(session: Session, requests: list[tuple[Any, Any]], *, profile: str) -> list:
-    """Send every (statement, parameters) at once and wait for all; busy sends are retried."""
-    futures = [session.execute_async(stmt, params, execution_profile=profile) for stmt, params in requests]
-    results = []
-    for (stmt, params), fut in zip(requests, futures):
-        try:
-            results.append(fut.result())
-        except NoHostAvailable as exc:
-            if not _busy(exc):
-                raise
-            results.append(execute(session, stmt, params, profile=profile))
-    return results
+def execute_partition(session: Session, requests: list[tuple[Any, Any]], *, profile: str) -> None:
+    """Write rows that share one partition in one request: an unlogged batch of one partition is
+    applied atomically and in isolation, and costs one round trip and one driver send instead of
+    one each (the driver's per-request CPU is most of a chunk commit's client time)."""
+    if len(requests) == 1:
+        execute(session, *requests[0], profile=profile)
+        return
+    batch = BatchStatement(batch_type=BatchType.UNLOGGED)
+    for stmt, params in requests:
+        batch.add(stmt, params)
+    execute(session, batch, profile=profile)

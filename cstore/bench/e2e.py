@@ -37,6 +37,7 @@ from cstore.worker import Worker
 BATCH = 500            # events per producer batch (one flush each)
 WINDOW = 3             # producer batches acknowledged and not yet visible, at most
 N_FEATURES = 1 << 18    # ~15k distinct features in the workload: 2^18 keeps hash collisions rare, 16 chunks
+CHUNK_SIZE = 1 << 16
 FRESHNESS_GOAL_MS = 1000.0
 WORKER_OPTIONS = {"batch_size": 1000, "max_wait_ms": 50.0, "poll_ms": 20.0, "lease_ttl_s": 15.0}
 
@@ -131,7 +132,7 @@ class VersionWatcher(threading.Thread):
         return self.times[i] if i < len(self.versions) else None
 
 
-def run_e2e(ctx: BenchContext, seconds: float, *, n_features: int = N_FEATURES, chunk_size: int = 16384) -> dict:
+def run_e2e(ctx: BenchContext, seconds: float, *, n_features: int = N_FEATURES, chunk_size: int = CHUNK_SIZE) -> dict:
     from cstore.client import Client
     pool = transactions(2000)
     store = Store.from_config(ctx.config)
