@@ -20,6 +20,7 @@ from cstore.session import connect
 from cstore.store import Store
 
 N_FEATURES = 1 << 20
+CHUNK_SIZE = 1 << 18  # 4 chunks: one committer, so fewer and larger LWTs win (see RESULTS.md)
 NAIVE_KEYSPACE = "cstore_bench_naive"
 
 
@@ -62,7 +63,7 @@ def _cstore_apply(ctx: BenchContext, batches: list, seconds: float, *, cache_row
     store = Store.from_config(ctx.config)
     name = f"bench_apply_{uuid.uuid4().hex[:8]}"
     try:
-        create_learner(store, name, n_features=N_FEATURES, chunk_size=16384)
+        create_learner(store, name, n_features=N_FEATURES, chunk_size=CHUNK_SIZE)
         info = store.model_info(name)
         learner = Learner(info, learner_config(info))
         cache = RowCache()

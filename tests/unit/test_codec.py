@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cstore.codec import SPARSE_MIN_SIZE, decode_array, encode_array
+from cstore.codec import SPARSE_MIN_SIZE, decode_array, decode_sparse, encode_array, encode_sparse
 from cstore.errors import CorruptData
 
 
@@ -51,3 +51,24 @@ def _sparse_blob(**fields) -> bytes:
 def test_damaged_sparse_chunks_are_refused(fields, message):
     with pytest.raises(CorruptData, match=message):
         decode_array(_sparse_blob(**fields), expect_dtype="float32", expect_shape=[1024])
+
+
+@pytest.mark.parametrize("indices", [
+    np.arange(0, 4096, 3),              # dense enough: stored as a bit mask
+    np.array([5, 9, 4000]),             # sparse: stored as int32s
+    np.array([7, 3, 5]),                # not increasing: int32s, order kept
+    np.array([], dtype=np.int64),       # nothing touched
+])
+def test_history_deltas_round_trip_in_either_index_layout(indices):
+    values = np.random.default_rng(0).normal(size=len(indices)).astype(np.float32)
+    blob = encode_sparse(indices, values)
+    got_i, got_x = decode_sparse(blob)
+    assert got_i.tolist() == indices.tolist() and got_x.tobytes() == values.tobytes()
+    assert ("m" in msgpack.unpackb(blob)) == (len(indices) > 100)
+
+
+def test_a_history_delta_whose_mask_and_values_disagree_is_refused():
+    blob = msgpack.unpackb(encode_sparse(np.arange(0, 4096, 3), np.ones(1366, np.float32)))
+    blob["x"] = encode_array(np.ones(5, np.float32))
+    with pytest.raises(CorruptData, match="1366 indices for 5 values"):
+        decode_sparse(msgpack.packb(blob, use_bin_type=True))

@@ -128,3 +128,21 @@ def test_batch_gradient_validates(change, match):
     change(args)
     with pytest.raises(ValueError, match=match):
         batch_gradient(**args)
+
+
+def test_dense_and_sorted_gradient_sums_give_the_same_bits(monkeypatch):
+    import cstore.learn.logistic as logistic
+    rng = np.random.default_rng(3)
+    n_features, rows, per_row = 2**14, 400, 12
+    indices = rng.integers(0, n_features, size=rows * per_row)
+    indptr = np.arange(0, rows * per_row + 1, per_row)
+    values = rng.normal(size=rows * per_row)
+    labels = (rng.random(rows) < 0.3).astype(float)
+    w = rng.normal(size=n_features) * 0.1
+    monkeypatch.setattr(logistic, "_DENSE_SUM_FACTOR", 10**9)
+    dense = logistic.batch_gradient(w, 0.2, indptr, indices, values, labels)
+    monkeypatch.setattr(logistic, "_DENSE_SUM_FACTOR", 0)
+    ranked = logistic.batch_gradient(w, 0.2, indptr, indices, values, labels)
+    assert np.array_equal(dense.indices, ranked.indices) and np.array_equal(dense.values, ranked.values)
+    assert dense.indices.dtype == ranked.indices.dtype == np.int64
+    assert np.all(np.diff(dense.indices) > 0) and dense.bias == ranked.bias
