@@ -101,6 +101,25 @@ def cassandra_pid(cfg: Config) -> int | None:
     return pids.get("node1")
 
 
+def wait_for_compactions(cfg: Config, timeout_s: float = 90.0) -> float:
+    """Wait until no compaction runs on the cluster (``system_views.sstable_tasks``, one node's view
+    per contact point), at most ``timeout_s``; returns the seconds waited."""
+    t0 = time.monotonic()
+    conn = connect(cfg)
+    try:
+        while time.monotonic() - t0 < timeout_s:
+            try:
+                rows = list(conn.session.execute("SELECT kind FROM system_views.sstable_tasks"))
+            except Exception:  # virtual tables missing or not readable by this role: do not wait
+                break
+            if not any(r["kind"].lower() == "compaction" for r in rows):
+                break
+            time.sleep(1.0)
+    finally:
+        conn.close()
+    return round(time.monotonic() - t0, 1)
+
+
 def machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
 
@@ -115,7 +134,12 @@ def run_scenarios(names: list[str], ctx: BenchContext) -> dict[str, Any]:
     ctx.memory.start()
     out: dict[str, Any] = {"scenarios": names, "quick": ctx.quick, "machine": machine()}
     t0 = time.monotonic()
-    for name in names:
+    for i, name in enumerate(names):
+        if i:  # each scenario starts on a quiet node, not in the compactions its predecessor left
+            waited = wait_for_compactions(ctx.config)
+            out[f"{name}_waited_for_compactions_s"] = waited
+            if waited >= 1.0:
+                ctx.log(f"  (waited {waited:.0f} s for the node's compactions to finish)")
         ctx.log(f"== {name}")
         t = time.monotonic()
         out.update(SCENARIOS[name](ctx))
