@@ -19,21 +19,21 @@ class FeedbackUser(CstoreUser):
 
     @task(10)
     def feedback_batch(self) -> None:
+        self._send_a_batch("feedback_batch", self._send)
+
+    @task(5)
+    def feedback_columns(self) -> None:
+        self._send_a_batch("feedback_columns", self._send_columns)
+
+    def _send_a_batch(self, name: str, send) -> None:
         n = int(self.environment.parsed_options.cstore_feedback_batch)
-        txs = self.stream.sample(n, prefix=self.prefix)
-        self.call("feedback_batch", self._send, txs)
+        self.call(name, send, self.stream.sample(n, prefix=self.prefix))
 
     def _send(self, txs: list[dict]) -> None:
         w = self.cs.writer
         for tx in txs:
             w.send(tx["entity_id"], tx["label"], kind="explicit", features=tx["features"])
         w.flush()
-
-    @task(5)
-    def feedback_columns(self) -> None:
-        n = int(self.environment.parsed_options.cstore_feedback_batch)
-        txs = self.stream.sample(n, prefix=self.prefix)
-        self.call("feedback_columns", self._send_columns, txs)
 
     def _send_columns(self, txs: list[dict]) -> None:
         columns = {name: np.array([tx["features"][name] for tx in txs]) for name in txs[0]["features"]}
