@@ -84,7 +84,8 @@ class HistoryReader:
         """Every history row (including aborted attempts) in [since, until], oldest first."""
         until = time.time() + 1 if until is None else until
         since = max(until - self.ttl_s, 0) if since is None else since
-        buckets = range(int(since) // self.bucket_s, int(until) // self.bucket_s + 1)
+        bucket_s = info.history_bucket_s or self.bucket_s
+        buckets = range(int(since) // bucket_s, int(until) // bucket_s + 1)
         lo, hi = min_uuid_from_time(since), max_uuid_from_time(until)
         args = [(info.model_id, b, lo, hi) for b in buckets]
         results = execute_concurrent_with_args(self.session, self.q_range, args, concurrency=32,
@@ -95,7 +96,7 @@ class HistoryReader:
         return out
 
     def lookup(self, info: ModelInfo, op_id: uuid.UUID, param: str) -> HistoryRow | None:
-        bucket = int(op_time(op_id)) // self.bucket_s
+        bucket = int(op_time(op_id)) // (info.history_bucket_s or self.bucket_s)
         row = self.session.execute(self.q_one, (info.model_id, bucket, op_id, param),
                                    execution_profile="read_history").one()
         return HistoryRow.from_row(row, self.codec) if row else None

@@ -38,6 +38,7 @@ class ModelInfo:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
     created_by: str | None = None
+    history_bucket_s: int | None = None   # None: a model older than migration 004 (use the configuration)
 
     def size(self, param: str) -> int:
         return int(math.prod(self.params[param]))
@@ -69,7 +70,7 @@ class ModelInfo:
                 "dtype": self.dtype, "params": {k: list(v) for k, v in self.params.items()},
                 "chunks": {p: self.n_chunks(p) for p in self.params}, "metadata": dict(self.metadata),
                 "created_at": self.created_at.isoformat() if self.created_at else None,
-                "created_by": self.created_by}
+                "created_by": self.created_by, "history_bucket_s": self.history_bucket_s}
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ModelInfo":
@@ -84,8 +85,10 @@ class ModelInfo:
             raise CorruptData(f"the models row of {row.get('name')!r} is damaged (params {row.get('params')!r}, "
                               f"dtype {row.get('dtype')!r}, chunk_size {row.get('chunk_size')!r}); restore it "
                               f"or drop and re-create the model")
+        bucket = row.get("history_bucket_s")
         return cls(row["name"], row["model_id"], row["chunk_size"], row["dtype"], params,
-                   meta, row.get("created_at"), row.get("created_by"))
+                   meta, row.get("created_at"), row.get("created_by"),
+                   bucket if isinstance(bucket, int) and bucket > 0 else None)
 
 
 def validate_name(name: Any) -> str:

@@ -133,8 +133,9 @@ class ChunkEngine:
             rows = execute(self.session, stmt, profile="read_model")
         return self.decode_rows(info, chunk, rows)
 
-    def bucket_of(self, op_id: uuid.UUID) -> int:
-        return int((op_id.time - 0x01B21DD213814000) // 10_000_000) // self.bucket_s
+    def bucket_of(self, info: ModelInfo, op_id: uuid.UUID) -> int:
+        """The history partition of an op: the model's own bucket size (older models: the configured one)."""
+        return int((op_id.time - 0x01B21DD213814000) // 10_000_000) // (info.history_bucket_s or self.bucket_s)
 
     # -- committing --------------------------------------------------------------------------------
     def commit(self, info: ModelInfo, chunk: int, transform: Transform, meta: CommitMeta,
@@ -157,7 +158,7 @@ class ChunkEngine:
                 raise CorruptData(f"model {info.name!r} chunk {chunk} has no row for {missing}; "
                                   f"the model is incomplete: restore it from a snapshot")
             op_id = uuid_from_time(time.time())
-            bucket = self.bucket_of(op_id)
+            bucket = self.bucket_of(info, op_id)
             blobs = {p: self.codec.encode(new, context=chunk_context(info.model_id, chunk, p))
                      for p, (new, _) in changes.items()}
             self._write_history(info, chunk, rows, changes, meta, op_id, bucket)
@@ -269,7 +270,8 @@ class ChunkEngine:
         expected = rows[p].version
         if cur.version <= expected + 1:
             return False  # unchanged, or another op holds version expected+1
-        found = op_in_chain(self.session, self.bucket_of, info, p, chunk, cur.op_id, expected + 1, op_id)
+        found = op_in_chain(self.session, lambda op: self.bucket_of(info, op), info, p, chunk, cur.op_id,
+                            expected + 1, op_id)
         if found is None:
             raise UnknownOutcome(f"model {info.name!r} chunk {chunk}: commit {op_id} timed out and its "
                                  f"history chain could not be followed; it is applied at most once")

@@ -68,7 +68,7 @@ class Store:
         self.q_model = p("SELECT * FROM models WHERE name = ?")
         self.q_models = p("SELECT * FROM models")
         self.q_create = p("INSERT INTO models (name, model_id, created_at, created_by, chunk_size, dtype, params, "
-                          "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+                          "metadata, history_bucket_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
         self.q_drop = p("DELETE FROM models WHERE name = ? IF model_id = ?")
         self.q_init = p("INSERT INTO chunks (model_id, chunk, param, data, version, op_id, updated_at) "
                         "VALUES (?, ?, ?, ?, 1, ?, ?)")
@@ -112,7 +112,8 @@ class Store:
         meta_json = encode_metadata(metadata)
         if self.session.execute(self.q_model, (name,), execution_profile="read_model").one():
             raise ModelExists(f"model {name!r} already exists; pick another name or drop it first")
-        info = ModelInfo(name, uuid.uuid4(), chunk_size, dtype, shapes, json.loads(meta_json))
+        info = ModelInfo(name, uuid.uuid4(), chunk_size, dtype, shapes, json.loads(meta_json),
+                         history_bucket_s=self.engine.bucket_s)
         rng = np.random.default_rng(seed)
         op_id = uuid_from_time(time.time())
         now = datetime.now(timezone.utc)
@@ -133,7 +134,8 @@ class Store:
         execute_concurrent_with_args(self.session, self.q_init_index, index_args, concurrency=32,
                                      raise_on_first_error=True, execution_profile="commit_chunk")
         rs = self.session.execute(self.q_create, (name, info.model_id, now, actor(), chunk_size, dtype,
-                                                  json.dumps({k: list(v) for k, v in shapes.items()}), meta_json),
+                                                  json.dumps({k: list(v) for k, v in shapes.items()}), meta_json,
+                                                  info.history_bucket_s),
                                   execution_profile="coordination")
         # "Not applied" can be our own row: the driver re-sends an LWT to another node after a connection error.
         if not rs.was_applied and rs.one().get("model_id") != info.model_id:

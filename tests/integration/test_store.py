@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import numpy as np
 import pytest
 
 from cstore.errors import ConfigError
+from cstore.history import op_time
 from cstore.store import Store
 
 
@@ -120,3 +122,37 @@ def test_custom_profile_and_invalid_profile(base_config, unique_name):
         assert s.profile.levels["read_model"] == "ONE" and s.profile.lwt
     with pytest.raises(ConfigError, match="unknown consistency profile 'nope'"):
         Store.from_config(dataclasses.replace(base_config, profile="nope"))
+
+
+def test_a_model_keeps_its_history_bucket_when_the_configuration_changes(base_config, session, unique_name):
+    """History partitions follow the bucket size the model was created with, not today's setting;
+    a model row without one (created before migration 004) uses the configuration."""
+    small = Store.from_config(dataclasses.replace(base_config, history_bucket_s=60))
+    large = Store.from_config(dataclasses.replace(base_config, history_bucket_s=7200))
+    try:
+        small.create_model(unique_name, {"w": (16,)}, chunk_size=16)
+        assert small.model_info(unique_name).history_bucket_s == 60
+        small.apply_update(unique_name, "w", [1.0], indices=[1], lr=0.5)
+        large.apply_update(unique_name, "w", [2.0], indices=[2], lr=0.5)  # another process, other config
+        info = large.model_info(unique_name)
+        assert info.history_bucket_s == 60 and info.to_dict()["history_bucket_s"] == 60
+        minute = int(time.time()) // 60
+        stored = [(r["bucket"], r["op_id"]) for b in range(minute - 2, minute + 2) for r in session.execute(
+            "SELECT bucket, op_id FROM history WHERE model_id = %s AND bucket = %s", (info.model_id, b))]
+        assert len(stored) == 2 and all(b == int(op_time(op)) // 60 for b, op in stored)
+        committed = large.history(unique_name, since=time.time() - 600)
+        assert [h.new_version for h in committed] == [2, 3]
+        v0 = large.read_model(unique_name).params["w"].copy()
+        session.execute("UPDATE models SET history_bucket_s = null WHERE name = %s", (unique_name,))
+        legacy = large.model_info(unique_name, refresh=True)
+        assert legacy.history_bucket_s is None  # read as a pre-004 model: the configuration decides
+        assert large.history(unique_name, since=time.time() - 600) == []  # 7200 s partitions: nothing there
+        assert small.model_info(unique_name, refresh=True).history_bucket_s is None
+        assert [h.new_version for h in small.history(unique_name, since=time.time() - 600)] == [2, 3]
+        assert np.array_equal(small.read_model(unique_name).params["w"], v0)
+    finally:
+        try:
+            small.drop_model(unique_name, confirm=unique_name)
+        finally:
+            small.close()
+            large.close()
