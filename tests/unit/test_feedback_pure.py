@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from datetime import datetime, timezone
 
 import msgpack
@@ -81,6 +82,9 @@ def test_partition_and_lane_are_stable():
     parts = {cfg.part_of(f"tx-{i}") for i in range(1000)}
     assert parts == set(range(16))  # all used
     assert cfg.part_of("tx-7") == cfg.part_of("tx-7") and cfg.part_of(7) == cfg.part_of("7")
+    ids = [f"tx-{i}" for i in range(200)] + list(range(200)) + ["Zürich", "\ud800"]
+    assert cfg.parts_of(ids).tolist() == [cfg.part_of(e) for e in ids]  # the batch path agrees
+    assert cfg.part_of("tx-1") == zlib.crc32(b"tx-1") % 16  # the documented rule: CRC-32 of the UTF-8 id
     assert [cfg.lane_of(k) for k in ("explicit", "reward", "implicit", "other")] == [0, 0, 1, 2]
     assert cfg.lanes == (0, 1, 2)
 
