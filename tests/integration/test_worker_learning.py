@@ -187,7 +187,7 @@ def test_a_restarted_worker_resumes_exactly(store, ingest):
 
 def test_drift_is_detected_recorded_and_answered(store):
     name = new_name("drift")
-    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2, drift_warmup=1000,
+    create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=2, drift_warmup=2000,
                    drift_params={"min_instances": 200}, drift_response="both")
     gen = FraudStream(seed=15)
     _ingest(store, name, gen.sample(4000))
