@@ -41,9 +41,9 @@ from cassandra.concurrent import execute_concurrent_with_args
 from cstore.errors import ConsistencyUnavailable, FeedbackWriteFailed, ValidationError
 from cstore.feedback_events import (DEFAULT_PRIORITIES, KINDS, PAYLOAD_VERSION, Event, decode_payload,  # noqa: F401
                                     encode_event, make_event)
+from cstore.models import UUID_EPOCH_TICKS
 
 TICKS_PER_S = 10_000_000  # timeuuid resolution: 100 ns
-_UUID_EPOCH = 0x01B21DD213814000
 
 
 # -- time-based UUIDs at 100 ns resolution (the driver's helpers go through float seconds) ---------
@@ -53,12 +53,12 @@ def ticks_now() -> int:
 
 
 def ticks_of(u: uuid.UUID) -> int:
-    return u.time - _UUID_EPOCH
+    return u.time - UUID_EPOCH_TICKS
 
 
 def uuid_at(ticks: int, node: int | None = None, clock_seq: int | None = None) -> uuid.UUID:
     """A version-1 UUID at ``ticks``; random node and clock sequence unless given."""
-    t = ticks + _UUID_EPOCH
+    t = ticks + UUID_EPOCH_TICKS
     cs = random.getrandbits(14) if clock_seq is None else clock_seq
     nd = random.getrandbits(48) if node is None else node
     return uuid.UUID(fields=(t & 0xFFFFFFFF, (t >> 32) & 0xFFFF, (t >> 48) & 0x0FFF,

@@ -21,14 +21,12 @@ from cassandra.util import max_uuid_from_time, min_uuid_from_time
 
 from cstore.codec import CodecPipeline, decode_sparse, history_context
 from cstore.errors import CorruptData
-from cstore.models import ModelInfo
-
-_UUID_EPOCH = 0x01B21DD213814000
+from cstore.models import UUID_EPOCH_TICKS, ModelInfo
 
 
 def op_time(op_id: uuid.UUID) -> float:
     """Unix time (seconds) of a time-based UUID."""
-    return (op_id.time - _UUID_EPOCH) / 1e7
+    return (op_id.time - UUID_EPOCH_TICKS) / 1e7
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ class HistoryReader:
         """Every history row (including aborted attempts) in [since, until], oldest first."""
         until = time.time() + 1 if until is None else until
         since = max(until - self.ttl_s, 0) if since is None else since
-        bucket_s = info.history_bucket_s or self.bucket_s
+        bucket_s = info.history_bucket_seconds(self.bucket_s)
         buckets = range(int(since) // bucket_s, int(until) // bucket_s + 1)
         lo, hi = min_uuid_from_time(since), max_uuid_from_time(until)
         args = [(info.model_id, b, lo, hi) for b in buckets]
@@ -96,7 +94,7 @@ class HistoryReader:
         return out
 
     def lookup(self, info: ModelInfo, op_id: uuid.UUID, param: str) -> HistoryRow | None:
-        bucket = int(op_time(op_id)) // (info.history_bucket_s or self.bucket_s)
+        bucket = info.history_bucket_of(op_id, self.bucket_s)
         row = self.session.execute(self.q_one, (info.model_id, bucket, op_id, param),
                                    execution_profile="read_history").one()
         return HistoryRow.from_row(row, self.codec) if row else None

@@ -26,6 +26,9 @@ MAX_PARAM_ELEMENTS = 1 << 28  # 256 Mi elements: beyond this the model is not an
 DEFAULT_CHUNK_SIZE = 16384
 
 
+UUID_EPOCH_TICKS = 0x01B21DD213814000  # 1582-10-15 (the UUID epoch) in 100 ns ticks before 1970
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the ``models`` table says about one model."""
@@ -39,6 +42,16 @@ class ModelInfo:
     created_at: datetime | None = None
     created_by: str | None = None
     history_bucket_s: int | None = None   # None: a model older than migration 004 (use the configuration)
+
+    def history_bucket_seconds(self, default_s: int) -> int:
+        """Seconds per ``history`` partition: the model's own, or ``default_s`` (the configured one)
+        for a model created before migration 004."""
+        return self.history_bucket_s or default_s
+
+    def history_bucket_of(self, op_id: uuid.UUID, default_s: int) -> int:
+        """The ``history`` partition (bucket) of an op, in integer arithmetic so that writers and
+        readers always agree (a float time can round across a bucket boundary)."""
+        return (op_id.time - UUID_EPOCH_TICKS) // 10_000_000 // self.history_bucket_seconds(default_s)
 
     def size(self, param: str) -> int:
         return int(math.prod(self.params[param]))

@@ -134,8 +134,7 @@ class ChunkEngine:
         return self.decode_rows(info, chunk, rows)
 
     def bucket_of(self, info: ModelInfo, op_id: uuid.UUID) -> int:
-        """The history partition of an op: the model's own bucket size (older models: the configured one)."""
-        return int((op_id.time - 0x01B21DD213814000) // 10_000_000) // (info.history_bucket_s or self.bucket_s)
+        return info.history_bucket_of(op_id, self.bucket_s)
 
     # -- committing --------------------------------------------------------------------------------
     def commit(self, info: ModelInfo, chunk: int, transform: Transform, meta: CommitMeta,

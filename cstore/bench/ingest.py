@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-
 from typing import Any
 
 import msgpack

@@ -71,3 +71,13 @@ def test_adagrad_transform_uses_g2():
     out = learner.gradient_transform(np.array([40]), np.array([1.0]), 0.0, 1.0)(2, rows[2])
     w, g2 = opt.step(rows[2]["weights"].data[[8]], rows[2]["g2"].data[[8]], np.array([1.0]))
     assert out["weights"][0][8] == w[0] and out["g2"][0][8] == g2[0]
+
+
+def test_history_bucket_of_an_op_is_exact_at_bucket_boundaries():
+    from cstore.feedback import uuid_at
+    info = ModelInfo("m", uuid.uuid4(), CS, "float32", {"w": (CS,)}, history_bucket_s=60)
+    edge = 29_666_666 * 60 * 10_000_000  # a minute boundary in 2026, in 100 ns ticks
+    assert info.history_bucket_of(uuid_at(edge - 1), 3600) == 29_666_665  # one tick before: previous bucket
+    assert info.history_bucket_of(uuid_at(edge), 3600) == 29_666_666
+    legacy = ModelInfo("m", uuid.uuid4(), CS, "float32", {"w": (CS,)})  # no stored bucket: the default
+    assert legacy.history_bucket_seconds(3600) == 3600 and info.history_bucket_seconds(3600) == 60
