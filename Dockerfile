@@ -14,17 +14,18 @@ ARG EXTRAS=load
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY . .
-# A self-contained virtual environment, copied whole into the runtime stage.
+# A self-contained virtual environment, copied whole into the runtime stage. The migrations ship
+# inside the wheel. With Locust (the default), the load test's transaction simulator comes from the
+# development package in dev/ too.
 RUN python -m venv /opt/cstore/venv \
  && /opt/cstore/venv/bin/pip install ".${EXTRAS:+[$EXTRAS]}" \
- && cp -r cql /opt/cstore/cql \
- && if [ -d locustfiles ]; then cp -r locustfiles /opt/cstore/locustfiles; fi
+ && if [ -n "${EXTRAS}" ] && [ -d locustfiles ]; then \
+        /opt/cstore/venv/bin/pip install ./dev && cp -r locustfiles /opt/cstore/locustfiles; fi
 
 FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/cstore/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    CSTORE_CQL_DIR=/opt/cstore/cql \
     CSTORE_LOG_FORMAT=json
 RUN groupadd --system --gid 10001 cstore \
  && useradd --system --uid 10001 --gid cstore --home-dir /home/cstore --create-home \

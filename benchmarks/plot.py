@@ -81,7 +81,8 @@ def plot() -> None:
             a1.hist(score, bins=bins, color="tab:blue")
             a1.set_xscale("log")
             for q, ls in ((50, "-"), (99, "--")):
-                a1.axvline(np.percentile(score, q), color="k", ls=ls, lw=0.8, label=f"p{q} {np.percentile(score, q):.0f} µs")
+                a1.axvline(np.percentile(score, q), color="k", ls=ls, lw=0.8,
+                           label=f"p{q} {np.percentile(score, q):.0f} µs")
             a1.axvline(200, color="red", lw=0.8, ls=":", label="goal p99 < 200 µs")
             a1.set_xlabel("one cached prediction, ~30 features (µs)")
             a1.set_ylabel("calls")

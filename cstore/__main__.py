@@ -1,4 +1,5 @@
 """``python -m cstore``: the same as the ``cstore`` command."""
 from cstore.cli import main
 
-main()
+if __name__ == "__main__":
+    main()

@@ -1,9 +1,49 @@
-"""One exception hierarchy for everything cstore raises on purpose.
+"""The one exception tree for everything cstore raises on purpose.
 
-Every message says what went wrong *and* what to do next, because the people
-reading them are operators at 3 a.m., not the authors of this code.
+Every message says what went wrong *and* what to do next, because the people reading them are
+operators at 3 a.m., not the authors of this code. Errors that concern a stored thing carry it as
+fields (``model``, ``chunk``, ``op_id``…), so a caller can act on them without parsing messages.
+Driver exceptions never escape: ``cstore.backend`` translates them at one place.
+
+::
+
+    CstoreError
+    ├── ConfigError              settings, profiles, key files
+    ├── ConnectionFailed         no node answered at connect, login refused, keyspace missing
+    ├── SchemaError              a migration could not be applied, or changed after it was
+    ├── PermissionDenied         the logged-in role lacks a permission
+    ├── ValidationError          bad input, rejected before anything was written (also a ValueError)
+    │   ├── UnknownModel             (also a KeyError)
+    │   ├── ModelExists
+    │   ├── PayloadTooLarge
+    │   └── InvalidFeedback
+    ├── CorruptData              stored bytes cannot be decoded or authenticated
+    │   └── MissingChunk             a chunk row the model's metadata promises is not there
+    ├── TransientError           failed for now and left nothing behind: retrying is safe
+    │   ├── ConflictError            a compare-and-set kept losing to concurrent writers
+    │   ├── ConsistencyUnavailable   fewer replicas alive than the consistency level needs
+    │   ├── ReplicaTimeout           replicas did not answer the coordinator in time
+    │   ├── CoordinatorTimeout       the coordinator did not answer the client in time
+    │   └── ClusterUnreachable       no connection to any node right now
+    ├── UnknownOutcome           a commit timed out and could not be resolved: applied once or not at all
+    ├── PartialCommit            some chunks of a multi-chunk update committed, others did not
+    ├── NotLoaded                a model handle has no copy of the model to predict with yet
+    ├── Closed                   a client or writer was used after close()
+    ├── FeedbackBackPressure     the feedback buffer stayed full past the send timeout
+    └── FeedbackWriteFailed      feedback segments could not be written; those events are not durable
 """
 from __future__ import annotations
+
+import uuid
+from typing import Any
+
+__all__ = [
+    "Closed", "ClusterUnreachable", "ConfigError", "ConflictError", "ConnectionFailed", "ConsistencyUnavailable",
+    "CoordinatorTimeout", "CorruptData", "CstoreError", "FeedbackBackPressure", "FeedbackWriteFailed",
+    "InvalidFeedback", "MissingChunk", "ModelExists", "NotLoaded", "PartialCommit", "PayloadTooLarge",
+    "PermissionDenied", "ReplicaTimeout", "SchemaError", "TransientError", "UnknownModel", "UnknownOutcome",
+    "ValidationError",
+]
 
 
 class CstoreError(Exception):
@@ -11,19 +51,23 @@ class CstoreError(Exception):
 
 
 class ConfigError(CstoreError):
-    """Invalid or missing configuration (flags, CSTORE_* environment, config file)."""
+    """Invalid or missing configuration (flags, CSTORE_* environment, config file, key files)."""
 
 
 class ConnectionFailed(CstoreError):
-    """No Cassandra node could be reached or the login was refused."""
-
-
-class LocalClusterError(CstoreError):
-    """The local Cassandra launcher could not start, find or stop a node."""
+    """No Cassandra node could be reached at connect time, the login was refused, or the keyspace is missing."""
 
 
 class SchemaError(CstoreError):
     """The keyspace or a migration could not be applied (or a migration changed after it was applied)."""
+
+
+class PermissionDenied(CstoreError):
+    """The logged-in role lacks a permission for ``operation`` (see ``cql/roles/roles.cql``)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class ValidationError(CstoreError, ValueError):
@@ -33,6 +77,10 @@ class ValidationError(CstoreError, ValueError):
 class UnknownModel(ValidationError, KeyError):
     """The named model does not exist."""
 
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else "unknown model"
 
@@ -40,33 +88,106 @@ class UnknownModel(ValidationError, KeyError):
 class ModelExists(ValidationError):
     """A model with that name already exists."""
 
+    def __init__(self, message: str, *, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
 
 class PayloadTooLarge(ValidationError):
     """An update, chunk or feedback event exceeds the configured size limit."""
 
 
+class InvalidFeedback(ValidationError):
+    """A feedback event (or a line of a feedback file) is malformed; nothing of it was written."""
+
+
 class CorruptData(CstoreError):
     """Data read back from Cassandra cannot be decoded (truncated, wrong dtype, tampered)."""
 
+    def __init__(self, message: str, *, model: str | None = None, param: str | None = None,
+                 chunk: int | None = None) -> None:
+        super().__init__(message)
+        self.model, self.param, self.chunk = model, param, chunk
 
-class ConflictError(CstoreError):
-    """A compare-and-set update kept losing to concurrent writers and gave up after the retry limit."""
+
+class MissingChunk(CorruptData):
+    """A chunk row that the model's metadata promises is absent: the model is incomplete."""
+
+
+class TransientError(CstoreError):
+    """The operation failed for now and left nothing committed behind: the same call may be retried."""
+
+
+class ConflictError(TransientError):
+    """A compare-and-set update kept losing to concurrent writers and gave up after ``retries`` retries."""
+
+    def __init__(self, message: str, *, model: str | None = None, chunk: int | None = None,
+                 retries: int = 0) -> None:
+        super().__init__(message)
+        self.model, self.chunk, self.retries = model, chunk, retries
+
+
+class ConsistencyUnavailable(TransientError):
+    """Fewer replicas are alive than ``consistency`` needs for ``operation`` (the coordinator refused)."""
+
+    def __init__(self, message: str, *, operation: str | None = None, consistency: str | None = None,
+                 required: int | None = None, alive: int | None = None) -> None:
+        super().__init__(message)
+        self.operation, self.consistency, self.required, self.alive = operation, consistency, required, alive
+
+
+class ReplicaTimeout(TransientError):
+    """The coordinator did not hear from enough replicas in time (``received`` of ``required``)."""
+
+    def __init__(self, message: str, *, operation: str | None = None, consistency: str | None = None,
+                 received: int | None = None, required: int | None = None) -> None:
+        super().__init__(message)
+        self.operation, self.consistency, self.received, self.required = operation, consistency, received, required
+
+
+class CoordinatorTimeout(TransientError):
+    """The client gave up waiting for the coordinator (killed, overloaded or partitioned away)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
+
+
+class ClusterUnreachable(TransientError):
+    """No connection to any node could carry the request right now (after connecting successfully once)."""
+
+    def __init__(self, message: str, *, operation: str | None = None) -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class UnknownOutcome(CstoreError):
-    """A commit timed out and its outcome could not be resolved: it was applied once or not at all."""
+    """A commit timed out and its outcome could not be resolved: op ``op_id`` is applied once or not at all."""
+
+    def __init__(self, message: str, *, op_id: uuid.UUID | None = None, model: str | None = None,
+                 chunk: int | None = None) -> None:
+        super().__init__(message)
+        self.op_id, self.model, self.chunk = op_id, model, chunk
 
 
-class ConsistencyUnavailable(CstoreError):
-    """Not enough replicas answered for the requested consistency level."""
+class PartialCommit(CstoreError):
+    """Some chunks of a multi-chunk update were committed and others were not.
+
+    ``result`` (a :class:`cstore.core.UpdateResult`) holds the committed chunks, ``failed`` the chunks
+    that were not committed and ``cause`` the first error among them.
+    """
+
+    def __init__(self, message: str, *, result: Any, failed: list[int], cause: CstoreError) -> None:
+        super().__init__(message)
+        self.result, self.failed, self.cause = result, failed, cause
 
 
 class NotLoaded(CstoreError):
     """A model handle was used for prediction before any copy of the model was loaded."""
 
 
-class InvalidFeedback(ValidationError):
-    """A feedback event (or a line of a feedback file) is malformed; nothing of it was written."""
+class Closed(CstoreError):
+    """A client, store or feedback writer was used after ``close()``."""
 
 
 class FeedbackBackPressure(CstoreError):
@@ -74,8 +195,9 @@ class FeedbackBackPressure(CstoreError):
 
 
 class FeedbackWriteFailed(CstoreError):
-    """Feedback segments could not be written after retries; those events are not durable."""
+    """Feedback segments could not be written after retries; ``events`` events are not durable."""
 
+    def __init__(self, message: str, *, events: int = 0) -> None:
+        super().__init__(message)
+        self.events = events
 
-class PermissionDenied(CstoreError):
-    """The logged-in role lacks a permission for this operation (see cql/roles/roles.cql)."""

@@ -23,22 +23,20 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 from locust import User, between, events
 from locust.runners import MasterRunner, WorkerRunner
 
+from cstore import Client, FeedbackWriter
+from cstore.errors import FeedbackWriteFailed, UnknownModel
+from cstore_dev.fraudsim import FraudStream
+
 # Locust runs users as gevent greenlets with the standard library monkey-patched. The driver's libev
 # reactor (cstore's default) runs its loop in C on a thread, which under gevent would block the hub;
-# the driver's gevent reactor is the one that cooperates. Chosen here, before any connection exists.
-from cassandra.io.geventreactor import GeventConnection  # noqa: E402
-import cstore.session  # noqa: E402
-
-cstore.session._connection_class = lambda: GeventConnection
-
-from cstore.client import Client  # noqa: E402
-from cstore.errors import FeedbackWriteFailed, UnknownModel  # noqa: E402
-from cstore.fraudsim import FraudStream  # noqa: E402
+# the driver's gevent reactor is the one that cooperates: every connection made here uses it.
+REACTOR = {"reactor": "gevent"}
 
 log = logging.getLogger("cstore.locust")
 
@@ -56,15 +54,15 @@ def _options(parser: Any) -> None:
 
 class Shared:
     """What the users of one Locust process share, as the threads of one scoring service would:
-    one :class:`~cstore.client.Client` (connection, cached model, prediction log) and one
+    one :class:`~cstore.Client` (connection, cached model, prediction log) and one
     buffered feedback writer."""
 
     def __init__(self, model: str) -> None:
         self.model_name = model
-        self.client = Client()
+        self.client = Client(**REACTOR)
         ensure_model(self.client, model)
         self.model = self.client.model(model)
-        self.writer = self.client.store.feedback_writer(model)
+        self.writer = FeedbackWriter(self.client.store, model)
         # Transactions scored recently (time, entity id, label): the mixed workload's delayed labels.
         self.scored: collections.deque[tuple[float, str, int]] = collections.deque(maxlen=10_000)
 
@@ -94,7 +92,7 @@ def shared(environment: Any) -> Shared:
 
 def ensure_model(client: Client, name: str) -> None:
     """Create ``name`` as a learner unless it exists (another process may win the race: fine)."""
-    from cstore.learner import create_learner
+    from cstore.training import create_learner
     try:
         client.store.model_info(name)
     except UnknownModel:
@@ -161,7 +159,7 @@ def start_workers(environment: Any) -> None:
     if _shared is not None:  # this process runs users too: its client already ensured the model
         ensure_model(_shared.client, opts.cstore_model)
     else:
-        client = Client()
+        client = Client(**REACTOR)
         try:
             ensure_model(client, opts.cstore_model)  # workers refuse an unknown model
         finally:

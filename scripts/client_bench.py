@@ -84,7 +84,7 @@ def main() -> None:
             score_lat.append(time.perf_counter_ns() - t0)
         client.flush_log(30)
         batch_ns = []
-        for rep in range(10):
+        for _ in range(10):
             for i in range(0, 2000, 100):
                 t0 = time.perf_counter_ns()
                 model.predict_proba_batch(pool[i:i + 100])

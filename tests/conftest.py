@@ -37,8 +37,8 @@ def cassandra_endpoint():
         finally:
             container.stop()
         return
-    from cstore.local import LocalCluster
-    from cstore.local.cluster import cql_port_open
+    from cstore_dev.local import LocalCluster
+    from cstore_dev.local.cluster import cql_port_open
     if cql_port_open("127.0.0.1"):
         yield ["127.0.0.1"], 9042
         return
@@ -53,26 +53,27 @@ def cassandra_endpoint():
 @pytest.fixture(scope="session")
 def base_config(cassandra_endpoint):
     """Config for the test keyspace, with its schema applied once per session."""
-    from cstore import schema
+    from cstore.backend import apply_schema, connect, replication_map
     from cstore.config import load_config
-    from cstore.session import connect
     points, port = cassandra_endpoint
     cfg = load_config({"contact_points": ",".join(points), "port": port, "keyspace": TEST_KEYSPACE}, env={})
-    conn = connect(cfg)
-    try:
-        schema.apply(conn.session, TEST_KEYSPACE, schema.replication_map(cfg), log=lambda m: None)
-    finally:
-        conn.close()
+    with connect(cfg) as backend:
+        apply_schema(backend, TEST_KEYSPACE, replication_map(cfg), log=lambda m: None)
     return cfg
 
 
 @pytest.fixture(scope="session")
-def session(base_config):
-    """A raw driver session in the test keyspace (for reading the database back)."""
-    from cstore.session import connect
-    conn = connect(base_config, keyspace=TEST_KEYSPACE)
-    yield conn.session
-    conn.close()
+def backend(base_config):
+    """A connection (cstore's storage boundary) in the test keyspace."""
+    from cstore.backend import connect
+    with connect(base_config, keyspace=TEST_KEYSPACE) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def session(backend):
+    """The raw driver session of that connection: tests read the database back with their own CQL."""
+    return backend.session
 
 
 @pytest.fixture(scope="module")

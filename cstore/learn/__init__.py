@@ -15,7 +15,7 @@ layer's job (detectors and schedules expose plain-dict ``get_state``).
 True
 """
 
-import numpy as np
+import numpy as np  # noqa: F401  (the docstring's example uses it)
 
 from cstore.learn.adwin import ADWIN
 from cstore.learn.drift import DriftConfirmer, PageHinkley, detector_from_state

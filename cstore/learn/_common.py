@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 # Bumped whenever a get_state() layout changes incompatibly.
 STATE_VERSION = 1
@@ -17,7 +18,7 @@ def finite(x: float) -> float:
     return v
 
 
-def check_state(state: Mapping, kind: str) -> None:
+def check_state(state: Mapping[str, Any], kind: str) -> None:
     """Reject a state dict that is not ``kind`` at the current version."""
     if not isinstance(state, Mapping) or state.get("type") != kind:
         raise ValueError(f"not a {kind} state: expected a dict with type={kind!r}")

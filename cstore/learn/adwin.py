@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 from cstore.learn._common import STATE_VERSION as _STATE_VERSION
 from cstore.learn._common import check_state as _check_state
@@ -54,7 +55,7 @@ class ADWIN:
         self.n_detections = 0
         self._tick = 0
         self._drift = False
-        self._dropped: list[list] = []  # [row, sum, m2] dropped by the last cut, in drop order
+        self._dropped: list[tuple[int, float, float]] = []  # (row, sum, m2) dropped by the last cut, in order
         self.reset()
 
     def reset(self) -> None:
@@ -138,7 +139,7 @@ class ADWIN:
                     return True
         return False
 
-    def _drop_oldest(self) -> list:
+    def _drop_oldest(self) -> tuple[int, float, float]:
         row = len(self._rows) - 1
         bucket_sum, bucket_m2 = self._rows[row].pop(0)
         size = 1 << row
@@ -152,7 +153,7 @@ class ADWIN:
         self._total = self._total - bucket_sum if rest else 0.0
         while self._rows and not self._rows[-1]:
             self._rows.pop()
-        return [row, bucket_sum, bucket_m2]
+        return row, bucket_sum, bucket_m2
 
     def _restore_oldest(self, row: int, bucket_sum: float, bucket_m2: float) -> None:
         # Exact inverse of _drop_oldest (merge of two sub-windows).
@@ -180,7 +181,7 @@ class ADWIN:
                 self._restore_oldest(row, bucket_sum, bucket_m2)
             self._dropped = []
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """Plain-dict snapshot (JSON/msgpack-safe); see :meth:`from_state`."""
         return {
             "type": "ADWIN", "version": _STATE_VERSION,
@@ -193,7 +194,7 @@ class ADWIN:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping) -> ADWIN:
+    def from_state(cls, state: Mapping[str, Any]) -> ADWIN:
         """Rebuild a detector that continues exactly where the snapshot was."""
         _check_state(state, "ADWIN")
         ad = cls(**state["params"])
@@ -201,7 +202,7 @@ class ADWIN:
         ad._width, ad._total, ad._m2 = int(state["width"]), float(state["total"]), float(state["m2"])
         ad._tick, ad._drift = int(state["tick"]), bool(state["drift"])
         ad.n_detections = int(state["n_detections"])
-        ad._dropped = [[int(r), float(s), float(v)] for r, s, v in state["dropped"]]
+        ad._dropped = [(int(r), float(s), float(v)) for r, s, v in state["dropped"]]
         if sum(len(r) << i for i, r in enumerate(ad._rows)) != ad._width:
             raise ValueError("corrupt ADWIN state: bucket sizes do not add up to width")
         return ad

@@ -10,7 +10,8 @@ Restoring a state and feeding the same values gives identical results.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from cstore.learn._common import STATE_VERSION as _STATE_VERSION
 from cstore.learn._common import check_state as _check_state
@@ -114,7 +115,7 @@ class PageHinkley:
             self._n, self._mean = int(self._ref[0]), self._ref[1]
             self._restart_sums()
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """Plain-dict snapshot (JSON/msgpack-safe); see :meth:`from_state`."""
         return {
             "type": "PageHinkley", "version": _STATE_VERSION,
@@ -126,7 +127,7 @@ class PageHinkley:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping) -> PageHinkley:
+    def from_state(cls, state: Mapping[str, Any]) -> PageHinkley:
         """Rebuild a detector that continues exactly where the snapshot was."""
         _check_state(state, "PageHinkley")
         ph = cls(**state["params"])
@@ -208,7 +209,7 @@ class DriftConfirmer:
         self._drift = drift
         return drift
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """Plain-dict snapshot including the wrapped detector's state."""
         return {
             "type": "DriftConfirmer", "version": _STATE_VERSION,
@@ -219,10 +220,13 @@ class DriftConfirmer:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping) -> DriftConfirmer:
+    def from_state(cls, state: Mapping[str, Any]) -> DriftConfirmer:
         """Rebuild the wrapper and its detector (ADWIN or PageHinkley)."""
         _check_state(state, "DriftConfirmer")
-        conf = cls(detector_from_state(state["detector"]), **state["params"])
+        inner = detector_from_state(state["detector"])
+        if isinstance(inner, DriftConfirmer):
+            raise ValueError("a DriftConfirmer cannot wrap another DriftConfirmer")
+        conf = cls(inner, **state["params"])
         conf._t, conf._alarms = int(state["t"]), [int(a) for a in state["alarms"]]
         conf._quiet_until = int(state["quiet_until"])
         conf._drift, conf.n_detections = bool(state["drift"]), int(state["n_detections"])
@@ -230,10 +234,11 @@ class DriftConfirmer:
         return conf
 
 
-_DETECTORS = {"PageHinkley": PageHinkley, "ADWIN": ADWIN, "DriftConfirmer": DriftConfirmer}
+_DETECTORS: dict[str, Callable[[Mapping[str, Any]], PageHinkley | ADWIN | DriftConfirmer]] = {
+    "PageHinkley": PageHinkley.from_state, "ADWIN": ADWIN.from_state, "DriftConfirmer": DriftConfirmer.from_state}
 
 
-def detector_from_state(state: Mapping) -> PageHinkley | ADWIN | DriftConfirmer:
+def detector_from_state(state: Mapping[str, Any]) -> PageHinkley | ADWIN | DriftConfirmer:
     """Rebuild any detector of this module from its ``get_state()`` dict.
 
     >>> ph = PageHinkley(); _ = ph.update(0.3)
@@ -243,4 +248,4 @@ def detector_from_state(state: Mapping) -> PageHinkley | ADWIN | DriftConfirmer:
     kind = state.get("type") if isinstance(state, Mapping) else None
     if kind not in _DETECTORS:
         raise ValueError(f"unknown detector type {kind!r}; expected one of {sorted(_DETECTORS)}")
-    return _DETECTORS[kind].from_state(state)
+    return _DETECTORS[kind](state)

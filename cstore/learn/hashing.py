@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
+from typing import Any
 from numbers import Real
 
 import numpy as np
@@ -114,7 +115,7 @@ class FeatureHasher:
             raise ValueError(f"feature names must be str, got {type(name).__name__} {name!r}")
         if value is None:
             key: object = name
-            cache: dict = self._num_cache
+            cache: dict[Any, int] = self._num_cache
             idx = self.hash_token(name)
         else:
             key = (name, value)
@@ -149,7 +150,7 @@ class FeatureHasher:
             "use a number, bool or str (drop missing values)"
         )
 
-    def _row(self, x: Mapping) -> tuple[list[int], list[float]]:
+    def _row(self, x: Mapping[str, Any]) -> tuple[list[int], list[float]]:
         """Hash one mapping into parallel (indices, values) lists, deduplicated.
 
         This is the hot loop: exact-type checks and ``try`` on the cache are

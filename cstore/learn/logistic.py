@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -52,6 +53,14 @@ def _sigmoid_scalar(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+@overload
+def sigmoid(x: float) -> float: ...
+
+
+@overload
+def sigmoid(x: np.ndarray) -> np.ndarray: ...
 
 
 def sigmoid(x: float | np.ndarray) -> float | np.ndarray:

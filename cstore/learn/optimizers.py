@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -150,7 +151,7 @@ class FTRLProximal:
         """Zero state (and weights) for ``size`` coordinates."""
         return {k: np.zeros(size, np.float32) for k in ("w", *self.state_params)}
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict; see :func:`optimizer_from_config`."""
         return {"name": "FTRLProximal", "alpha": self.alpha, "beta": self.beta, "l1": self.l1, "l2": self.l2}
 
@@ -198,7 +199,7 @@ class AdaGrad:
         """Zero state (and weights) for ``size`` coordinates."""
         return {k: np.zeros(size, np.float32) for k in ("w", *self.state_params)}
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict; see :func:`optimizer_from_config`."""
         return {"name": "AdaGrad", "lr": self.lr, "eps": self.eps, "l2": self.l2}
 
@@ -235,7 +236,7 @@ class SGD:
         """Zero weights for ``size`` coordinates."""
         return {"w": np.zeros(size, np.float32)}
 
-    def get_config(self) -> dict:
+    def get_config(self) -> dict[str, Any]:
         """Hyper-parameters as a plain dict; see :func:`optimizer_from_config`."""
         return {"name": "SGD", "lr": self.lr, "l2": self.l2}
 
@@ -243,7 +244,7 @@ class SGD:
 _OPTIMIZERS = {"FTRLProximal": FTRLProximal, "AdaGrad": AdaGrad, "SGD": SGD}
 
 
-def optimizer_from_config(config: Mapping) -> FTRLProximal | AdaGrad | SGD:
+def optimizer_from_config(config: Mapping[str, Any]) -> FTRLProximal | AdaGrad | SGD:
     """Rebuild an optimizer from ``get_config()`` output.
 
     >>> optimizer_from_config(FTRLProximal(l1=0.5).get_config())
@@ -254,6 +255,7 @@ def optimizer_from_config(config: Mapping) -> FTRLProximal | AdaGrad | SGD:
     if name not in _OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}")
     try:
-        return _OPTIMIZERS[name](**params)
+        optimizer: FTRLProximal | AdaGrad | SGD = _OPTIMIZERS[name](**params)
+        return optimizer
     except TypeError as exc:
         raise ValueError(f"bad parameters for {name}: {exc}") from None

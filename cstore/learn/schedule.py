@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 from types import MappingProxyType
 
 import numpy as np
@@ -121,7 +122,7 @@ class AdaptiveLearningRate:
             setattr(self, attr + "_norm", keep * getattr(self, attr + "_norm") + (1.0 - keep))
         self.n_events += n
 
-    def get_state(self) -> dict:
+    def get_state(self) -> dict[str, Any]:
         """Plain-dict snapshot (JSON/msgpack-safe); see :meth:`from_state`."""
         return {
             "type": "AdaptiveLearningRate", "version": _STATE_VERSION,
@@ -134,7 +135,7 @@ class AdaptiveLearningRate:
         }
 
     @classmethod
-    def from_state(cls, state: Mapping) -> AdaptiveLearningRate:
+    def from_state(cls, state: Mapping[str, Any]) -> AdaptiveLearningRate:
         """Rebuild a schedule that continues exactly where the snapshot was."""
         _check_state(state, "AdaptiveLearningRate")
         lr = cls(**state["params"])

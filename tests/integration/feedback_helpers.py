@@ -10,7 +10,7 @@ import sys
 import time
 import uuid
 
-from cstore.feedback import FeedbackConfig, decode_payload
+from cstore.feedback import FeedbackLayout, decode_payload
 
 
 def cli_args(cfg) -> list[str]:
@@ -30,7 +30,7 @@ def start_worker(cfg, model: str, *args: str, env: dict[str, str] | None = None)
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def all_segments(session, fcfg: FeedbackConfig) -> list[dict]:
+def all_segments(session, fcfg: FeedbackLayout) -> list[dict]:
     """Every segment of the model (all partitions, lanes, buckets), found through the bucket index."""
     q_idx = session.prepare("SELECT bucket, lane FROM feedback_buckets WHERE model_id = ? AND part = ?")
     q_seg = session.prepare("SELECT seg_id, n_events, payload FROM feedback_segments WHERE model_id = ? AND part = ? "
@@ -43,7 +43,7 @@ def all_segments(session, fcfg: FeedbackConfig) -> list[dict]:
     return out
 
 
-def all_events(session, fcfg: FeedbackConfig) -> list:
+def all_events(session, fcfg: FeedbackLayout) -> list:
     return [ev for s in all_segments(session, fcfg) for ev in decode_payload(s["payload"])]
 
 
@@ -94,12 +94,12 @@ def stop_workers(procs) -> list[dict]:
 def learning_tally(store, name: str) -> tuple[int, int, int]:
     """(segments never learned, events learned more than once, events learned in total) of model ``name``."""
     from cstore.feedback import context
-    from cstore.learner_state import SharedLearnerState
+    from cstore.training import SharedLearnerState
 
-    fcfg = context(store).config(name)[1]
-    shared = SharedLearnerState(store.session, fcfg.model_id, "default", {}, {}, serial_level=0, ttl_s=fcfg.ttl_s)
+    fcfg = context(store).layout(name)[1]
+    shared = SharedLearnerState(store.backend.fleet, fcfg.model_id, "default", {}, {}, ttl_s=fcfg.ttl_s)
     counts, traces = learned_counts(store, name, shared)
-    segs = {s["seg_id"]: s["n_events"] for s in all_segments(store.session, fcfg)}
+    segs = {s["seg_id"]: s["n_events"] for s in all_segments(store.backend.session, fcfg)}
     missing = sum(1 for s in segs if counts[s] == 0)
     dups = sum(segs[s] * (c - 1) for s, c in counts.items() if c > 1)
     return missing, dups, sum(t["n_learned"] for t in traces)

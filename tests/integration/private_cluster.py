@@ -8,10 +8,11 @@ from __future__ import annotations
 import subprocess
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Iterator
 
-from cstore.local import LocalCluster
-from cstore.local.node import pid_alive
+from cstore_dev.local import LocalCluster
+from cstore_dev.local.node import pid_alive
 from conftest import REPO
 
 T = TypeVar("T")

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from cstore.cli import main
-from cstore.codec import encode_array
+from cstore.core import encode_array
 from cstore.config import load_config
-from cstore.errors import ConfigError, CorruptData, CstoreError
-from cstore.session import connect
+from cstore.errors import ConfigError, CorruptData, MissingChunk
+from cstore.backend import connect
 from cstore.store import Store
 from test_store_bad_input import fingerprint
 
@@ -87,7 +87,8 @@ CONFIG_CASES = [
     ("toml unknown key", lambda t: load_config(config_file=_toml(t, 'contact_point = "x"\n'), env={}),
      "unknown key 'contact_point'"),
     ("toml syntax", lambda t: load_config(config_file=_toml(t, 'port = \n'), env={}), "not valid TOML"),
-    ("env typo", lambda t: load_config(env={"CSTORE_PROFIL": "strong"}), "unknown environment variable(s) CSTORE_PROFIL"),
+    ("env typo", lambda t: load_config(env={"CSTORE_PROFIL": "strong"}),
+     "unknown environment variable(s) CSTORE_PROFIL"),
     ("env port", lambda t: load_config(env={"CSTORE_PORT": "abc"}), "invalid port from $CSTORE_PORT"),
     ("cert without key", lambda t: load_config({"ssl_cert": "/c.pem"}, env={}), "needs both ssl_cert and ssl_key"),
     ("profile op typo", lambda t: _profile(t, 'commit_chunks = "ONE"'), "unknown key(s) commit_chunks"),
@@ -110,7 +111,7 @@ CONFIG_CASES = [
 def _profile(tmp_path, line):
     path = _toml(tmp_path, f'profile = "custom"\n[profiles.custom]\n{line}\n')
     cfg = load_config(config_file=path, env={})
-    from cstore.consistency import resolve_profile
+    from cstore.config import resolve_profile
     return resolve_profile(cfg.profile, cfg.profiles)
 
 
@@ -179,10 +180,13 @@ def test_missing_chunk_row_is_named(session, store, unique_name):
     info = store.model_info(unique_name)
     session.execute("DELETE FROM chunks WHERE model_id = %s AND chunk = 1", (info.model_id,))
     before = fingerprint(session, store, unique_name)
-    with pytest.raises(CstoreError, match="chunk 1 is missing"):
-        store.read_model(unique_name)
-    with pytest.raises(CorruptData, match="has no row for .*restore it from a snapshot"):
-        store.apply_update(unique_name, "w", [1.0], indices=[40])
+    # One condition, one type, on the read path and on the commit path alike, naming the chunk.
+    for call in (lambda: store.read_model(unique_name),
+                 lambda: store.apply_update(unique_name, "w", [1.0], indices=[40])):
+        with pytest.raises(MissingChunk, match="parameter 'w' chunk 1 is missing.*restore it from a snapshot") as exc:
+            call()
+        assert isinstance(exc.value, CorruptData) and (exc.value.model, exc.value.param, exc.value.chunk) == \
+            (unique_name, "w", 1)
     assert fingerprint(session, store, unique_name) == before
     store.drop_model(unique_name, confirm=unique_name)
 
@@ -219,7 +223,7 @@ def test_damaged_history_and_snapshot_are_refused(session, store, unique_name):
     v = store.snapshot(unique_name, reason="corpus")
     store.apply_update(unique_name, "w", [1.0], indices=[3])
     info = store.model_info(unique_name)
-    h = store.history_reader.rows(info)[-1]
+    h = store.history(unique_name, attempts=True)[-1]
     bucket = int((h.op_id.time - 0x01B21DD213814000) // 10_000_000) // store.config.history_bucket_s
     session.execute("UPDATE history SET delta = %s WHERE model_id = %s AND bucket = %s AND op_id = %s AND param = 'w'",
                     (b"\x93garbage", info.model_id, bucket, h.op_id))

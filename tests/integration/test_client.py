@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from cstore import Client
-from cstore.codec import chunk_context
+from cstore.core import chunk_context
 from cstore.errors import UnknownModel, ValidationError
 from cstore.learn import FeatureHasher, predict_proba
-from cstore.learner import create_learner
-from cstore.status import fleet_status
-from cstore.worker import Worker
+from cstore.training import create_learner
+from cstore.ops import fleet_status
+from cstore.training import Worker
 
 N_FEATURES = 1024
 SEED = 3
@@ -75,7 +75,7 @@ def test_a_committed_update_is_visible_within_one_second(store, client, unique_n
     idx, _ = FeatureHasher(N_FEATURES, SEED).transform_one(f)
     lags = []
     rng = np.random.default_rng(2)
-    for i in range(15):
+    for _ in range(15):
         time.sleep(rng.uniform(0, 0.15))  # land anywhere in the polling cycle
         store.apply_update(name, "weights", np.full(len(idx), -0.01, "float32"), indices=idx.tolist(), lr=1.0)
         committed = time.monotonic()
@@ -119,10 +119,11 @@ def test_the_full_check_heals_a_commit_whose_index_row_is_missing(store, client,
     row = session.execute("SELECT data, version FROM chunks WHERE model_id = %s AND chunk = %s AND param = 'weights'",
                           (info.model_id, k)).one()
     ctx = chunk_context(info.model_id, k, "weights")
-    data = store.codec.decode(row["data"], context=ctx).copy()
+    data = store._codec.decode(row["data"], context=ctx).copy()
     data[int(idx[0]) - k * 256] += 3.0
-    session.execute("UPDATE chunks SET data = %s, version = %s WHERE model_id = %s AND chunk = %s AND param = 'weights'",
-                    (store.codec.encode(data, context=ctx), row["version"] + 1, info.model_id, k))
+    session.execute("UPDATE chunks SET data = %s, version = %s "
+                    "WHERE model_id = %s AND chunk = %s AND param = 'weights'",
+                    (store._codec.encode(data, context=ctx), row["version"] + 1, info.model_id, k))
     model.refresh()
     assert model.predict_proba(f) == before  # the poll reads the index only
     model.refresh(full=True)
@@ -240,7 +241,7 @@ def test_a_handle_created_before_fork_reconnects_in_the_child(store, client, uni
                 time.sleep(0.01)
             b = client.backend()
             out.update(p=model.predict_proba(f), version=model.version, own_connection=b is not parent_backend
-                       and b.pid == os.getpid() and b.store.conn.cluster is not parent_backend.store.conn.cluster)
+                       and b.pid == os.getpid() and b.store.backend is not parent_backend.store.backend)
             model.score("forked-tx", f)
             out["logged"] = client.flush_log(5)
             code = 0

@@ -10,10 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from cstore import Client, schema
+from cstore import Client
+from cstore.backend import apply_schema, replication_map
 from cstore.config import load_config
 from cstore.errors import ConnectionFailed, NotLoaded
-from cstore.session import connect
+from cstore.backend import connect
 from cstore.store import Store
 from feedback_helpers import wait_for
 from private_cluster import private_cluster, retrying
@@ -33,7 +34,7 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
             cfg = load_config({"contact_points": ",".join(cluster.contact_points), "keyspace": "outage",
                                "refresh_interval_s": 0.1}, env={})
             with _connecting(lambda: connect(cfg)) as conn:
-                schema.apply(conn.session, "outage", schema.replication_map(cfg), log=lambda m: None)
+                apply_schema(conn, "outage", replication_map(cfg), log=lambda m: None)
             meta = {"learner": {"n_features": 256, "hash_seed": 0}}
             with _connecting(lambda: Store.from_config(cfg)) as store:
                 for name in ("fraud", "opened_later"):

@@ -9,11 +9,12 @@ import msgpack
 import numpy as np
 import pytest
 
+from cstore import FeedbackWriter, send_feedback
 from cstore.errors import FeedbackBackPressure, InvalidFeedback, PayloadTooLarge, UnknownModel, ValidationError
-from cstore.feedback import (TICKS_PER_S, Segment, context, decode_payload, encode_event, make_event, ticks_now,
-                             uuid_at, write_segments)
-from cstore.feedback_reader import FeedbackReader
-from cstore.learner import create_learner
+from cstore.core import TICKS_PER_S, ticks_now, uuid_at
+from cstore.feedback import Segment, context, decode_payload, encode_event, make_event, write_segments
+from cstore.feedback import FeedbackReader
+from cstore.training import create_learner
 from feedback_helpers import all_events, all_segments, new_name, run_cli
 
 
@@ -25,9 +26,9 @@ def learner(store):
 
 
 def test_single_event_round_trip(store, session, learner):
-    store.feedback(learner, "tx-1", 1, kind="implicit", confidence=0.8, event_time=time.time() - 10,
+    send_feedback(store, learner, "tx-1", 1, kind="implicit", confidence=0.8, event_time=time.time() - 10,
                    features={"amount": 12.5, "country": "FR"}, metadata={"source": "chargeback"})
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     segs = all_segments(session, fcfg)
     assert len(segs) == 1 and segs[0]["lane"] == fcfg.lane_of("implicit") and segs[0]["part"] == fcfg.part_of("tx-1")
     (ev,) = all_events(session, fcfg)
@@ -51,12 +52,12 @@ def test_single_event_round_trip(store, session, learner):
 def test_bad_feedback_writes_nothing(store, session, learner, kwargs, exc):
     args = {"entity_id": "tx-bad", "label": 1, **kwargs}
     with pytest.raises(exc):
-        store.feedback(learner, args.pop("entity_id"), args.pop("label"), **args)
-    with store.feedback_writer(learner) as w:
+        send_feedback(store, learner, args.pop("entity_id"), args.pop("label"), **args)
+    with FeedbackWriter(store, learner) as w:
         with pytest.raises(exc):
             w.send("tx-bad-2", kwargs.get("label", 0), **{k: v for k, v in kwargs.items() if k != "label"})
         w.send("tx-good", 1, features={"a": 1.0})  # the writer stays usable after a rejected event
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert [e.entity_id for e in all_events(session, fcfg)] == ["tx-good"]
 
 
@@ -68,13 +69,13 @@ def test_column_batches_are_stored_as_the_events_send_would_store(store, session
     country = rng.choice(["FR", "DE", "US"], size=n)
     device = [None if i % 5 == 0 else f"d{i % 11}" for i in range(n)]
     ids, labels = [f"tx-{i}" for i in range(n)], (np.arange(n) % 9 == 0).astype(float)
-    with store.feedback_writer(learner, max_batch=400) as w:
+    with FeedbackWriter(store, learner, max_batch=400) as w:
         for lo in range(0, n, 1000):
             sl = slice(lo, lo + 1000)
             assert w.send_batch(ids[sl], labels[sl], kind="implicit", confidence=0.7,
                                 features={"amount": amount[sl], "country": country[sl], "device": device[sl]}) == 1000
         assert w.stats()["events_sent"] == n
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     segs = all_segments(session, fcfg)
     assert {msgpack.unpackb(s["payload"])[0] for s in segs} == {2}  # format 2: columns
     assert sum(s["n_events"] for s in segs) == n and max(s["n_events"] for s in segs) <= 400
@@ -97,27 +98,27 @@ def test_column_batches_are_stored_as_the_events_send_would_store(store, session
     ({"country": ["FR", "DE", 3]}, InvalidFeedback),
 ])
 def test_a_bad_column_batch_writes_nothing(store, session, learner, features, exc):
-    with store.feedback_writer(learner) as w:
+    with FeedbackWriter(store, learner) as w:
         w.send_batch(["tx-0"], [1], features={"amount": [0.5]})  # buffered first: must survive the refusal
         with pytest.raises(exc):
             w.send_batch(["tx-1", "tx-2", "tx-3"], [0, 1, 0], features=features)
         with pytest.raises(InvalidFeedback, match="event 2 has 7.0"):
             w.send_batch(["tx-1", "tx-2", "tx-3"], [0, 1, 7], features={"amount": [1.0, 2.0, 3.0]})
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert [(e.entity_id, e.features) for e in all_events(session, fcfg)] == [("tx-0", {"amount": 0.5})]
 
 
 def test_unknown_model_writes_nothing(store, session):
     before = session.execute("SELECT count(*) AS n FROM feedback_config").one()["n"]
     with pytest.raises(UnknownModel, match="unknown model"):
-        store.feedback("no_such_model_x", "tx", 1)
+        send_feedback(store, "no_such_model_x", "tx", 1)
     with pytest.raises(UnknownModel):
-        store.feedback_writer("no_such_model_x")
+        FeedbackWriter(store, "no_such_model_x")
     assert session.execute("SELECT count(*) AS n FROM feedback_config").one()["n"] == before
 
 
 def test_status_of_a_model_without_feedback_writes_nothing(store, session):
-    from cstore.status import fleet_status
+    from cstore.ops import fleet_status
     name = new_name("plain")
     info = store.create_model(name, {"weights": (16,)})
     with pytest.raises(ValidationError, match="no feedback yet"):
@@ -127,11 +128,11 @@ def test_status_of_a_model_without_feedback_writes_nothing(store, session):
 
 def test_flush_returns_when_everything_is_durable(store, session, learner):
     n = 2500
-    w = store.feedback_writer(learner, linger_ms=60_000, max_batch=1000)  # nothing leaves by linger
+    w = FeedbackWriter(store, learner, linger_ms=60_000, max_batch=1000)  # nothing leaves by linger
     for i in range(n):
         w.send(f"tx-{i}", i % 2, kind=("explicit", "implicit", "other")[i % 3], features={"i": i})
     w.flush()
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     events = all_events(session, fcfg)
     assert sorted(e.entity_id for e in events) == sorted(f"tx-{i}" for i in range(n))
     assert w.stats()["events_written"] == n and w.stats()["buffered_bytes"] == 0
@@ -142,7 +143,7 @@ def test_flush_returns_when_everything_is_durable(store, session, learner):
 
 def test_buffer_is_bounded_and_send_blocks(store, session, learner):
     bound = 16 * 1024
-    w = store.feedback_writer(learner, linger_ms=1000, max_batch=50, max_segment_bytes=4096, max_buffer_bytes=bound)
+    w = FeedbackWriter(store, learner, linger_ms=1000, max_batch=50, max_segment_bytes=4096, max_buffer_bytes=bound)
     peak, n = 0, 3000
     for i in range(n):
         w.send(f"tx-{i}", 1, features={"pad": "x" * 100, "i": i})
@@ -150,12 +151,12 @@ def test_buffer_is_bounded_and_send_blocks(store, session, learner):
     w.close()
     assert peak <= bound
     assert w.blocked_s > 0  # the producer was held back rather than buffering without bound
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert len(all_events(session, fcfg)) == n
 
 
 def test_back_pressure_times_out_with_a_clear_error(store, learner):
-    w = store.feedback_writer(learner, linger_ms=60_000, max_segment_bytes=2048, max_buffer_bytes=4096,
+    w = FeedbackWriter(store, learner, linger_ms=60_000, max_segment_bytes=2048, max_buffer_bytes=4096,
                               send_timeout_s=0)
     with pytest.raises(FeedbackBackPressure, match="not keeping up"):
         for i in range(1000):
@@ -165,7 +166,7 @@ def test_back_pressure_times_out_with_a_clear_error(store, learner):
 
 def test_a_late_acknowledgement_is_restamped(store, session, learner):
     ctx = context(store)
-    _, fcfg = ctx.config(learner)
+    _, fcfg = ctx.layout(learner)
     data = encode_event(make_event("tx-slow", 1, features={"a": 1.0}))
     seg = Segment(fcfg.part_of("tx-slow"), 0, [data], len(data))
     # Stamped a lateness window ago: as if this write had taken that long to be acknowledged.
@@ -183,8 +184,8 @@ def test_a_late_acknowledgement_is_restamped(store, session, learner):
 def test_a_segment_arriving_late_is_still_read_once(store, learner):
     """A slow producer's segment stamped *before* one already learned is picked up, and nothing twice."""
     ctx = context(store)
-    _, fcfg = ctx.config(learner)
-    reader = FeedbackReader(store.session, fcfg, "late-test")
+    _, fcfg = ctx.layout(learner)
+    reader = FeedbackReader(store.backend.feedback, fcfg, "late-test")
     cursors = {p: lanes for p, (_, lanes) in reader.load(range(fcfg.partitions)).items()}
 
     def segment(entity: str, age_s: float) -> Segment:
@@ -206,11 +207,11 @@ def test_a_segment_arriving_late_is_still_read_once(store, learner):
             seen += [ev.entity_id for r in lst.refs for ev in payloads[r.seg_id]]
             cursors[part][lane].advance(lst.refs, lst, fcfg.lateness_s)
     assert seen == ["tx-fast-producer", "tx-slow-producer"]
-    assert min(s["seg_id"].time for s in all_segments(store.session, fcfg)) == slow.seg_id.time  # stamped first
+    assert min(s["seg_id"].time for s in all_segments(store.backend.session, fcfg)) == slow.seg_id.time  # stamped first
 
 
 def test_writer_is_thread_safe(store, session, learner):
-    with store.feedback_writer(learner, linger_ms=5) as w:
+    with FeedbackWriter(store, learner, linger_ms=5) as w:
         def produce(k: int) -> None:
             for i in range(500):
                 w.send(f"t{k}-{i}", i % 2, features={"k": k})
@@ -219,7 +220,7 @@ def test_writer_is_thread_safe(store, session, learner):
             t.start()
         for t in threads:
             t.join()
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert len({e.entity_id for e in all_events(session, fcfg)}) == 2000
 
 
@@ -237,7 +238,7 @@ def test_cli_ingest_fail_mode_writes_nothing(base_config, store, session, learne
     assert res.returncode == 1
     assert "line 11: not valid JSON" in res.stderr and "line 32:" in res.stderr and "line 33: unknown field" \
         in res.stderr and "nothing was written" in res.stderr
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert all_events(session, fcfg) == []
 
 
@@ -250,7 +251,7 @@ def test_cli_ingest_skip_mode_writes_the_good_lines(base_config, store, session,
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["written"] == 21 and summary["skipped"] == 1 and summary["errors"][0]["line"] == 21
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     assert len(all_events(session, fcfg)) == 21
 
 
@@ -260,6 +261,6 @@ def test_cli_ingest_msgpack(base_config, store, session, learner, tmp_path):
                            for i in range(100)))
     res = run_cli(base_config, "feedback", "ingest", str(f))
     assert res.returncode == 0, res.stderr
-    _, fcfg = context(store).config(learner)
+    _, fcfg = context(store).layout(learner)
     events = all_events(session, fcfg)
     assert sorted(e.entity_id for e in events) == list(range(100)) and {e.confidence for e in events} == {0.5}

@@ -6,9 +6,9 @@ import uuid
 import pytest
 from cassandra.query import SimpleStatement
 
-from cstore import schema
+from cstore.backend import apply_schema, schema_status
 from cstore.errors import ConnectionFailed, SchemaError
-from cstore.session import connect
+from cstore.backend import connect
 
 
 def test_keyspace_created_with_replication(session, base_config):
@@ -60,22 +60,22 @@ def _migrations_dir(tmp_path, body="CREATE TABLE IF NOT EXISTS m_one (k int PRIM
     return d
 
 
-def test_migration_runner_idempotent_and_refuses_changed_file(session, tmp_path):
+def test_migration_runner_idempotent_and_refuses_changed_file(backend, session, tmp_path):
     ks = "mig_" + uuid.uuid4().hex[:8]
     d = _migrations_dir(tmp_path)
     rep = {"class": "SimpleStrategy", "replication_factor": 1}
     try:
-        assert schema.apply(session, ks, rep, d, log=lambda m: None) == ["001_first.cql", "002_second.cql"]
+        assert apply_schema(backend, ks, rep, d, log=lambda m: None) == ["001_first.cql", "002_second.cql"]
         assert session.execute(f"SELECT k FROM {ks}.m_two").one()["k"] == 7
-        assert schema.apply(session, ks, rep, d, log=lambda m: None) == []
-        assert [r["state"] for r in schema.status(session, ks, d)] == ["applied", "applied"]
+        assert apply_schema(backend, ks, rep, d, log=lambda m: None) == []
+        assert [r["state"] for r in schema_status(backend, ks, d)] == ["applied", "applied"]
         (d / "003_third.cql").write_text("ALTER TABLE m_one ADD extra int;\n")
-        assert schema.status(session, ks, d)[2]["state"] == "pending"
-        assert schema.apply(session, ks, rep, d, log=lambda m: None) == ["003_third.cql"]
+        assert schema_status(backend, ks, d)[2]["state"] == "pending"
+        assert apply_schema(backend, ks, rep, d, log=lambda m: None) == ["003_third.cql"]
         (d / "001_first.cql").write_text("CREATE TABLE IF NOT EXISTS m_one (k int PRIMARY KEY, v int);\n")
         with pytest.raises(SchemaError, match="001_first.cql changed after it was applied"):
-            schema.apply(session, ks, rep, d, log=lambda m: None)
-        assert schema.status(session, ks, d)[0]["state"] == "changed"
+            apply_schema(backend, ks, rep, d, log=lambda m: None)
+        assert schema_status(backend, ks, d)[0]["state"] == "changed"
     finally:
         session.execute(SimpleStatement(f"DROP KEYSPACE IF EXISTS {ks}"), timeout=60)
         session.set_keyspace("cstore_test")

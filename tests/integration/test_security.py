@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cstore import schema
-from cstore.codec import CodecPipeline
+from cstore.backend import apply_schema, schema_status
+from cstore.core import CodecPipeline
 from cstore.config import load_config
-from cstore.crypto import AesGcmStage, Keyring, pipeline_from_env
+from cstore.config import codec_from_env as pipeline_from_env
+from cstore.core import AesGcmStage, Keyring
 from cstore.errors import ConfigError, ConnectionFailed, CorruptData, PermissionDenied
-from cstore.local.certs import generate
-from cstore.roles import ROLES, apply_roles
-from cstore.session import connect
+from cstore_dev.local.certs import generate
+from cstore.backend import ROLES, apply_roles
+from cstore.backend import connect
 from cstore.store import Store
 from private_cluster import private_cluster, retrying
 
@@ -41,9 +42,9 @@ def sec1(tmp_path_factory):
     with private_cluster("sec1", 41, auth=True, tls=tls) as cluster:
         def set_up():
             with connect(cfg(tls, "cassandra", "cassandra", keyspace=None, request_timeout_s=60.0)) as conn:
-                schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1},
+                apply_schema(conn, KS, {"class": "SimpleStrategy", "replication_factor": 1},
                              log=lambda m: None)
-                return apply_roles(conn.session, KS, PASSWORDS, log=lambda m: None)
+                return apply_roles(conn, KS, PASSWORDS, log=lambda m: None)
         report = retrying(set_up)
         assert report.grants > 20 and not report.skipped, report
         with Store.from_config(cfg(tls, "sec_admin", PASSWORDS["admin"])) as admin:
@@ -74,13 +75,13 @@ def test_scorer_reads_parameters_but_cannot_write_them(sec1):
     _, tls = sec1
     with Store.from_config(cfg(tls, "sec_admin", PASSWORDS["admin"])) as admin:
         before = admin.read_model("fraud")
-        history_before = len(admin.history_reader.rows(admin.model_info("fraud")))
+        history_before = len(admin.history("fraud", attempts=True))
     with Store.from_config(cfg(tls, "sec_scorer", PASSWORDS["scorer"])) as scorer:
         assert scorer.read_model("fraud").version == before.version
         with pytest.raises(PermissionDenied, match=r"write_history: the logged-in role may not do this.*"
                                                    r"sec_scorer has no MODIFY permission"):
             scorer.apply_update("fraud", "w", [1.0], indices=[3])
-        s = scorer.session
+        s = scorer.backend.session
         s.execute("INSERT INTO prediction_log (model_id, entity_id, scored_at, score) VALUES (%s, 'e1', now(), 0.5)",
                   (before.op_ids[("w", 0)],))  # the prediction log: allowed
         for denied in ("SELECT * FROM history LIMIT 1", "SELECT * FROM feedback_segments LIMIT 1",
@@ -90,7 +91,7 @@ def test_scorer_reads_parameters_but_cannot_write_them(sec1):
     with Store.from_config(cfg(tls, "sec_admin", PASSWORDS["admin"])) as admin:
         after = admin.read_model("fraud")
         assert after.version == before.version and np.array_equal(after.params["w"], before.params["w"])
-        assert len(admin.history_reader.rows(admin.model_info("fraud"))) == history_before
+        assert len(admin.history("fraud", attempts=True)) == history_before
 
 
 def test_worker_commits_parameters_but_cannot_write_feedback_or_schema(sec1):
@@ -99,7 +100,7 @@ def test_worker_commits_parameters_but_cannot_write_feedback_or_schema(sec1):
         v0 = worker.head_version("fraud")
         worker.apply_update("fraud", "w", [0.5], indices=[1], lr=0.1)
         assert worker.head_version("fraud") == v0 + 1
-        s = worker.session
+        s = worker.backend.session
         s.execute("SELECT * FROM feedback_segments LIMIT 1")  # reading feedback: allowed
         for denied in ("INSERT INTO feedback_segments (model_id, part, lane, bucket, seg_id) "
                        "VALUES (uuid(), 0, 0, 0, now())", "DROP TABLE history", "DELETE FROM models WHERE name='x'"):
@@ -113,9 +114,9 @@ def test_keyspace_admin_reruns_migrations_without_superuser(sec1):
     """`schema apply` as the keyspace's admin role: the keyspace exists, so no CREATE on ALL KEYSPACES is needed."""
     _, tls = sec1
     with connect(cfg(tls, "sec_admin", PASSWORDS["admin"], keyspace=None)) as conn:
-        assert schema.apply(conn.session, KS, {"class": "SimpleStrategy", "replication_factor": 1},
+        assert apply_schema(conn, KS, {"class": "SimpleStrategy", "replication_factor": 1},
                             log=lambda m: None) == []
-        assert {m["state"] for m in schema.status(conn.session, KS)} == {"applied"}
+        assert {m["state"] for m in schema_status(conn, KS)} == {"applied"}
         with pytest.raises(Exception, match="Unauthorized|permission"):  # its limits are unchanged
             conn.session.execute("CREATE KEYSPACE sec_other WITH replication = "
                                  "{'class': 'SimpleStrategy', 'replication_factor': 1}")
@@ -285,7 +286,7 @@ def test_tampered_or_swapped_chunk_is_refused_and_nothing_written(base_config, s
         other = uuid.uuid4()
         stage = AesGcmStage(Keyring.parse(KEY1))
         with pytest.raises(CorruptData):
-            from cstore.codec import chunk_context
+            from cstore.core import chunk_context
             stage.decode(good[(0, "w")], chunk_context(other, 0, "w"))
     finally:
         store.close()

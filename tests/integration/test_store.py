@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cstore.errors import ConfigError
-from cstore.history import op_time
+from cstore.core import op_time
 from cstore.store import Store
 
 
@@ -63,7 +63,7 @@ def test_replay_from_snapshot_is_bit_exact(store, model):
     replayed = store.replay(model, snap)
     for p in current.params:
         np.testing.assert_array_equal(bits(replayed[p]), bits(current.params[p]))
-    assert not np.array_equal(store.versions_mgr.load(store.model_info(model), snap)[0]["w"].data,
+    assert not np.array_equal(store._snapshots.load(store.model_info(model), snap)[0]["w"].data,
                               current.params["w"][:256])  # the replay really had work to do
 
 

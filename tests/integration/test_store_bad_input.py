@@ -37,7 +37,7 @@ def fingerprint(session, store: Store, name: str) -> tuple:
                                              "WHERE model_id = %s AND chunk = %s", (info.model_id, k)))
     index = sorted((r["param"], r["chunk"], r["version"])
                    for r in session.execute("SELECT * FROM chunk_versions WHERE model_id = %s", (info.model_id,)))
-    history = len(store.history_reader.rows(info))
+    history = len(store.history(name, attempts=True))
     models = sorted(r["name"] for r in session.execute("SELECT name FROM models"))
     snapshots = len(list(session.execute("SELECT version FROM snapshots WHERE model_id = %s", (info.model_id,))))
     return chunks, index, history, models, snapshots

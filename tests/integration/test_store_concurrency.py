@@ -69,7 +69,7 @@ def test_eventual_profile_lost_updates_are_measured(base_config, unique_name):
         expected = _expected()
         lost_mass = float(np.abs(final - expected).sum())
         wrong_coords = int((final != expected).sum())
-        rows = store.history_reader.rows(store.model_info(unique_name))
+        rows = store.history(unique_name, attempts=True)
         versions = collections.Counter((h.chunk, h.new_version) for h in rows)
         duplicated_versions = sum(n - 1 for n in versions.values() if n > 1)
         overwrites = sum(c["overwrites"] for c in counters)

@@ -8,27 +8,28 @@ import msgpack
 import numpy as np
 import pytest
 
+from cstore import FeedbackWriter
 from cstore.feedback import decode_payload
-from cstore.fraudsim import FraudStream
+from cstore_dev.fraudsim import FraudStream
 from cstore.learn import FTRLProximal, FeatureHasher, batch_gradient, detector_from_state, log_loss, \
     predict_proba_batch
-from cstore.learner import commit_federated, create_learner
-from cstore.status import fleet_status
-from cstore.worker import Worker
+from cstore.training import commit_federated, create_learner
+from cstore.ops import fleet_status
+from cstore.training import Worker
 from feedback_helpers import all_segments, learned_counts, new_name, run_cli
 
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 
 
 def _ingest(store, name, txs, kind="explicit", max_batch=500, with_features=True) -> None:
-    with store.feedback_writer(name, max_batch=max_batch, linger_ms=5) as w:
+    with FeedbackWriter(store, name, max_batch=max_batch, linger_ms=5) as w:
         for tx in txs:
             w.send(tx["entity_id"], tx["label"], kind=kind, features=tx["features"] if with_features else None)
 
 
 def _ingest_columns(store, name, txs, kind="explicit", max_batch=500) -> None:
     """The same transactions as column batches of 1000 (send_batch), strings as numpy text arrays."""
-    with store.feedback_writer(name, max_batch=max_batch, linger_ms=5) as w:
+    with FeedbackWriter(store, name, max_batch=max_batch, linger_ms=5) as w:
         for lo in range(0, len(txs), 1000):
             part = txs[lo:lo + 1000]
             columns = {k: np.array([tx["features"][k] for tx in part]) for k in part[0]["features"]}
@@ -47,7 +48,7 @@ def test_worker_learns_everything_and_checkpoints(base_config, store):
     assert st["lag_events"] == 0 and st["learned_events"] == 6000
     assert all(p["owner"] is None for p in st["partitions"]) and st["workers"] == []  # released on exit
     counts, traces = learned_counts(store, name, w.shared)
-    segs = all_segments(store.session, w.fcfg)
+    segs = all_segments(store.backend.session, w.fcfg)
     assert set(counts) == {s["seg_id"] for s in segs} and set(counts.values()) == {1}  # each exactly once
     assert sum(t["n_learned"] for t in traces) == 6000
     hist = store.history(name, since=time.time() - 600)
@@ -108,17 +109,17 @@ def test_poison_events_and_an_unreadable_segment_are_set_aside_and_the_partition
     bad_events = [[f"bad-{i}", label, "explicit", None, now, {"amount": 1.0}, None]
                   for i, label in enumerate(["yes", float("nan"), 7.0, None])]
     bad_events += [[1.5, 1.0, "explicit", None, now, None, None], ["short", 1.0]]  # wrong entity type; 2 fields
-    with store.feedback_writer(name, linger_ms=10_000) as w:  # the raw path: bytes the writer does not check
+    with FeedbackWriter(store, name, linger_ms=10_000) as w:  # the raw path: bytes the writer does not check
         for tx in txs[:100]:
             w.send(tx["entity_id"], tx["label"], features=tx["features"])
         for ev in bad_events:
             w.send_event(ev[0], "explicit", msgpack.packb(ev, use_bin_type=True))
         for tx in txs[100:200]:
             w.send(tx["entity_id"], tx["label"], features=tx["features"])
-    with store.feedback_writer(name, linger_ms=10_000) as w:  # one segment that is not msgpack at all
+    with FeedbackWriter(store, name, linger_ms=10_000) as w:  # one segment that is not msgpack at all
         for i in range(3):
             w.send_event(f"junk-{i}", "explicit", b"\xc1\xc1")
-    with store.feedback_writer(name) as w:
+    with FeedbackWriter(store, name) as w:
         for tx in txs[200:]:
             w.send(tx["entity_id"], tx["label"], features=tx["features"])
     version0 = store.head_version(name)
@@ -162,7 +163,7 @@ def test_a_restarted_worker_resumes_exactly(store, ingest):
     Worker(store, name, batch_size=1000, **FAST).run(until_idle=True)
     counts, traces = learned_counts(store, name, first.shared)
     assert len(traces) >= 5 and set(counts.values()) == {1}
-    events = {s["seg_id"]: decode_payload(s["payload"]) for s in all_segments(store.session, first.fcfg)}
+    events = {s["seg_id"]: decode_payload(s["payload"]) for s in all_segments(store.backend.session, first.fcfg)}
     opt, hasher = FTRLProximal(alpha=0.3, beta=1.0), FeatureHasher(2**12)
     z, n, w = (np.zeros(2**12, np.float32) for _ in range(3))
     bz, bn, b = np.zeros(1, np.float32), np.zeros(1, np.float32), 0.0

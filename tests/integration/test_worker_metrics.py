@@ -13,10 +13,11 @@ import urllib.request
 import numpy as np
 import pytest
 
-from cstore import schema
+from cstore import FeedbackWriter
+from cstore.backend import apply_schema, replication_map
 from cstore.config import load_config
-from cstore.learner import create_learner
-from cstore.session import connect
+from cstore.training import create_learner
+from cstore.backend import connect
 from cstore.store import Store
 from feedback_helpers import wait_for
 from private_cluster import private_cluster
@@ -49,11 +50,11 @@ def test_metrics_move_with_work_and_readyz_follows_cassandra():
         try:
             cfg = load_config({"contact_points": "127.0.0.51", "keyspace": "metrics"}, env={})
             with connect(cfg) as bootstrap:  # no keyspace yet
-                schema.apply(bootstrap.session, "metrics", schema.replication_map(cfg), log=lambda m: None)
+                apply_schema(bootstrap, "metrics", replication_map(cfg), log=lambda m: None)
             store = Store.from_config(cfg)
             create_learner(store, "m", n_features=2**12, partitions=2, chunk_size=1024)
             rng = np.random.default_rng(0)
-            with store.feedback_writer("m") as w:
+            with FeedbackWriter(store, "m") as w:
                 for i in range(3000):
                     w.send(f"e{i}", int(rng.random() < 0.3), features={"a": float(rng.normal()), "c": f"v{i % 7}"})
             store.close()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cstore.checker import ChunkFacts, Op, check, coordinate
+from cstore_dev.checker import ChunkFacts, Op, check, coordinate
 
 CS = 8
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cstore.codec import SPARSE_MIN_SIZE, decode_array, decode_sparse, encode_array, encode_sparse
+from cstore.core import SPARSE_MIN_SIZE, decode_array, decode_sparse, encode_array, encode_sparse
 from cstore.errors import CorruptData
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import pytest
 
 from cstore.config import load_config
-from cstore.consistency import resolve_profile
+from cstore.config import resolve_profile
 from cstore.errors import ConfigError
 
 
 def test_precedence_flags_over_env_over_file(tmp_path):
     f = tmp_path / "c.toml"
-    f.write_text('keyspace = "from_file"\nport = 9000\ncontact_points = ["10.0.0.1", "10.0.0.2"]\nprofile = "eventual"\n')
+    f.write_text('keyspace = "from_file"\nport = 9000\ncontact_points = ["10.0.0.1", "10.0.0.2"]\n'
+                 'profile = "eventual"\n')
     cfg = load_config({"keyspace": "from_flag"}, env={"CSTORE_PORT": "9100"}, config_file=str(f))
     assert cfg.keyspace == "from_flag" and cfg.source["keyspace"] == "arguments"
     assert cfg.port == 9100 and cfg.source["port"] == "CSTORE_PORT"

@@ -7,8 +7,8 @@ import pytest
 
 from cstore.errors import InvalidFeedback, PayloadTooLarge
 from cstore.feedback import Segment
-from cstore.feedback_columns import MAX_BATCH_EVENTS, decode_block, encode_block, make_batch, reorder
-from cstore.feedback_events import COLUMNAR_VERSION, decode_stored, make_event
+from cstore.feedback import MAX_BATCH_EVENTS, decode_block, encode_block, make_batch, reorder
+from cstore.feedback import COLUMNAR_VERSION, decode_stored, make_event
 from cstore.learn.hashing import FeatureHasher
 
 NOW = 1.8e9

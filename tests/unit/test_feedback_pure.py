@@ -4,29 +4,30 @@ from __future__ import annotations
 import time
 import uuid
 import zlib
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 
 import msgpack
 import numpy as np
 import pytest
 
 from cstore.errors import InvalidFeedback, PayloadTooLarge
-from cstore.feedback import TICKS_PER_S, FeedbackConfig, Segment, decode_payload, max_uuid_at, ticks_of, uuid_at
-from cstore.feedback_events import DEFAULT_PRIORITIES, MAX_FEATURES, encode_event, make_event
-from cstore.feedback_reader import LaneCursor, LaneListing, SegmentRef
-from cstore.worker import select_segments
+from cstore.core import TICKS_PER_S, max_uuid_at, ticks_of, uuid_at
+from cstore.feedback import FeedbackLayout, Segment, decode_payload
+from cstore.feedback import DEFAULT_PRIORITIES, MAX_FEATURES, encode_event, make_event
+from cstore.feedback import LaneCursor, LaneListing, SegmentRef
+from cstore.training import select_segments
 
 NOW = 1_800_000_000.0
 
 
 # -- validation --------------------------------------------------------------------------------------
 def test_valid_event_is_normalised():
-    ev = make_event(np.int64(42), True, "implicit", 0.5, datetime(2027, 1, 15, tzinfo=timezone.utc),
+    ev = make_event(np.int64(42), True, "implicit", 0.5, datetime(2027, 1, 15, tzinfo=UTC),
                     {"amount": np.float32(2.5), "country": "FR", "new": np.bool_(True), "n": 3}, {"src": "api"},
                     now=NOW)
     assert ev.entity_id == 42 and type(ev.entity_id) is int
     assert ev.label == 1.0 and ev.kind == "implicit" and ev.confidence == 0.5
-    assert ev.event_time == datetime(2027, 1, 15, tzinfo=timezone.utc).timestamp()
+    assert ev.event_time == datetime(2027, 1, 15, tzinfo=UTC).timestamp()
     assert ev.features == {"amount": 2.5, "country": "FR", "new": True, "n": 3}
     assert ev.metadata == {"src": "api"}
     assert make_event("tx", 0, now=NOW).event_time == NOW  # default: now
@@ -78,7 +79,7 @@ def test_segment_payload_round_trip():
 
 
 def test_partition_and_lane_are_stable():
-    cfg = FeedbackConfig(uuid.uuid4(), 16, 60, 86400, 30, DEFAULT_PRIORITIES, NOW)
+    cfg = FeedbackLayout(uuid.uuid4(), 16, 60, 86400, 30, DEFAULT_PRIORITIES, NOW)
     parts = {cfg.part_of(f"tx-{i}") for i in range(1000)}
     assert parts == set(range(16))  # all used
     assert cfg.part_of("tx-7") == cfg.part_of("tx-7") and cfg.part_of(7) == cfg.part_of("7")

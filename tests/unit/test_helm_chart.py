@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cstore.config import load_config
-from cstore.consistency import resolve_profile
+from cstore.config import resolve_profile
 
 pytestmark = pytest.mark.slow
 
@@ -231,7 +231,8 @@ def test_install_notes_render(rendered, tmp_path):
     notes = (chart / "templates" / "NOTES.txt").read_text()
     (chart / "templates" / "_notes.tpl").write_text('{{- define "test.notes" -}}\n' + notes + "{{- end }}\n")
     (chart / "templates" / "notes.yaml").write_text(
-        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include "test.notes" . | toJson }}\n')
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n'
+        '  notes: {{ include "test.notes" . | toJson }}\n')
     texts = {}
     for name, extra in (("default", []), ("ci", ["-f", str(CHART / "ci-values.yaml")])):
         proc = subprocess.run([rendered["helm"], "template", "cstore", str(chart), "--namespace", "ml",

@@ -6,9 +6,10 @@ import uuid
 import numpy as np
 
 from cstore.learn import AdaGrad, FTRLProximal
-from cstore.learner import Learner, LearnerConfig, _param_names
-from cstore.models import ModelInfo
-from cstore.params import ChunkRow
+from cstore.training import Learner, LearnerConfig
+from cstore.training._learner import _param_names
+from cstore.core import ModelInfo
+from cstore.core import ChunkRow
 
 CS = 16
 
@@ -74,7 +75,7 @@ def test_adagrad_transform_uses_g2():
 
 
 def test_history_bucket_of_an_op_is_exact_at_bucket_boundaries():
-    from cstore.feedback import uuid_at
+    from cstore.core import uuid_at
     info = ModelInfo("m", uuid.uuid4(), CS, "float32", {"w": (CS,)}, history_bucket_s=60)
     edge = 29_666_666 * 60 * 10_000_000  # a minute boundary in 2026, in 100 ns ticks
     assert info.history_bucket_of(uuid_at(edge - 1), 3600) == 29_666_665  # one tick before: previous bucket

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cstore.errors import ConfigError
-from cstore.logs import MASK, RedactingFilter, log_format_option, setup_logging
+from cstore.cli import log_format_option
+from cstore.ops import MASK, RedactingFilter, setup_logging
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cstore.metrics import Readiness, WorkerMetrics, cluster_check, serve
+from cstore.ops import Readiness, WorkerMetrics, cluster_check, serve
 
 
 def get(url: str) -> tuple[int, str, str]:
@@ -144,12 +144,13 @@ class _Host:
 
 
 class _Cluster:
-    def __init__(self, hosts: list[_Host]) -> None:
-        self.metadata = self
-        self.hosts = hosts
+    """What a connection reports of the driver's view of the nodes (``Backend.hosts()``)."""
 
-    def all_hosts(self) -> list[_Host]:
-        return self.hosts
+    def __init__(self, hosts: list[_Host]) -> None:
+        self._hosts = hosts
+
+    def hosts(self) -> list[tuple[str, bool]]:
+        return [(h.endpoint, h.is_up) for h in self._hosts]
 
 
 def test_cluster_check_reads_the_drivers_view_of_the_nodes():
@@ -173,7 +174,7 @@ def test_several_processes_are_summed_by_the_parent(tmp_path):
     # Runs in a fresh interpreter: multiprocess mode changes prometheus_client's global value class.
     script = textwrap.dedent(f"""
         import multiprocessing as mp, urllib.request
-        from cstore import metrics as cm
+        from cstore import ops as cm
 
         def child(i):
             m = cm.WorkerMetrics("fraud")

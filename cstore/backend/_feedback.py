@@ -1,0 +1,88 @@
+"""The feedback tables (``cql/002_feedback.cql``): layouts, segments, the bucket index, and consumer checkpoints."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from cstore.backend._statements import Cas, Row, Runner
+from cstore.errors import CstoreError
+
+_CONFIG = "SELECT * FROM feedback_config WHERE model_id = ?"
+_CONFIG_CREATE = ("INSERT INTO feedback_config (model_id, partitions, bucket_s, ttl_s, lateness_s, priorities, "
+                  "created_at) VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+_SEGMENT = ("INSERT INTO feedback_segments (model_id, part, lane, bucket, seg_id, n_events, writer, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+_ANNOUNCE = "INSERT INTO feedback_buckets (model_id, part, bucket, lane) VALUES (?, ?, ?, ?) USING TTL ?"
+_BUCKETS = "SELECT bucket, lane FROM feedback_buckets WHERE model_id = ? AND part = ? AND bucket >= ?"
+_LIST = ("SELECT seg_id, n_events FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
+         "AND bucket = ? AND seg_id > ? LIMIT ?")
+_FETCH = ("SELECT seg_id, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
+          "AND bucket = ? AND seg_id = ?")
+_CURSOR = ("SELECT owner, lease_since, lane, floor_ticks, done, events, segments, last_batch, updated_at "
+           "FROM feedback_consumers WHERE model_id = ? AND grp = ? AND part = ?")
+_SAVE = ("UPDATE feedback_consumers SET floor_ticks = ?, done = ?, events = ?, segments = ?, last_batch = ?, "
+         "updated_at = ?, updated_by = ? WHERE model_id = ? AND grp = ? AND part = ? AND lane = ? IF owner = ?")
+
+
+class FeedbackTables:
+    """Every statement of feedback producers and consumers."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    # -- layouts ------------------------------------------------------------------------------------------
+    def layout(self, model_id: uuid.UUID) -> Row | None:
+        return self._r.one(_CONFIG, (model_id,), op="coordination")
+
+    def create_layout(self, model_id: uuid.UUID, partitions: int, bucket_s: int, ttl_s: int, lateness_s: int,
+                      priorities: Mapping[str, int], created_at: datetime) -> Cas:
+        """Fix a model's layout unless one exists (first writer wins; ``row`` then holds theirs)."""
+        return self._r.lwt_cql(_CONFIG_CREATE, (model_id, partitions, bucket_s, ttl_s, lateness_s, dict(priorities),
+                                                created_at), op="coordination")
+
+    # -- producing ----------------------------------------------------------------------------------------
+    def announce(self, rows: Sequence[tuple[uuid.UUID, int, int, int, int]]) -> list[BaseException | None]:
+        """Bucket-index rows ``(model_id, part, bucket, lane, ttl)``, all attempted; per row None or its error."""
+        return self._r.many_outcomes(_ANNOUNCE, rows, op="ingest_feedback")
+
+    def write_segments(self, rows: Sequence[tuple[Any, ...]], *, concurrency: int) -> list[BaseException | None]:
+        """Segments ``(model_id, part, lane, bucket, seg_id, n_events, writer, payload, ttl)``, all attempted.
+
+        Idempotent (same key, same bytes): a failed or timed-out one may simply be sent again."""
+        return self._r.many_outcomes(_SEGMENT, rows, op="ingest_feedback", concurrency=concurrency)
+
+    # -- consuming ----------------------------------------------------------------------------------------
+    def buckets(self, model_id: uuid.UUID, parts_from: Sequence[tuple[int, int]]) -> list[list[Row]]:
+        """``bucket, lane`` rows of each ``(part, first bucket)``, in order."""
+        return self._r.many(_BUCKETS, [(model_id, p, b) for p, b in parts_from], op="read_feedback")
+
+    def list_segments(self, model_id: uuid.UUID, queries: Sequence[tuple[int, int, int, uuid.UUID]],
+                      limit: int) -> list[list[Row]]:
+        """``seg_id, n_events`` per ``(part, lane, bucket, after seg_id)``, at most ``limit`` each, in order."""
+        return self._r.many(_LIST, [(model_id, p, ln, b, after, limit) for p, ln, b, after in queries],
+                            op="read_feedback")
+
+    def fetch_segments(self, model_id: uuid.UUID, keys: Sequence[tuple[int, int, int, uuid.UUID]]) -> list[Row]:
+        """``seg_id, payload`` of each ``(part, lane, bucket, seg_id)`` that still exists."""
+        per = self._r.many(_FETCH, [(model_id, p, ln, b, s) for p, ln, b, s in keys], op="read_feedback")
+        return [r for rows in per for r in rows]
+
+    def checkpoints(self, model_id: uuid.UUID, group: str, parts: Sequence[int], *,
+                    serial: bool = True) -> list[list[Row]]:
+        """The consumer rows (lease owner + one row per lane) of each partition; at SERIAL by default, so a
+        takeover sees the last committed checkpoint."""
+        return self._r.many(_CURSOR, [(model_id, group, p) for p in parts], op="coordination", serial=serial)
+
+    def save_checkpoints(self, model_id: uuid.UUID, group: str, owner: str,
+                         per_part: Mapping[int, Sequence[tuple[Any, ...]]],
+                         now: datetime, batch_id: uuid.UUID) -> dict[int, Cas | CstoreError]:
+        """Each partition's lane rows ``(lane, floor, done, events, segments)`` iff ``owner`` still holds
+        its lease: one conditional batch (one Paxos round) per partition, all in flight at once."""
+        parts = list(per_part)
+        stmts = [self._r.batch((self._r.bind(_SAVE, (floor, done, events, segs, batch_id, now, owner, model_id,
+                                                     group, part, lane, owner))
+                                for lane, floor, done, events, segs in per_part[part]), logged=True)
+                 for part in parts]
+        return dict(zip(parts, self._r.lwt_many(stmts, op="coordination")))

@@ -1,0 +1,199 @@
+"""The parameter store's tables (``cql/001_parameters.cql``): models, chunks, the chunk-version index,
+history, snapshots and stats. Rows come back as plain dicts named by their columns.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from cstore.backend._statements import Cas, Row, Runner
+
+# -- models ---------------------------------------------------------------------------------------------
+_MODEL = "SELECT * FROM models WHERE name = ?"
+_MODELS = "SELECT * FROM models"
+_MODEL_CREATE = ("INSERT INTO models (name, model_id, created_at, created_by, chunk_size, dtype, params, metadata, "
+                 "history_bucket_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+_MODEL_DROP = "DELETE FROM models WHERE name = ? IF model_id = ?"
+# -- chunks ---------------------------------------------------------------------------------------------
+_CHUNK = "SELECT param, data, version, op_id FROM chunks WHERE model_id = ? AND chunk = ?"
+_CHUNK_PARAMS = "SELECT param, data, version, op_id FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
+_CHUNK_VERSIONS = "SELECT param, version FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
+_CHUNK_INIT = ("INSERT INTO chunks (model_id, chunk, param, data, version, op_id, updated_at) "
+               "VALUES (?, ?, ?, ?, 1, ?, ?)")
+_CHUNK_CAS = ("UPDATE chunks SET data = ?, version = ?, op_id = ?, updated_at = ? "
+              "WHERE model_id = ? AND chunk = ? AND param = ? IF version = ?")
+_CHUNK_BLIND = ("UPDATE chunks SET data = ?, version = ?, op_id = ?, updated_at = ? "
+                "WHERE model_id = ? AND chunk = ? AND param = ?")
+_CHUNK_DROP = "DELETE FROM chunks WHERE model_id = ? AND chunk = ?"
+# -- the chunk-version index: written with USING TIMESTAMP = version, so a late write of an older
+#    version can never overwrite a newer one ----------------------------------------------------------
+_INDEX = "SELECT param, chunk, version, op_id FROM chunk_versions WHERE model_id = ?"
+_INDEX_WRITE = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op_id) VALUES (?, ?, ?, ?, ?) "
+                "USING TIMESTAMP ?")
+_INDEX_INIT = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op_id) "
+               "VALUES (?, ?, ?, 1, ?) USING TIMESTAMP 1")
+_INDEX_DROP = "DELETE FROM chunk_versions WHERE model_id = ?"
+# -- history --------------------------------------------------------------------------------------------
+_HISTORY_WRITE = ("INSERT INTO history (model_id, bucket, op_id, param, chunk, old_version, new_version, prev_op_id, "
+                  "update_type, learning_rate, source, delta, metadata, status) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') USING TTL ?")
+_HISTORY_ABORT = ("UPDATE history USING TTL ? SET status = 'aborted' "
+                  "WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?")
+_HISTORY_RANGE = "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id >= ? AND op_id <= ?"
+_HISTORY_ONE = "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?"
+_HISTORY_LINK = ("SELECT new_version, prev_op_id FROM history "
+                 "WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?")
+# -- snapshots ------------------------------------------------------------------------------------------
+_SNAP_CHUNK_PUT = ("INSERT INTO snapshot_chunks (model_id, version, chunk, param, data, chunk_version, op_id) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)")
+_SNAP_PUT = ("INSERT INTO snapshots (model_id, version, created_at, created_by, reason, n_chunks) "
+             "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+_SNAPS = "SELECT * FROM snapshots WHERE model_id = ?"
+_SNAP = "SELECT * FROM snapshots WHERE model_id = ? AND version = ?"
+_SNAP_CHUNK = ("SELECT param, data, chunk_version, op_id FROM snapshot_chunks "
+               "WHERE model_id = ? AND version = ? AND chunk = ?")
+_SNAPS_DROP = "DELETE FROM snapshots WHERE model_id = ?"
+# -- stats ----------------------------------------------------------------------------------------------
+STATS_COLUMNS = ("updates", "chunk_commits", "coords", "lr_updates", "lr_sum", "lr_sq_sum", "conflicts", "retries",
+                 "overwrites", "bytes_written", "drift_events")
+_STATS_WRITE = (f"INSERT INTO stats (model_id, day, bucket, writer, {', '.join(STATS_COLUMNS)}) "
+                f"VALUES (?, ?, ?, ?, {', '.join('?' * len(STATS_COLUMNS))})")
+_STATS = "SELECT * FROM stats WHERE model_id = ? AND day = ? AND bucket >= ?"
+
+
+class ParamTables:
+    """Every statement the parameter store runs."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._r = runner
+
+    # -- models -------------------------------------------------------------------------------------------
+    def model(self, name: str) -> Row | None:
+        return self._r.one(_MODEL, (name,), op="read_model")
+
+    def models(self) -> list[Row]:
+        return self._r.rows(_MODELS, op="read_model")
+
+    def create_model(self, name: str, model_id: uuid.UUID, created_at: datetime, created_by: str, chunk_size: int,
+                     dtype: str, params_json: str, metadata_json: str, history_bucket_s: int) -> Cas:
+        """Insert the models row unless the name is taken (``row`` then holds the existing one)."""
+        return self._r.lwt_cql(_MODEL_CREATE, (name, model_id, created_at, created_by, chunk_size, dtype, params_json,
+                                               metadata_json, history_bucket_s), op="coordination")
+
+    def drop_model(self, name: str, model_id: uuid.UUID) -> Cas:
+        """Delete the models row iff it still names incarnation ``model_id``."""
+        return self._r.lwt_cql(_MODEL_DROP, (name, model_id), op="coordination")
+
+    # -- chunks -------------------------------------------------------------------------------------------
+    def chunk(self, model_id: uuid.UUID, chunk: int, *, serial: bool = False) -> list[Row]:
+        """Every parameter row of one chunk (``serial``: a linearizable read, after an unknown commit)."""
+        return self._r.rows(_CHUNK, (model_id, chunk), op="read_model", serial=serial)
+
+    def chunks(self, model_id: uuid.UUID, chunks: Sequence[int],
+               params: Sequence[str] | None = None) -> list[list[Row]]:
+        """The rows of many chunks (only ``params`` when given), in the order of ``chunks``."""
+        if params is None:
+            return self._r.many(_CHUNK, [(model_id, k) for k in chunks], op="read_model", concurrency=64)
+        return self._r.many(_CHUNK_PARAMS, [(model_id, k, list(params)) for k in chunks], op="read_model",
+                            concurrency=64)
+
+    def chunk_versions(self, model_id: uuid.UUID, chunks: Sequence[int], params: Sequence[str]) -> list[list[Row]]:
+        """``param`` and ``version`` of many chunks, from the chunk rows themselves (not the index)."""
+        return self._r.many(_CHUNK_VERSIONS, [(model_id, k, list(params)) for k in chunks], op="read_model")
+
+    def init_chunks(self, rows: Iterable[tuple[uuid.UUID, int, str, bytes, uuid.UUID, datetime]]) -> None:
+        """Version-1 rows of a new model: ``(model_id, chunk, param, blob, op_id, now)`` each."""
+        self._r.many(_CHUNK_INIT, list(rows), op="commit_chunk")
+
+    def write_chunk(self, model_id: uuid.UUID, chunk: int, writes: Mapping[str, tuple[bytes, int]],
+                    op_id: uuid.UUID, now: datetime, *, conditional: bool) -> Cas:
+        """Write ``{param: (blob, expected_version)}`` as version ``expected + 1`` of each, in one request.
+
+        ``conditional``: a compare-and-set on every row's version (one conditional batch of the chunk's
+        partition: atomic and isolated); otherwise blind writes, last writer wins (always "applied").
+        """
+        if conditional:
+            stmts = [self._r.bind(_CHUNK_CAS, (blob, v + 1, op_id, now, model_id, chunk, p, v))
+                     for p, (blob, v) in writes.items()]
+        else:
+            stmts = [self._r.bind(_CHUNK_BLIND, (blob, v + 1, op_id, now, model_id, chunk, p))
+                     for p, (blob, v) in writes.items()]
+        stmt = stmts[0] if len(stmts) == 1 else self._r.batch(stmts, logged=conditional)
+        if conditional:
+            return self._r.lwt(stmt, op="commit_chunk")
+        return Cas(self._r.blind(stmt, op="commit_chunk"))  # a blind write's timeout is as unknown as a CAS's
+
+    def drop_chunks(self, model_id: uuid.UUID, n_chunks: int) -> None:
+        self._r.many(_CHUNK_DROP, [(model_id, k) for k in range(n_chunks)], op="coordination")
+
+    # -- the chunk-version index ---------------------------------------------------------------------------
+    def index(self, model_id: uuid.UUID, *, timeout: float | None = None) -> list[Row]:
+        """``param, chunk, version, op_id`` of every chunk: what a scorer polls."""
+        return self._r.rows(_INDEX, (model_id,), op="read_model", timeout=timeout)
+
+    def write_index(self, model_id: uuid.UUID, chunk: int, versions: Mapping[str, int], op_id: uuid.UUID) -> None:
+        self._r.write_partition([(_INDEX_WRITE, (model_id, p, chunk, v, op_id, v)) for p, v in versions.items()],
+                                op="commit_chunk")
+
+    def init_index(self, rows: Iterable[tuple[uuid.UUID, str, int, uuid.UUID]]) -> None:
+        self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")
+
+    def drop_index(self, model_id: uuid.UUID) -> None:
+        self._r.write(_INDEX_DROP, (model_id,), op="coordination")
+
+    # -- history ----------------------------------------------------------------------------------------------
+    def write_history(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Pending history rows of one commit (one ``(model, bucket)`` partition: a single request)."""
+        self._r.write_partition([(_HISTORY_WRITE, r) for r in rows], op="write_history")
+
+    def abort_history(self, ttl_s: int, model_id: uuid.UUID, bucket: int, op_id: uuid.UUID,
+                      params: Iterable[str]) -> None:
+        """Mark a lost attempt's rows aborted, best effort: the chain walk ignores losers even without it."""
+        for p in params:
+            self._r.fire(_HISTORY_ABORT, (ttl_s, model_id, bucket, op_id, p), op="write_history")
+
+    def history(self, model_id: uuid.UUID, buckets: Iterable[int], lo: uuid.UUID, hi: uuid.UUID) -> list[Row]:
+        """History rows of the given buckets with ``lo <= op_id <= hi``."""
+        per = self._r.many(_HISTORY_RANGE, [(model_id, b, lo, hi) for b in buckets], op="read_history")
+        return [r for rows in per for r in rows]
+
+    def history_row(self, model_id: uuid.UUID, bucket: int, op_id: uuid.UUID, param: str) -> Row | None:
+        return self._r.one(_HISTORY_ONE, (model_id, bucket, op_id, param), op="read_history")
+
+    def history_link(self, model_id: uuid.UUID, bucket: int, op_id: uuid.UUID, param: str) -> Row | None:
+        """``new_version`` and ``prev_op_id`` of one commit: one step of a chain walk."""
+        return self._r.one(_HISTORY_LINK, (model_id, bucket, op_id, param), op="read_history")
+
+    # -- snapshots --------------------------------------------------------------------------------------------
+    def snapshot(self, model_id: uuid.UUID, version: int) -> Row | None:
+        return self._r.one(_SNAP, (model_id, version), op="read_model")
+
+    def snapshots(self, model_id: uuid.UUID) -> list[Row]:
+        return self._r.rows(_SNAPS, (model_id,), op="read_model")
+
+    def put_snapshot_chunks(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``(model_id, version, chunk, param, blob, chunk_version, op_id)`` each."""
+        self._r.many(_SNAP_CHUNK_PUT, rows, op="commit_chunk")
+
+    def put_snapshot(self, model_id: uuid.UUID, version: int, created_at: datetime, created_by: str, reason: str,
+                     n_chunks: int) -> Cas:
+        """The header, written last: a snapshot exists once all its chunks do."""
+        return self._r.lwt_cql(_SNAP_PUT, (model_id, version, created_at, created_by, reason, n_chunks),
+                               op="coordination")
+
+    def snapshot_chunks(self, model_id: uuid.UUID, version: int, chunks: Sequence[int]) -> list[list[Row]]:
+        return self._r.many(_SNAP_CHUNK, [(model_id, version, k) for k in chunks], op="read_model")
+
+    def drop_snapshots(self, model_id: uuid.UUID) -> None:
+        self._r.write(_SNAPS_DROP, (model_id,), op="coordination")
+
+    # -- stats ------------------------------------------------------------------------------------------------
+    def write_stats(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """``(model_id, day, bucket, writer, *STATS_COLUMNS)`` each; each writer overwrites its own rows."""
+        self._r.many(_STATS_WRITE, rows, op="write_history")
+
+    def stats(self, model_id: uuid.UUID, days: Iterable[int], first_bucket: int) -> list[Row]:
+        per = self._r.many(_STATS, [(model_id, d, first_bucket) for d in days], op="read_history", concurrency=16)
+        return [r for rows in per for r in rows]

@@ -1,0 +1,180 @@
+"""``cstore feedback ingest FILE``: JSON lines or msgpack records, the Python API's field names.
+
+Each record: ``entity_id``, ``label`` (required), ``kind``, ``confidence``, ``event_time``,
+``features``, ``metadata`` and ``model`` (required unless ``--model`` is given). A malformed record is
+reported with its line (JSON lines) or record number (msgpack) and is never written in part. With
+``--on-error fail`` (the default) the whole file is validated first and nothing is written if any
+record is bad; with ``--on-error skip`` bad records are reported and the rest is written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import msgpack
+
+from cstore.cli._app import CliContext, echo_json
+from cstore.errors import CstoreError, ValidationError
+from cstore.feedback import FeedbackWriter
+
+FIELDS = {"model", "entity_id", "label", "kind", "confidence", "event_time", "features", "metadata"}
+_MAX_REPORTED = 20
+
+
+def _records(path: str, fmt: str) -> Iterator[tuple[int, int, Any]]:
+    """``(number, bytes consumed so far, record or exception)``."""
+    stream = sys.stdin.buffer if path == "-" else open(path, "rb")
+    try:
+        if fmt == "msgpack":
+            unpacker = msgpack.Unpacker(stream, raw=False, strict_map_key=False)
+            n = 0
+            while True:
+                n += 1
+                try:
+                    obj = unpacker.unpack()
+                except msgpack.OutOfData:
+                    return
+                except Exception as exc:  # corrupt stream: nothing after it can be trusted
+                    yield n, unpacker.tell(), ValidationError(f"undecodable msgpack ({exc}); stopping here")
+                    return
+                yield n, unpacker.tell(), obj
+        else:
+            consumed = 0
+            for n, line in enumerate(stream, 1):
+                consumed += len(line)
+                if not line.strip():
+                    continue
+                try:
+                    yield n, consumed, json.loads(line)
+                except ValueError as exc:
+                    yield n, consumed, ValidationError(f"not valid JSON: {exc}")
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _event(record: Any, default_model: str | None):
+    """Validate one record: ``(model, Event, encoded bytes)``; raises with what to fix."""
+    from cstore.feedback import encode_event, make_event
+    if isinstance(record, Exception):
+        raise record
+    if not isinstance(record, dict):
+        raise ValidationError(f"each record must be an object with {', '.join(sorted(FIELDS))}; "
+                              f"got {type(record).__name__}")
+    unknown = set(record) - FIELDS
+    if unknown:
+        raise ValidationError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}; "
+                              f"allowed: {', '.join(sorted(FIELDS))}")
+    missing = {"entity_id", "label"} - set(record)
+    if missing:
+        raise ValidationError(f"missing field(s) {', '.join(sorted(missing))}")
+    model = record.get("model", default_model)
+    if not isinstance(model, str):
+        raise ValidationError("no model: give --model or a 'model' field")
+    ev = make_event(record["entity_id"], record["label"], record.get("kind", "explicit"), record.get("confidence"),
+                    record.get("event_time"), record.get("features"), record.get("metadata"))
+    return model, ev, encode_event(ev)
+
+
+@click.group()
+def feedback() -> None:
+    """Send feedback (labels, rewards) for models to learn from."""
+
+
+@feedback.command()
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--model", help="Model for records without a 'model' field.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "msgpack"]), default="auto", show_default=True,
+              help="auto: msgpack for *.msgpack / *.mpk, JSON lines otherwise.")
+@click.option("--on-error", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+              help="fail: validate everything first, write nothing if a record is bad; skip: write the good ones.")
+@click.option("--linger-ms", type=click.FloatRange(0), default=20.0, show_default=True)
+@click.option("--max-batch", type=click.IntRange(1), default=500, show_default=True, help="Events per segment.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@click.pass_obj
+def ingest(obj: CliContext, file: str, model: str | None, fmt: str, on_error: str, linger_ms: float, max_batch: int,
+           as_json: bool) -> None:
+    """Ingest feedback records from FILE (JSON lines or msgpack; '-' for stdin)."""
+    if file != "-" and not os.path.isfile(file):
+        raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
+    if fmt == "auto":
+        fmt = "msgpack" if file.endswith((".msgpack", ".mpk")) else "jsonl"
+    if on_error == "fail" and file == "-":
+        raise click.BadParameter("--on-error fail reads the input twice; save stdin to a file or use --on-error skip")
+    store = obj.store()
+    unit = "record" if fmt == "msgpack" else "line"
+    errors: list[tuple[int, str]] = []
+    if on_error == "fail":
+        errors = [(n, msg) for n, msg in _validate(store, file, fmt, model)]
+        if errors:
+            _report(errors, unit)
+            raise CstoreError(f"{len(errors)} bad {unit}(s) in {file}; nothing was written "
+                              f"(fix them, or use --on-error skip to write the good ones)")
+    t0 = time.monotonic()
+    written, errors = _write(store, file, fmt, model, linger_ms, max_batch)
+    elapsed = time.monotonic() - t0
+    _report(errors, unit)
+    summary = {"file": file, "written": written, "skipped": len(errors), "seconds": round(elapsed, 3),
+               "events_per_s": round(written / elapsed, 1) if elapsed > 0 else None,
+               "errors": [{unit: n, "error": msg} for n, msg in errors[:_MAX_REPORTED]]}
+    if as_json:
+        echo_json(summary)
+    else:
+        click.echo(f"wrote {written} event(s) in {elapsed:.1f} s ({summary['events_per_s']}/s); "
+                   f"skipped {len(errors)} bad {unit}(s)")
+
+
+def _validate(store, file: str, fmt: str, model: str | None) -> Iterator[tuple[int, str]]:
+    from cstore.feedback import context
+    ctx, known = context(store), set()
+    for n, _, rec in _records(file, fmt):
+        try:
+            m, _, _ = _event(rec, model)
+            if m not in known:
+                ctx.layout(m)
+                known.add(m)
+        except CstoreError as exc:
+            yield n, str(exc)
+
+
+def _write(store, file: str, fmt: str, model: str | None, linger_ms: float, max_batch: int):
+    writers: dict[str, Any] = {}
+    errors: list[tuple[int, str]] = []
+    written = 0
+    size = os.path.getsize(file) if file != "-" else None
+    try:
+        progress: Any = click.progressbar(length=size, label="ingesting", file=sys.stderr, show_pos=size is None)
+        with progress as bar:
+            last = 0
+            for n, consumed, rec in _records(file, fmt):
+                try:
+                    m, ev, data = _event(rec, model)
+                    if m not in writers:
+                        writers[m] = FeedbackWriter(store, m, linger_ms=linger_ms, max_batch=max_batch)
+                    writers[m].send_event(ev.entity_id, ev.kind, data)
+                    written += 1
+                except CstoreError as exc:
+                    errors.append((n, str(exc)))
+                bar.update(consumed - last if size is not None else 1)
+                last = consumed
+        for w in writers.values():
+            w.flush()
+    finally:
+        for w in writers.values():
+            w.close()
+    return written, errors
+
+
+def _report(errors: list[tuple[int, str]], unit: str) -> None:
+    for n, msg in errors[:_MAX_REPORTED]:
+        click.echo(f"{unit} {n}: {msg}", err=True)
+    if len(errors) > _MAX_REPORTED:
+        click.echo(f"… and {len(errors) - _MAX_REPORTED} more", err=True)
+
+
+COMMANDS = [feedback]

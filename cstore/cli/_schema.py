@@ -1,0 +1,53 @@
+"""``cstore schema``: create the keyspace and apply the numbered migrations in cql/."""
+from __future__ import annotations
+
+import click
+
+from cstore.backend import apply_schema, replication_map, schema_status
+from cstore.cli._app import CliContext, echo_json
+
+
+def _parse_dcs(values: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for v in values:
+        name, _, rf = v.partition(":")
+        if not name or not rf.isdigit() or int(rf) < 1:
+            raise click.BadParameter(f"expected NAME:RF such as dc1:3, got {v!r}", param_hint="--dc")
+        out[name] = int(rf)
+    return out
+
+
+@click.group()
+def schema() -> None:
+    """Create the keyspace and apply CQL migrations."""
+
+
+@schema.command()
+@click.option("--replication-factor", type=click.IntRange(1, 9), default=None,
+              help="SimpleStrategy replication factor [$CSTORE_REPLICATION_FACTOR, 1].")
+@click.option("--dc", "dcs", multiple=True, metavar="NAME:RF",
+              help="NetworkTopologyStrategy replication per data centre (repeatable).")
+@click.pass_obj
+def apply(obj: CliContext, replication_factor: int | None, dcs: tuple[str, ...]) -> None:
+    """Create the keyspace if needed and apply pending migrations (re-running is a no-op)."""
+    cfg = obj.config
+    rep = replication_map(cfg, replication_factor, _parse_dcs(dcs))
+    done = apply_schema(obj.backend(), cfg.keyspace, rep, log=click.echo)
+    click.echo(f"keyspace {cfg.keyspace}: {len(done)} migration(s) applied" if done
+               else f"keyspace {cfg.keyspace}: up to date")
+
+
+@schema.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status_cmd(obj: CliContext, as_json: bool) -> None:
+    """Show each migration file and whether it is applied, pending or changed."""
+    rows = schema_status(obj.backend(), obj.config.keyspace)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['state']:8} {r['name']}  {r['applied_at'] or ''}")
+
+
+COMMANDS = [schema]

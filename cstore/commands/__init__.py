@@ -1,1 +1,0 @@
-"""Sub-commands of the ``cstore`` CLI, one module per area."""

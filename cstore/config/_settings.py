@@ -1,0 +1,207 @@
+"""Connection and runtime configuration.
+
+Precedence, highest first: explicit arguments (CLI flags) > ``CSTORE_*`` environment
+variables > a TOML config file > defaults. The file is ``--config PATH``, else
+``$CSTORE_CONFIG``, else ``./cstore.toml`` when it exists.
+
+>>> cfg = load_config({"keyspace": "demo"}, env={"CSTORE_PORT": "9043"})
+>>> (cfg.keyspace, cfg.port, cfg.contact_points)
+('demo', 9043, ('127.0.0.1',))
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cstore.errors import ConfigError
+
+__all__ = ["Config", "load_config"]
+
+_KEYSPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+REACTORS = ("libev", "asyncio", "gevent")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything needed to reach a cluster and behave inside it."""
+
+    contact_points: tuple[str, ...] = ("127.0.0.1",)
+    port: int = 9042
+    keyspace: str = "cstore"
+    local_dc: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)  # never printed
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
+    profile: str = "strong"
+    profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    replication_factor: int = 1
+    replication_dcs: Mapping[str, int] = field(default_factory=dict)
+    connect_timeout_s: float = 10.0
+    request_timeout_s: float = 12.0
+    # The driver's event loop: libev (fastest; in the driver's wheel), asyncio, or gevent (for
+    # gevent-based programs such as Locust, whose greenlets a C loop on a thread would block).
+    reactor: str = "libev"
+    # Scoring client (cstore/client.py): how often a cached model polls its head version, how often it
+    # re-reads chunk versions from the chunks themselves, and the prediction log's lifetime and buffer.
+    refresh_interval_s: float = 0.15
+    full_check_s: float = 30.0
+    prediction_log_ttl_s: int = 30 * 24 * 3600
+    prediction_log_queue: int = 10_000
+    history_bucket_s: int = 3600
+    history_ttl_s: int = 7 * 24 * 3600
+    stats_bucket_s: int = 300
+    max_retries: int = 12
+    max_payload_bytes: int = 8 * 1024 * 1024
+    # Feedback layout for models whose feedback config is created implicitly (see cstore/feedback.py).
+    feedback_partitions: int = 16
+    feedback_bucket_s: int = 60
+    feedback_ttl_s: int = 7 * 24 * 3600
+    feedback_lateness_s: int = 30
+    local_dir: str = ".local"
+    source: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def uses_local_cluster(self) -> bool:
+        """True unless the user pointed us at a cluster of their own."""
+        return self.source.get("contact_points", "default") == "default"
+
+    def redacted(self) -> dict[str, Any]:
+        """A printable view: the password is never shown."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "source"}
+        if d.get("password"):
+            d["password"] = "***"
+        d["contact_points"] = list(d["contact_points"])
+        d["profiles"] = {k: dict(v) for k, v in d["profiles"].items()}
+        d["replication_dcs"] = dict(d["replication_dcs"])
+        return d
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config) if f.name != "source"}
+_ENV_NAMES = {name: "CSTORE_" + name.upper() for name in _FIELDS if name != "profiles"}
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    """Turn a raw value (string from env/flags or TOML value) into the field's type."""
+    try:
+        if name == "contact_points":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            points = tuple(p.strip() for p in items if str(p).strip())
+            if not points:
+                raise ValueError("empty list")
+            return points
+        if name in ("port", "replication_factor", "history_bucket_s", "history_ttl_s",
+                    "stats_bucket_s", "max_retries", "max_payload_bytes", "feedback_partitions",
+                    "feedback_bucket_s", "feedback_ttl_s", "feedback_lateness_s"):
+            out = int(value)
+            if out <= 0 or (name == "port" and out > 65535):
+                raise ValueError(f"{out} is out of range")
+            return out
+        if name in ("prediction_log_ttl_s", "prediction_log_queue"):
+            out = int(value)
+            if out <= 0:
+                raise ValueError(f"{out} must be positive")
+            return out
+        if name in ("refresh_interval_s", "full_check_s") and not 0.01 <= float(value) <= 3600:
+            raise ValueError(f"{value} must be between 0.01 and 3600 seconds")
+        if name in ("connect_timeout_s", "request_timeout_s", "refresh_interval_s", "full_check_s"):
+            seconds = float(value)
+            if not seconds > 0:
+                raise ValueError(f"{seconds} must be positive")
+            return seconds
+        if name == "replication_dcs":
+            if isinstance(value, str):
+                value = dict(_parse_dc(v) for v in value.split(",") if v.strip())
+            return {str(k): int(v) for k, v in dict(value).items()}
+        if name == "profiles":
+            return {str(k): dict(v) for k, v in dict(value).items()}
+        if name == "reactor":
+            if str(value) not in REACTORS:
+                raise ValueError(f"use one of {', '.join(REACTORS)}")
+            return str(value)
+        if name == "keyspace":
+            if not _KEYSPACE_RE.match(str(value)):
+                raise ValueError("use lower-case letters, digits and _ (start with a letter, at most 48)")
+            return str(value)
+        return None if value in (None, "") else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {name} from {origin}: {value!r} ({exc})") from None
+
+
+def _parse_dc(text: str) -> tuple[str, int]:
+    """``dc1:3`` → ("dc1", 3)."""
+    name, sep, rf = text.strip().partition(":")
+    if not sep or not name or not rf.strip().isdigit() or int(rf) < 1:
+        raise ValueError(f"expected NAME:RF such as dc1:3, got {text!r}")
+    return name, int(rf)
+
+
+def _config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    path = explicit or env.get("CSTORE_CONFIG")
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; fix --config or CSTORE_CONFIG")
+        return p
+    default = Path("cstore.toml")
+    return default if default.is_file() else None
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None,
+                config_file: str | None = None) -> Config:
+    """Build a :class:`Config` from arguments, environment and file (in that order of precedence).
+
+    Unknown keys anywhere are an error, so that a typo never silently falls back to a default.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    path = _config_file(config_file, env)
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        data = data.get("cstore", data)
+        for key, raw in data.items():
+            if key not in _FIELDS:
+                raise ConfigError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
+            values[key] = _coerce(key, raw, str(path))
+            source[key] = str(path)
+    for name, var in _ENV_NAMES.items():
+        if env.get(var, "") != "":
+            values[name] = _coerce(name, env[var], f"${var}")
+            source[name] = var
+    typos = [k for k in env if k.startswith("CSTORE_") and k not in _ENV_NAMES.values()
+             and k not in _KNOWN_OTHER_ENV]
+    if typos:
+        raise ConfigError(f"unknown environment variable(s) {', '.join(sorted(typos))}; "
+                          f"known: {', '.join(sorted(_ENV_NAMES.values()))}")
+    for key, raw in (overrides or {}).items():
+        if raw is None:
+            continue
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown configuration option {key!r}; known: {', '.join(sorted(_FIELDS))}")
+        values[key] = _coerce(key, raw, "arguments")
+        source[key] = "arguments"
+    for name in _FIELDS:
+        source.setdefault(name, "default")
+    if bool(values.get("ssl_cert")) != bool(values.get("ssl_key")):
+        raise ConfigError("TLS client authentication needs both ssl_cert and ssl_key (or neither)")
+    return Config(**values, source=source)
+
+
+# Variables read elsewhere (launcher, tests, feature switches) that are not connection settings.
+_KNOWN_OTHER_ENV = {"CSTORE_CONFIG", "CSTORE_TESTCONTAINERS", "CSTORE_LOG_LEVEL", "CSTORE_LOG_FORMAT",
+                    "CSTORE_ENCRYPTION_KEY", "CSTORE_ENCRYPTION_KEY_FILE", "CSTORE_NODE_START_TIMEOUT",
+                    "CSTORE_HEAP", "CSTORE_TEST_KEYSPACE", "CSTORE_CQL_DIR", "CSTORE_CASSANDRA_VERSION",
+                    # cstore/crypto.py and `cstore schema roles` (cstore/roles.py)
+                    "CSTORE_ENCRYPTION_ALLOW_PLAINTEXT", "CSTORE_ADMIN_PASSWORD", "CSTORE_WORKER_PASSWORD",
+                    "CSTORE_SCORER_PASSWORD"}

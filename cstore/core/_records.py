@@ -1,0 +1,95 @@
+"""What a chunk commit reads, writes and reports: plain records shared by every layer above.
+
+A *transform* is a pure function from a chunk's current rows to its new arrays; the chunk engine
+(:mod:`cstore.store`) calls it again on fresher rows after a lost compare-and-set, so it must not
+keep state between calls.
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ChunkCommit", "ChunkRow", "CommitMeta", "Transform", "UpdateResult"]
+
+
+@dataclass
+class ChunkRow:
+    """One parameter's slice of one chunk as stored: decoded data, version, and the commit that wrote it."""
+
+    param: str
+    data: np.ndarray
+    version: int
+    op_id: uuid.UUID | None
+
+
+#: ``transform(chunk, {param: ChunkRow}) -> {param: (new chunk array, touched chunk-local indices)}``.
+Transform = Callable[[int, Mapping[str, ChunkRow]], Mapping[str, "tuple[np.ndarray, np.ndarray]"]]
+
+
+@dataclass(frozen=True)
+class CommitMeta:
+    """What the history records about a commit besides its data."""
+
+    update_type: str
+    learning_rate: float | None
+    source: str
+    metadata: str  # JSON
+
+
+@dataclass
+class ChunkCommit:
+    """What happened to one chunk: its versions before and after, and how hard it was."""
+
+    chunk: int
+    op_id: uuid.UUID
+    old_versions: dict[str, int]
+    new_versions: dict[str, int]
+    coords: int
+    retries: int = 0
+    conflicts: int = 0
+    overwrites: int = 0
+    bytes_written: int = 0
+    resolved_after_timeout: bool = False
+    cas_seconds: float = 0.0  # time of the successful conditional write itself
+    touched: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class UpdateResult:
+    """Which chunks were committed at which versions, and how much contention it took."""
+
+    model: str
+    commits: list[ChunkCommit] = field(default_factory=list)
+
+    @property
+    def chunks(self) -> list[int]:
+        return sorted(c.chunk for c in self.commits)
+
+    @property
+    def versions(self) -> dict[tuple[str, int], int]:
+        return {(p, c.chunk): v for c in self.commits for p, v in c.new_versions.items()}
+
+    @property
+    def retries(self) -> int:
+        return sum(c.retries for c in self.commits)
+
+    @property
+    def conflicts(self) -> int:
+        return sum(c.conflicts for c in self.commits)
+
+    @property
+    def overwrites(self) -> int:
+        return sum(c.overwrites for c in self.commits)
+
+    @property
+    def coords(self) -> int:
+        return sum(c.coords for c in self.commits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "chunks": self.chunks, "coords": self.coords, "retries": self.retries,
+                "conflicts": self.conflicts, "overwrites": self.overwrites,
+                "versions": {f"{p}[{c}]": v for (p, c), v in sorted(self.versions.items())}}

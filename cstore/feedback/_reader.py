@@ -1,0 +1,238 @@
+"""Reading feedback past a checkpoint, without missing segments that arrive late.
+
+**Checkpoint** per (model, group, partition, lane): ``floor`` (a time, 100 ns ticks) and ``done``, the
+ids of segments learned that are stamped after the floor. Every segment stamped at or before the
+floor has been learned; a segment above it is learned iff its id is in ``done``.
+
+**Why a floor plus a set, not an offset.** Segments are stamped by producers' clocks and become
+visible when their write lands, so they do not appear in stamp order: a slow producer's segment
+stamped at ``t`` may show up after one stamped at ``t + 1 s``. The lateness contract
+(``_layout``) bounds that: a segment not yet visible when a scan starts at ``T`` is
+stamped after ``T - lateness``. So each scan lists *everything* above the floor (ids only, cheap),
+skips what ``done`` holds, and afterwards the floor may rise to at most ``T - lateness`` (and never
+past a listed segment that was not learned, nor past the end of what the scan listed). ``done``
+therefore holds about ``lateness`` seconds of segment ids, a few hundred entries at most.
+
+The argument needs an acknowledged segment to be visible to the consumer's reads: true when the
+``ingest_feedback`` and ``read_feedback`` levels overlap (QUORUM/QUORUM in the strong profile, or any
+level with RF=1). With ONE/ONE on RF>1 (the eventual profile) a replica that missed a write can hide a
+segment longer than the window; that profile trades this guarantee away, like the others it weakens.
+
+Listing is bounded per poll: up to ``max_buckets`` buckets per lane (from the bucket index, which
+skips empty buckets) and ``limit`` ids per bucket; ``horizon`` records how far the listing is
+complete, and the floor never passes it.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+
+from cstore.backend import Cas, FeedbackTables
+from cstore.core import TICKS_PER_S, max_uuid_at, ticks_of
+from cstore.errors import CstoreError, InvalidFeedback
+from cstore.feedback._events import Event
+from cstore.feedback._layout import FeedbackLayout
+from cstore.feedback._segments import decode_stored
+
+__all__ = ["FeedbackReader", "LaneCursor", "LaneListing", "SegmentRef"]
+
+log = logging.getLogger("cstore.worker")
+_INF = 2**62
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    part: int
+    lane: int
+    bucket: int
+    seg_id: uuid.UUID
+    n_events: int
+
+    @property
+    def ticks(self) -> int:
+        return ticks_of(self.seg_id)
+
+
+@dataclass
+class LaneCursor:
+    """Checkpoint state of one (partition, lane)."""
+
+    part: int
+    lane: int
+    floor: int
+    done: dict[uuid.UUID, int] = field(default_factory=dict)  # seg_id -> ticks, all > floor
+    events: int = 0
+    segments: int = 0
+    last_batch: uuid.UUID | None = None
+    updated_at: datetime | None = None
+
+    def encode_done(self) -> bytes:
+        return msgpack.packb([u.bytes for u in self.done], use_bin_type=True)
+
+    @staticmethod
+    def decode_done(blob: bytes | None) -> dict[uuid.UUID, int]:
+        if not blob:
+            return {}
+        ids = [uuid.UUID(bytes=b) for b in msgpack.unpackb(blob, raw=False)]
+        return {u: ticks_of(u) for u in ids}
+
+    def advance(self, learned: list[SegmentRef], listing: LaneListing, lateness_s: int) -> None:
+        """Record ``learned`` (taken oldest first from ``listing``) and raise the floor as far as is safe."""
+        learned_ids = {r.seg_id for r in learned}
+        for r in learned:
+            self.done[r.seg_id] = r.ticks
+            self.events += r.n_events
+            self.segments += 1
+        cap = min(listing.scan_ticks - lateness_s * TICKS_PER_S, listing.horizon)
+        unlearned = [r.ticks for r in listing.refs if r.seg_id not in learned_ids]
+        if unlearned:
+            cap = min(cap, min(unlearned) - 1)
+        if cap > self.floor:
+            self.floor = cap
+            self.done = {u: t for u, t in self.done.items() if t > cap}
+
+
+@dataclass
+class LaneListing:
+    """Visible segments of one lane above the floor and not yet learned, oldest first."""
+
+    part: int
+    lane: int
+    scan_ticks: int
+    refs: list[SegmentRef]
+    horizon: int  # the listing is complete for segments stamped at or before this
+
+    @property
+    def events(self) -> int:
+        return sum(r.n_events for r in self.refs)
+
+
+class FeedbackReader:
+    """Lists, fetches and checkpoints one consumer group's view of a model's feedback."""
+
+    def __init__(self, tables: FeedbackTables, cfg: FeedbackLayout, group: str) -> None:
+        self._tables = tables
+        self.cfg = cfg
+        self.group = group
+        # Poison: stored events a learner cannot use (written by something other than cstore's writer,
+        # or damaged). They are counted, logged and passed over, so that their partition moves on.
+        self.poison_events = 0
+        self.poison_segments = 0
+
+    def initial_floor(self) -> int:
+        """Where a new consumer group starts: just before the model's feedback layout existed."""
+        return int((self.cfg.created_at - self.cfg.lateness_s) * TICKS_PER_S)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def load(self, parts: Iterable[int], *, serial: bool = True) -> dict[int, tuple[str | None, dict[int, LaneCursor]]]:
+        """``{part: (owner, {lane: cursor})}``; read at SERIAL so a takeover sees the last committed checkpoint."""
+        parts = list(parts)
+        results = self._tables.checkpoints(self.cfg.model_id, self.group, parts, serial=serial)
+        out = {}
+        for part, rows in zip(parts, results):
+            owner = None
+            cursors = {lane: LaneCursor(part, lane, self.initial_floor()) for lane in self.cfg.lanes}
+            for r in rows:
+                owner = r["owner"]
+                if r["lane"] is None or r["floor_ticks"] is None:
+                    continue
+                cursors[r["lane"]] = LaneCursor(part, r["lane"], r["floor_ticks"], LaneCursor.decode_done(r["done"]),
+                                                r["events"] or 0, r["segments"] or 0, r["last_batch"],
+                                                r["updated_at"])
+            out[part] = (owner, cursors)
+        return out
+
+    def save(self, updates: dict[int, list[LaneCursor]], owner: str,
+             batch_id: uuid.UUID) -> dict[int, Cas | CstoreError]:
+        """Write each partition's lane checkpoints iff ``owner`` still holds its lease (one Paxos round each).
+
+        Partitions are written concurrently; returns per partition its :class:`~cstore.backend.Cas`
+        (``applied`` None: the outcome is unknown, resolve it with :meth:`load` at SERIAL) or the error
+        that refused it.
+        """
+        rows = {part: [(c.lane, c.floor, c.encode_done(), c.events, c.segments) for c in cursors]
+                for part, cursors in updates.items()}
+        return self._tables.save_checkpoints(self.cfg.model_id, self.group, owner, rows, datetime.now(UTC),
+                                             batch_id)
+
+    # -- listing and fetching ----------------------------------------------------------------------
+    def list_new(self, cursors: dict[int, dict[int, LaneCursor]], scan_ticks: int, *, limit: int = 2000,
+                 max_buckets: int = 4) -> dict[tuple[int, int], LaneListing]:
+        """New segments per (part, lane) of the given cursors; ``scan_ticks`` must be taken before calling."""
+        parts = list(cursors)
+        bpt = self.cfg.bucket_s * TICKS_PER_S
+        idx = self._tables.buckets(self.cfg.model_id,
+                                   [(p, min(c.floor for c in cursors[p].values()) // bpt) for p in parts])
+        plan: dict[tuple[int, int], list[int]] = {}
+        more: dict[tuple[int, int], bool] = {}
+        for part, rows in zip(parts, idx):
+            per_lane: dict[int, list[int]] = {}
+            for r in rows:
+                cur = cursors[part].get(r["lane"])
+                if cur is not None and r["bucket"] >= cur.floor // bpt:
+                    per_lane.setdefault(r["lane"], []).append(r["bucket"])
+            for lane in cursors[part]:
+                buckets = sorted(per_lane.get(lane, []))
+                plan[(part, lane)] = buckets[:max_buckets]
+                more[(part, lane)] = len(buckets) > max_buckets
+        queries = [(part, lane, b) for (part, lane), bs in plan.items() for b in bs]
+        res = self._tables.list_segments(self.cfg.model_id, [(part, lane, b, max_uuid_at(cursors[part][lane].floor))
+                                                             for part, lane, b in queries], limit)
+        by_bucket = dict(zip(queries, res))
+        out = {}
+        for (part, lane), buckets in plan.items():
+            cur = cursors[part][lane]
+            refs: list[SegmentRef] = []
+            horizon = _INF
+            for b in buckets:
+                rows = by_bucket[(part, lane, b)]
+                refs += [SegmentRef(part, lane, b, r["seg_id"], r["n_events"]) for r in rows
+                         if r["seg_id"] not in cur.done]
+                if len(rows) >= limit:  # this bucket goes on past what we listed
+                    horizon = ticks_of(rows[-1]["seg_id"]) - 1
+                    break
+                horizon = (b + 1) * bpt - 1
+            else:
+                if not more[(part, lane)]:
+                    horizon = _INF
+            refs.sort(key=lambda r: (r.ticks, r.seg_id.bytes))
+            out[(part, lane)] = LaneListing(part, lane, scan_ticks, refs, horizon)
+        return out
+
+    def fetch(self, refs: list[SegmentRef]) -> dict[uuid.UUID, list[Event]]:
+        """Decoded events of each segment (segments that expired meanwhile are left out)."""
+        stored = self._tables.fetch_segments(self.cfg.model_id, [(r.part, r.lane, r.bucket, r.seg_id) for r in refs])
+        sizes = {r.seg_id: r.n_events for r in refs}
+        out = {}
+        for r in stored:
+            try:
+                out[r["seg_id"]], bad = decode_stored(r["payload"])
+            except InvalidFeedback as exc:
+                self.poison_segments += 1
+                out[r["seg_id"]], bad = [], sizes.get(r["seg_id"], 0)
+                log.error("feedback segment %s of model %s is unreadable (%s); its %d event(s) are set aside "
+                          "(the row stays in feedback_segments until its TTL)", r["seg_id"], self.cfg.model_id,
+                          exc, bad)
+            if bad:
+                self.poison_events += bad
+        return out
+
+    def lag(self, parts: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Events visible but not yet learned, per partition (and per lane), from the stored checkpoints."""
+        loaded = self.load(parts, serial=False)
+        cursors = {p: c for p, (_, c) in loaded.items()}
+        listings = self.list_new(cursors, _INF // 2, limit=1_000_000, max_buckets=1_000_000)
+        out = {}
+        for p, (owner, lanes) in loaded.items():
+            per_lane = {lane: listings[(p, lane)].events for lane in lanes}
+            stamps = [c.updated_at for c in lanes.values() if c.updated_at is not None]
+            out[p] = {"owner": owner, "lag_events": sum(per_lane.values()), "lanes": per_lane,
+                      "learned_events": sum(c.events for c in lanes.values()),
+                      "checkpoint_at": max(stamps).replace(tzinfo=UTC).isoformat() if stamps else None}
+        return out

@@ -1,0 +1,117 @@
+"""A segment: one CQL row of ``feedback_segments`` holding many events, and how stored segments are read back.
+
+Payload: a msgpack array whose first item is the format — ``1``: then one msgpack item per event
+(:func:`~cstore.feedback.make_event`'s fields); ``2``: then blocks of columns (``_columns``).
+Readers accept both; an event a learner cannot use (written by something other than cstore, or
+damaged) is counted as poison and set aside, never learned.
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from cstore.core import ticks_now, uuid_at
+from cstore.errors import InvalidFeedback
+from cstore.feedback._columns import decode_block
+from cstore.feedback._events import KINDS, Event
+from cstore.feedback._layout import FeedbackLayout
+
+__all__ = ["COLUMNAR_VERSION", "PAYLOAD_VERSION", "Segment", "decode_payload", "decode_stored"]
+
+PAYLOAD_VERSION = 1    # a segment of one msgpack item per event
+COLUMNAR_VERSION = 2   # a segment of column blocks
+
+
+@dataclass
+class Segment:
+    """Encoded events bound for one (partition, lane); stamped when sealed, re-stamped if acked late.
+
+    Format 1 holds one msgpack item per event; format 2 (``_columns``) holds blocks of columns,
+    ``block_events`` events in all. A segment never mixes the two.
+    """
+
+    part: int
+    lane: int
+    items: list[bytes] = field(default_factory=list)
+    nbytes: int = 0
+    seg_id: uuid.UUID | None = None
+    ticks: int = 0
+    bucket: int = 0
+    attempts: int = 0
+    restamps: int = 0
+    version: int = PAYLOAD_VERSION
+    block_events: int = 0
+
+    @property
+    def n_events(self) -> int:
+        return len(self.items) if self.version == PAYLOAD_VERSION else self.block_events
+
+    def stamp(self, layout: FeedbackLayout) -> None:
+        self.ticks = ticks_now()
+        self.seg_id = uuid_at(self.ticks)
+        self.bucket = layout.bucket_of(self.ticks)
+
+    def payload(self) -> bytes:
+        packer = msgpack.Packer(use_bin_type=True)
+        return packer.pack_array_header(len(self.items) + 1) + packer.pack(self.version) + b"".join(self.items)
+
+
+def decode_payload(payload: bytes) -> list[Event]:
+    """Events of one segment, in the order they were sent; raises if any of them is unusable."""
+    events, bad = decode_stored(payload)
+    if bad:
+        raise InvalidFeedback(f"feedback segment holds {bad} unusable event(s) (see decode_stored)")
+    return events
+
+
+def _usable(ev: Event) -> bool:
+    """Can a learner use this stored event? (It was validated when sent, unless something else wrote it.)"""
+    def unit(v: Any) -> bool:
+        return type(v) in (float, int) and 0.0 <= v <= 1.0
+    return (type(ev.entity_id) in (str, int) and unit(ev.label) and ev.kind in KINDS
+            and (ev.confidence is None or unit(ev.confidence))
+            and type(ev.event_time) in (float, int) and math.isfinite(ev.event_time)
+            and (ev.features is None or type(ev.features) is dict))
+
+
+def decode_stored(payload: bytes) -> tuple[list[Event], int]:
+    """A stored segment's usable events, and how many poison events it had (set aside, never learned).
+
+    Raises :class:`InvalidFeedback` when the payload is not a segment at all (damaged, or written by
+    something other than cstore); the worker then sets the whole segment aside.
+    """
+    try:
+        items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated types for damaged input
+        raise InvalidFeedback(f"feedback segment is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if type(items) is not list or not items or items[0] not in (PAYLOAD_VERSION, COLUMNAR_VERSION):
+        raise InvalidFeedback(f"feedback segment has unknown format {str(items)[:40]!r}")
+    if items[0] == COLUMNAR_VERSION:
+        return _decode_columnar(items[1:])
+    good = []
+    for it in items[1:]:
+        if type(it) is list and len(it) == len(Event._fields):
+            ev = Event(*it)
+            if _usable(ev):
+                good.append(ev)
+    return good, len(items) - 1 - len(good)
+
+
+def _decode_columnar(blocks: list[Any]) -> tuple[list[Event], int]:
+    good: list[Event] = []
+    bad = 0
+    for block in blocks:
+        try:
+            events = decode_block(block)
+        except (ValueError, TypeError, KeyError):
+            n = block.get("n") if type(block) is dict else None
+            bad += n if type(n) is int and 0 < n <= 1_000_000 else 1
+            continue
+        usable = [ev for ev in events if _usable(ev)]
+        bad += len(events) - len(usable)
+        good += usable
+    return good, bad

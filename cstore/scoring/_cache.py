@@ -1,0 +1,257 @@
+"""An in-process copy of a model's ``weights`` and ``bias`` that stays fresh (used by the :class:`Client`).
+
+A :class:`ModelCache` holds an immutable :class:`CachedModel`; a background thread polls the
+model's ``chunk_versions`` partition (one single-partition read), fetches only the chunk
+partitions whose version moved, builds *new* arrays (copy-on-write) and swaps the reference.
+A reader takes the reference once and computes with it, so it sees one whole state: never a
+half-applied chunk. A periodic full check reads the versions from the chunk rows themselves,
+which heals an index row that a writer failed to write after its commit.
+
+>>> cache = ModelCache("fraud", backend_fn, interval_s=0.15, full_check_s=30)   # doctest: +SKIP
+>>> cache.refresh()            # load now (the thread does the same in the background)  # doctest: +SKIP
+>>> state = cache.current      # CachedModel: .weights (read-only), .bias, .version, .hasher  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from cstore.backend import Backoff
+from cstore.core import ChunkRow, ModelInfo
+from cstore.errors import ValidationError
+from cstore.learn import FeatureHasher
+from cstore.store import missing_chunk
+
+__all__ = ["INDEX_GRACE_S", "PREDICT_PARAMS", "CachedModel", "ModelCache", "SharedHasher", "hashing_config"]
+
+log = logging.getLogger("cstore.cache")
+
+#: The parameters a scorer needs; optimizer state (``z``, ``n``, ``g2``…) is never fetched.
+PREDICT_PARAMS = ("weights", "bias")
+_INDEX_TIMEOUT_S = 2.0  # a poll must not hang for the driver's full request timeout
+INDEX_GRACE_S = 5.0     # an index row may trail its chunk this long (a commit in flight) before it is reported
+
+
+class SharedHasher(FeatureHasher):
+    """A :class:`FeatureHasher` safe to share between threads.
+
+    Lookups in the name cache are plain dict reads (atomic under the GIL); only a cache miss
+    mutates the cache (and may evict half of it), so misses are serialised with a lock.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._miss_lock = threading.Lock()
+
+    def _miss(self, name: object, value: str | None) -> int:
+        with self._miss_lock:
+            return super()._miss(name, value)
+
+    def after_fork(self) -> None:
+        self._miss_lock = threading.Lock()  # a lock held by a parent thread would stay locked here
+
+
+def hashing_config(info: ModelInfo) -> tuple[int, int]:
+    """``(n_features, seed)`` of a model, from the learner metadata written by ``create_learner``.
+
+    Models created by hand may put ``n_features`` / ``hash_seed`` at the top level of their
+    metadata; without either, the hashed space is the size of ``weights`` and the seed is 0.
+    """
+    meta: Mapping[str, Any] = info.metadata if isinstance(info.metadata, Mapping) else {}
+    raw = meta.get("learner")
+    learner: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    size = info.size("weights")
+    n = learner.get("n_features", meta.get("n_features", size))
+    seed = learner.get("hash_seed", meta.get("hash_seed", 0))
+    if not isinstance(n, int) or n > size:
+        raise ValidationError(f"model {info.name!r}: n_features={n!r} does not fit its {size} weights")
+    if not isinstance(seed, int):
+        raise ValidationError(f"model {info.name!r}: hash_seed={seed!r} is not an integer")
+    return n, seed
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedModel:
+    """One immutable state of a cached model. Never mutated: refreshes build a new one."""
+
+    info: ModelInfo
+    hasher: SharedHasher
+    weights: np.ndarray                       # flat, read-only
+    bias: float
+    held: Mapping[tuple[str, int], int]       # (param, chunk) -> version of the data held
+    version: int                              # head version this copy is at least as new as
+    loaded_at: float                          # wall clock of the refresh that built it
+
+
+# A backend is anything with ``.store`` (a cstore Store): the client's per-process connection.
+BackendFn = Callable[[], Any]
+
+
+class ModelCache:
+    """Keeps :attr:`current` fresh; see the module docstring."""
+
+    def __init__(self, name: str, backend_fn: BackendFn, *, interval_s: float, full_check_s: float) -> None:
+        self.name = name
+        self.backend_fn = backend_fn
+        self.interval_s = interval_s
+        self.full_check_s = full_check_s
+        self.current: CachedModel | None = None
+        self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
+        self.counters = {"polls": 0, "full_checks": 0, "chunks_fetched": 0, "swaps": 0, "stale_index_rows": 0}
+        self.index_grace_s = INDEX_GRACE_S
+        self._behind: dict[tuple[str, int], float] = {}  # index row below the chunk we hold: since when
+        self.backoff = Backoff(log, f"refresh of model {name!r}", cap_s=2.0)  # failing polls are cheap
+        self._next_full = time.monotonic() + full_check_s
+        self._init_sync()
+
+    def _init_sync(self) -> None:
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the refresher thread (again, e.g. in a forked child); idempotent."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._run, name=f"cstore-refresh-{self.name}", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def after_fork(self) -> None:
+        """In a forked child: fresh locks, no thread (threads do not survive fork); keep the arrays."""
+        self._init_sync()
+        if self.current is not None:
+            self.current.hasher.after_fork()
+
+    @property
+    def staleness(self) -> float:
+        """Seconds since the last successful refresh (``inf`` if the model was never loaded)."""
+        return math.inf if self.last_ok is None else time.monotonic() - self.last_ok
+
+    def _run(self) -> None:
+        delay = 0.0 if self.current is None else self.interval_s
+        while not self._stop.wait(delay):
+            try:
+                full = time.monotonic() >= self._next_full
+                self.refresh(full=full)
+                self.backoff.success()
+                delay = self.interval_s * random.uniform(0.8, 1.2)  # jitter: scorers do not poll in step
+            except Exception as exc:  # keep serving the cached copy; staleness shows the trouble
+                delay = self.backoff.failure(exc)
+
+    # -- refreshing --------------------------------------------------------------------------------
+    def refresh(self, *, full: bool = False) -> CachedModel:
+        """Bring :attr:`current` up to date now; returns it. Raises on failure (nothing is swapped)."""
+        with self._refresh_lock:
+            b = self.backend_fn()
+            cur = self.current
+            if cur is None or full:
+                info = b.store.model_info(self.name, refresh=True)
+                for p in PREDICT_PARAMS:
+                    info.require_param(p)
+                if cur is not None and info.model_id != cur.info.model_id:
+                    log.warning("model %r was dropped and re-created; reloading it", self.name)
+                    cur = None
+            else:
+                info = cur.info
+            index = self._read_index(b, info)
+            if cur is None:
+                new = self._load(b, info, index)
+            else:
+                new = self._update(b, cur, index, full)
+            if full:
+                self.counters["full_checks"] += 1
+                self._next_full = time.monotonic() + self.full_check_s
+            self.counters["polls"] += 1
+            if new is not cur:
+                self.current = new  # the swap: one reference assignment, atomic for readers
+                self.counters["swaps"] += 1
+            self._watch_index(new, index)
+            self.last_ok = time.monotonic()
+            return new
+
+    def _watch_index(self, state: CachedModel, index: Mapping[tuple[str, int], int]) -> None:
+        """Report index rows that stay behind the chunk rows: a writer died between its commit and its
+        index write. A row behind for a moment is a commit in flight, not a fault: hence the grace."""
+        now = time.monotonic()
+        behind = {key for key, v in state.held.items() if index.get(key, 0) < v}
+        for key in list(self._behind):
+            if key not in behind:
+                del self._behind[key]
+        for key in behind:
+            since = self._behind.setdefault(key, now)
+            if math.isfinite(since) and now - since >= self.index_grace_s:
+                self._behind[key] = -math.inf  # reported once
+                self.counters["stale_index_rows"] += 1
+                log.warning("model %r: the chunk_versions row of %s chunk %d stays behind the chunk (a writer "
+                            "stopped between commit and index write); the full check serves the chunk, and the "
+                            "next commit of that chunk repairs the row", self.name, key[0], key[1])
+
+    def _read_index(self, b: Any, info: ModelInfo) -> dict[tuple[str, int], int]:
+        rows = b.store.backend.params.index(info.model_id, timeout=_INDEX_TIMEOUT_S)
+        return {(r["param"], r["chunk"]): r["version"] for r in rows}
+
+    def _fetch(self, b: Any, info: ModelInfo, chunks: list[int]) -> dict[int, dict[str, ChunkRow]]:
+        rows = b.store.chunks.read(info, chunks, PREDICT_PARAMS)
+        self.counters["chunks_fetched"] += len(chunks)
+        return rows
+
+    def _load(self, b, info: ModelInfo, index: Mapping[tuple[str, int], int]) -> CachedModel:
+        n_features, seed = hashing_config(info)
+        hasher = SharedHasher(n_features, seed)
+        rows = self._fetch(b, info, list(range(info.n_chunks("weights"))))
+        weights = np.zeros(info.size("weights"), dtype=info.dtype)
+        return self._build(info, hasher, weights, 0.0, {}, rows, index, 0)
+
+    def _update(self, b, cur: CachedModel, index: Mapping[tuple[str, int], int], full: bool) -> CachedModel:
+        info = cur.info
+        moved = {k for (p, k), v in index.items() if p in PREDICT_PARAMS and v > cur.held.get((p, k), 0)}
+        if full:  # versions from the chunk rows themselves: heals a lagging or missing index row
+            chunks = list(range(info.n_chunks("weights")))
+            results = b.store.backend.params.chunk_versions(info.model_id, chunks, PREDICT_PARAMS)
+            truth = {(r["param"], k): r["version"] for k, rows in zip(chunks, results) for r in rows}
+            moved |= {k for (p, k), v in truth.items() if v > cur.held.get((p, k), 0)}
+        if not moved:
+            version = sum(index.values())
+            if version <= cur.version:
+                return cur
+            return dataclasses.replace(cur, version=version, loaded_at=time.time())  # optimizer state moved
+        rows = self._fetch(b, info, sorted(moved))
+        return self._build(info, cur.hasher, cur.weights.copy(), cur.bias, cur.held, rows, index, cur.version)
+
+    def _build(self, info, hasher, weights: np.ndarray, bias: float, held, rows, index, old_version) -> CachedModel:
+        """Write fetched chunks into ``weights`` (a private copy) and freeze it into a new state."""
+        held = dict(held)
+        for k, by_param in rows.items():
+            for p, row in by_param.items():
+                if row.version < held.get((p, k), 0):
+                    continue  # an older copy (a lagging replica at a weak level): keep the newer one
+                if p == "weights":
+                    lo, hi = info.chunk_bounds(p, k)
+                    weights[lo:hi] = row.data
+                else:
+                    bias = float(row.data[0])
+                held[(p, k)] = row.version
+        missing = [k for k in range(info.n_chunks("weights")) if ("weights", k) not in held]
+        if missing:
+            raise missing_chunk(info, "weights", missing[0])
+        if ("bias", 0) not in held:
+            raise missing_chunk(info, "bias", 0)
+        weights.flags.writeable = False  # the cache is shared by every thread: nobody may write it
+        caught_up = all(held.get(key, 0) >= v for key, v in index.items() if key[0] in PREDICT_PARAMS)
+        version = sum(index.values()) if caught_up else old_version
+        return CachedModel(info, hasher, weights, bias, held, max(version, old_version), time.time())
+

@@ -1,0 +1,18 @@
+"""The parameter store: models as chunked arrays with versioned compare-and-set commits.
+
+* :class:`Store` (:func:`connect`) — the public face: create, read, update, snapshot, roll back,
+  replay, history and stats of models.
+* :class:`ChunkEngine` (``store.chunks``) — the commit protocol: history row first, then
+  ``UPDATE … IF version = ?`` per chunk, conflicts re-applied, unknown outcomes resolved at SERIAL.
+  Learners (``cstore.training``) and scorers (``cstore.scoring``) read and commit through it.
+* the history (:class:`HistoryRow`: each chunk's commit chain, replayable bit for bit), snapshots
+  (immutable copies with provenance) and per-writer statistics buckets.
+"""
+from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._facade import ModelState, Store, assemble, connect
+from cstore.store._history import HistoryRow
+from cstore.store._snapshots import Snapshot, actor
+from cstore.store._stats import Totals
+
+__all__ = ["ChunkEngine", "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble", "connect",
+           "missing_chunk"]

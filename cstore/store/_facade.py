@@ -1,0 +1,281 @@
+"""``Store``: the public face of the parameter store.
+
+>>> import cstore                                          # doctest: +SKIP
+>>> store = cstore.connect(keyspace="cstore")              # doctest: +SKIP
+>>> store.create_model("fraud", {"weights": (1 << 20,), "bias": (1,)})   # doctest: +SKIP
+>>> store.apply_update("fraud", "weights", [0.5, -0.25], indices=[3, 7], lr=0.1)  # doctest: +SKIP
+
+The rooms above (feedback, training, scoring) get what they need from a ``Store`` through three
+documented handles and nothing else: :attr:`Store.config`, :attr:`Store.backend` (the storage
+boundary's table gateways) and :attr:`Store.chunks` (the chunk engine: read and commit chunks with
+the commit protocol, the learners' way in).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from cstore.backend import Backend
+from cstore.backend import connect as connect_backend
+from cstore.config import Config, Profile, codec_from_env, load_config
+from cstore.core import (DEFAULT_CHUNK_SIZE, ChunkRow, CodecPipeline, CommitMeta, ModelInfo, UpdateResult, check_kind,
+                         check_learning_rate, encode_metadata, make_transform, split_update, validate_name,
+                         validate_spec)
+from cstore.errors import Closed, ValidationError
+from cstore.store._catalog import Catalog
+from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
+from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
+from cstore.store._stats import StatsRecorder, Totals
+
+log = logging.getLogger("cstore.store")
+
+
+@dataclass
+class ModelState:
+    """A read of a model: head version, arrays, and each chunk's version."""
+
+    name: str
+    version: int
+    params: dict[str, np.ndarray]
+    chunk_versions: dict[tuple[str, int], int] = field(default_factory=dict)
+    op_ids: dict[tuple[str, int], Any] = field(default_factory=dict, repr=False)
+
+
+class Store:
+    """Models, chunked parameters, versioned updates, history, snapshots and stats."""
+
+    def __init__(self, backend: Backend, codec: CodecPipeline | None = None) -> None:
+        cfg = backend.config
+        self.backend = backend
+        self.config: Config = cfg
+        self._codec = codec or CodecPipeline()
+        self._stats = StatsRecorder(backend.params, cfg.stats_bucket_s)
+        self.chunks = ChunkEngine(backend, self._codec, self._stats, max_retries=cfg.max_retries,
+                                  history_bucket_s=cfg.history_bucket_s, history_ttl_s=cfg.history_ttl_s)
+        self._catalog = Catalog(backend.params)
+        self._history = HistoryReader(backend.params, cfg.history_bucket_s, cfg.history_ttl_s, self._codec)
+        self._snapshots = Snapshots(backend.params, self.chunks)
+        self._closed = False
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Store:
+        """Connect; chunks are encrypted at rest when CSTORE_ENCRYPTION_KEY(_FILE) is set."""
+        codec = codec_from_env()  # key errors before connecting: nothing is written with a bad setup
+        return cls(connect_backend(cfg, keyspace=cfg.keyspace), codec=codec)
+
+    @property
+    def profile(self) -> Profile:
+        """The consistency profile in force (levels per operation, LWT or blind commits)."""
+        return self.backend.profile
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Flush this process's stats and disconnect. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stats.flush()
+        except Exception:  # closing must not fail because the cluster went away
+            pass
+        self.chunks.close()
+        self.backend.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        if self._closed:
+            raise Closed("this Store is closed; connect again with cstore.connect()")
+
+    # -- models ------------------------------------------------------------------------------------
+    def create_model(self, name: str, params: Mapping[str, Any], *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                     dtype: str = "float32", init: str = "zeros", seed: int | None = None,
+                     metadata: Mapping[str, Any] | None = None) -> ModelInfo:
+        """Create a model whose parameters map names to shapes (or to initial arrays)."""
+        self._open()
+        validate_name(name)
+        shapes, initial = validate_spec(params, chunk_size, dtype)
+        if init not in ("zeros", "normal"):
+            raise ValidationError(f"init must be 'zeros' or 'normal', got {init!r}")
+        return self._catalog.create(name, shapes, initial, chunk_size=chunk_size, dtype=dtype, init=init, seed=seed,
+                                    meta_json=encode_metadata(metadata), history_bucket_s=self.chunks.bucket_s,
+                                    codec=self._codec)
+
+    def model_info(self, name: str, *, refresh: bool = False) -> ModelInfo:
+        """What the ``models`` table says about ``name`` (cached for a few seconds unless ``refresh``)."""
+        self._open()
+        return self._catalog.info(name, refresh=refresh)
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model, by name (a damaged ``models`` row is left out with a warning)."""
+        self._open()
+        return self._catalog.all()
+
+    def describe(self, name: str) -> dict[str, Any]:
+        info = self.model_info(name, refresh=True)
+        heads = self._history.heads(info)
+        return {**info.to_dict(), "head_version": sum(v for v, _ in heads.values()),
+                "snapshots": [s.to_dict() for s in self._snapshots.list(info)]}
+
+    def drop_model(self, name: str, *, confirm: str | None = None) -> None:
+        """Delete a model; ``confirm`` must repeat its name (it cannot be undone)."""
+        if confirm != name:
+            raise ValidationError(f"dropping {name!r} deletes its parameters and snapshots; confirm by "
+                                  f"repeating its name (confirm={name!r}, or --confirm {name} on the CLI)")
+        self._open()
+        self._catalog.drop(name)
+
+    # -- reading -----------------------------------------------------------------------------------
+    def read_model(self, name: str, *, params: Iterable[str] | None = None) -> ModelState:
+        """All (or the named) parameters as numpy arrays, with the head version they add up to."""
+        info = self.model_info(name)
+        wanted = list(params) if params is not None else list(info.params)
+        for p in wanted:
+            info.require_param(p)
+        chunks = self.chunks.read(info, range(max(info.n_chunks(p) for p in wanted)))
+        return assemble(info, chunks, wanted)
+
+    def head_version(self, name: str) -> int:
+        """The model's head version (sum of its chunk versions), from one partition read."""
+        return sum(v for v, _ in self._history.heads(self.model_info(name)).values())
+
+    def chunk_versions(self, name: str) -> dict[tuple[str, int], int]:
+        return {k: v for k, (v, _) in self._history.heads(self.model_info(name)).items()}
+
+    # -- updating ----------------------------------------------------------------------------------
+    def apply_update(self, name: str, param: str, values: Any, *, indices: Any = None, lr: float = 1.0,
+                     update_type: str = "gradient", source: str = "real_time",
+                     metadata: Mapping[str, Any] | None = None) -> UpdateResult:
+        """``new = old - lr * values`` at ``indices`` (or everywhere); ``update_type='direct'`` sets values."""
+        return self.apply_updates(name, {param: (values if indices is None else (indices, values))}, lr=lr,
+                                  update_type=update_type, source=source, metadata=metadata)
+
+    def apply_updates(self, name: str, updates: Mapping[str, Any], *, lr: float = 1.0,
+                      update_type: str = "gradient", source: str = "real_time",
+                      metadata: Mapping[str, Any] | None = None) -> UpdateResult:
+        """Several parameters at once: ``{param: values}`` (dense) or ``{param: (indices, values)}``.
+
+        Each chunk commits atomically (all its parameters together); chunks commit independently.
+        """
+        info = self.model_info(name)
+        check_kind(update_type, source)
+        lr = check_learning_rate(lr)
+        if not isinstance(updates, Mapping) or not updates:
+            raise ValidationError("updates must be a non-empty mapping of parameter name to values "
+                                  "or to (indices, values)")
+        meta_json = encode_metadata(metadata)
+        changes = {}
+        for param, spec in updates.items():
+            indices, values = spec if isinstance(spec, tuple) else (None, spec)
+            changes[param] = split_update(info, param, values, indices, update_type, self.config.max_payload_bytes)
+        chunks = sorted({k for per in changes.values() for k in per})
+        step = None if update_type == "direct" else lr  # a direct write has no learning rate
+        meta = CommitMeta(update_type, step, source, meta_json)
+        return self.chunks.commit(info, chunks, make_transform(changes, lr, update_type, info.dtype), meta, lr=step)
+
+    def record_drift(self, name: str, n: int = 1) -> None:
+        """Count a detected drift in this bucket's stats."""
+        self._stats.record(self.model_info(name).model_id, Totals(drift_events=n))
+        self._stats.flush()
+
+    # -- versions ----------------------------------------------------------------------------------
+    def snapshot(self, name: str, *, reason: str) -> int:
+        """An immutable copy of the current parameters; returns its version (the head it captured)."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValidationError("a snapshot needs a reason (who will read it later wants to know why)")
+        info = self.model_info(name)
+        return self._snapshots.create(info, self.chunks.read(info, range(info.max_chunks)), reason)
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return [s.to_dict() for s in self._snapshots.list(self.model_info(name))]
+
+    def rollback(self, name: str, to_version: int, *, reason: str) -> int:
+        """Write snapshot ``to_version`` back as a new head version; returns the new head."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ValidationError("a rollback needs a reason")
+        info = self.model_info(name)
+        snap = self._snapshots.load(info, int(to_version))
+        meta = rollback_meta(int(to_version), reason, encode_metadata)
+        self.chunks.commit(info, sorted(snap), rollback_transform(snap), meta)
+        return self.head_version(name)
+
+    # -- history & stats ---------------------------------------------------------------------------
+    def history(self, name: str, *, since: float | datetime | None = None, until: float | datetime | None = None,
+                param: str | None = None, attempts: bool = False) -> list[HistoryRow]:
+        """Committed chunk updates, oldest first; ``attempts=True`` also lists the attempts that lost a
+        conflict or whose writer died before its compare-and-set (every row of the history table)."""
+        info = self.model_info(name)
+        if param is not None:
+            info.require_param(param)
+        if attempts:
+            return [h for h in self._history.rows(info, since=_ts(since), until=_ts(until))
+                    if param is None or h.param == param]
+        return self._history.committed(info, since=_ts(since), until=_ts(until), param=param)
+
+    def replay(self, name: str, from_version: int) -> dict[str, np.ndarray]:
+        """Rebuild the current parameters from snapshot ``from_version`` plus the history after it."""
+        info = self.model_info(name)
+        snap = self._snapshots.load(info, from_version)
+        header = next(s for s in self._snapshots.list(info) if s.version == from_version)
+        since = header.created_at.replace(tzinfo=UTC).timestamp() - 3600 if header.created_at else None
+        by_op = {(h.op_id, h.param): h for h in self._history.rows(info, since=since)}
+        head = self.chunks.read(info, range(info.max_chunks))
+        rebuilt: dict[int, dict[str, ChunkRow]] = {}
+        for k, snap_rows in snap.items():
+            rebuilt[k] = {}
+            for p, base in snap_rows.items():
+                chain = chain_between(by_op, p, head[k][p].op_id, base.op_id)
+                rebuilt[k][p] = ChunkRow(p, replay_chunk(base.data, chain), head[k][p].version, head[k][p].op_id)
+        return assemble(info, rebuilt).params
+
+    def stats(self, name: str, *, since: float | datetime | None = None) -> list[dict[str, Any]]:
+        self._stats.flush()
+        since_ts = _ts(since)
+        start = since_ts if since_ts is not None else time.time() - 3600
+        return self._stats.read(self.model_info(name).model_id, start)
+
+
+def assemble(info: ModelInfo, chunks: Mapping[int, Mapping[str, ChunkRow]],
+             wanted: Iterable[str] | None = None) -> ModelState:
+    """Whole arrays from decoded chunks; a chunk row the metadata promises and that is absent raises."""
+    names = list(wanted or info.params)
+    arrays, versions, ops = {}, {}, {}
+    for p in names:
+        flat = np.empty(info.size(p), dtype=info.dtype)
+        for k in info.chunks_of(p):
+            row = chunks[k].get(p)
+            if row is None:
+                raise missing_chunk(info, p, k)
+            lo, hi = info.chunk_bounds(p, k)
+            flat[lo:hi] = row.data
+            versions[(p, k)] = row.version
+            ops[(p, k)] = row.op_id
+        arrays[p] = flat.reshape(info.params[p])
+    return ModelState(info.name, sum(versions.values()), arrays, versions, ops)
+
+
+def _ts(value: float | datetime | None) -> float | None:
+    if value is None or isinstance(value, (int, float)):
+        return value
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+    raise ValidationError(f"expected a datetime or epoch seconds, got {value!r}")
+
+
+def connect(config_file: str | None = None, **config: Any) -> Store:
+    """Connect with configuration from arguments > CSTORE_* environment > config file > defaults."""
+    return Store.from_config(load_config(config, config_file=config_file))

@@ -1,0 +1,220 @@
+"""Learner models: hashed logistic regression whose weights *and optimizer state* are parameters.
+
+>>> from cstore.training import create_learner                     # doctest: +SKIP
+>>> create_learner(store, "fraud", n_features=2**20, optimizer="ftrl", alpha=0.3, l1=1.0)  # doctest: +SKIP
+
+Parameters per optimizer (all chunked alike, so chunk ``k`` of each lives in one partition and a
+commit updates weights and state together, atomically):
+
+* ``ftrl``: ``weights``, ``z``, ``n`` and ``bias``, ``bias_z``, ``bias_n``;
+* ``adagrad``: ``weights``, ``g2`` and ``bias``, ``bias_g2``;
+* ``sgd``: ``weights`` and ``bias``.
+
+The learner configuration (hashing, optimizer, kind weights, age half-life, drift detection and its
+response, learning-rate schedule) is stored in the model's metadata under ``"learner"``. Because
+the optimizer state is stored, a restarted or replacement worker continues exactly where the last
+commit left off.
+
+Micro-batches: workers commit one summed gradient per batch, so each coordinate takes far fewer
+steps than with per-event FTRL; the default ``alpha`` (0.3) is higher than the per-event 0.05 for
+that reason (measured on the development package's fraud simulator: 0.2-0.5 learn well at batch sizes
+500-2000).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cstore.core import ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult
+from cstore.errors import ValidationError
+from cstore.feedback import DEFAULT_PRIORITIES, KINDS, check_layout, context
+from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, FeatureHasher, FTRLProximal, fedavg,
+                          fedavg_sparse, optimizer_from_config)
+from cstore.store import Store
+from cstore.training._shared_state import make_detector
+
+__all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "Learner", "LearnerConfig", "commit_federated",
+           "create_learner", "learner_config"]
+
+OPTIMIZERS = {"ftrl": "FTRLProximal", "adagrad": "AdaGrad", "sgd": "SGD"}
+DRIFT_DETECTORS = ("page_hinkley", "adwin", "none")
+DRIFT_RESPONSES = ("boost", "snapshot", "both", "none")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    n_features: int
+    hash_seed: int
+    optimizer: Mapping[str, Any]
+    bias_optimizer: Mapping[str, Any]
+    kind_weights: Mapping[str, float]
+    half_life_s: float | None
+    drift: Mapping[str, Any]
+    drift_response: str
+    schedule: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
+
+
+def learner_config(info: ModelInfo) -> LearnerConfig:
+    raw = info.metadata.get("learner") if isinstance(info.metadata, Mapping) else None
+    if not raw:
+        raise ValidationError(f"model {info.name!r} is not a learner (no 'learner' metadata); create one with "
+                              f"`cstore model create-learner` or cstore.create_learner()")
+    return LearnerConfig(**raw)
+
+
+def _param_names(opt_name: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Optimizer state key -> parameter name, for the weights and for the bias."""
+    keys = ("w", *{"FTRLProximal": ("z", "n"), "AdaGrad": ("g2",), "SGD": ()}[opt_name])
+    return ({k: ("weights" if k == "w" else k) for k in keys},
+            {k: ("bias" if k == "w" else f"bias_{k}") for k in keys})
+
+
+def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimizer: str = "ftrl", alpha: float = 0.3,
+                   beta: float = 1.0, l1: float = 0.0, l2: float = 0.0, lr: float = 0.1, hash_seed: int = 0,
+                   chunk_size: int = 16384, kind_weights: Mapping[str, float] | None = None,
+                   half_life_s: float | None = None, drift: str = "page_hinkley",
+                   drift_params: Mapping[str, Any] | None = None, drift_confirmations: int = 2,
+                   drift_within: int = 2000, drift_warmup: int = 20000, drift_response: str = "boost",
+                   schedule: Mapping[str, Any] | None = None, partitions: int | None = None,
+                   bucket_s: int | None = None, ttl_s: int | None = None, lateness_s: int | None = None,
+                   priorities: Mapping[str, int] | None = None) -> ModelInfo:
+    """Create a learner model and fix its feedback layout; everything is validated before writing."""
+    if optimizer not in OPTIMIZERS:
+        raise ValidationError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    try:
+        FeatureHasher(n_features, hash_seed, cache_size=0)
+        builders: dict[str, Callable[[], FTRLProximal | AdaGrad | SGD]] = {
+            "ftrl": lambda: FTRLProximal(alpha, beta, l1, l2), "adagrad": lambda: AdaGrad(lr, l2=l2),
+            "sgd": lambda: SGD(lr, l2)}
+        bias_builders: dict[str, Callable[[], FTRLProximal | AdaGrad | SGD]] = {
+            "ftrl": lambda: FTRLProximal(alpha, beta), "adagrad": lambda: AdaGrad(lr), "sgd": lambda: SGD(lr)}
+        opt, bias_opt = builders[optimizer](), bias_builders[optimizer]()
+        AdaptiveLearningRate(**(schedule or {}))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"invalid learner settings: {exc}") from None
+    weights = dict(KIND_WEIGHTS if kind_weights is None else kind_weights)
+    if set(weights) != set(KINDS) or any(not isinstance(v, (int, float)) or not 0 <= v <= 100
+                                         for v in weights.values()):
+        raise ValidationError(f"kind_weights must give a weight in [0, 100] to each of {', '.join(KINDS)}")
+    if half_life_s is not None and not (isinstance(half_life_s, (int, float)) and half_life_s > 0):
+        raise ValidationError(f"half_life_s must be a positive number of seconds or None, got {half_life_s!r}")
+    if drift not in DRIFT_DETECTORS:
+        raise ValidationError(f"drift detector {drift!r} is not one of {', '.join(DRIFT_DETECTORS)}")
+    if isinstance(drift_warmup, bool) or not isinstance(drift_warmup, int) or drift_warmup < 0:
+        raise ValidationError(f"drift_warmup must be a number of events >= 0, got {drift_warmup!r}")
+    if drift_response not in DRIFT_RESPONSES:
+        raise ValidationError(f"drift_response {drift_response!r} is not one of {', '.join(DRIFT_RESPONSES)}")
+    drift_cfg = {"detector": drift, "params": dict(drift_params or {}), "confirmations": drift_confirmations,
+                 "within": drift_within, "warmup": drift_warmup}
+    try:  # validates the detector settings
+        make_detector(drift_cfg)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"invalid drift settings: {exc}") from None
+    c = store.config
+    layout: dict[str, Any] = {"partitions": partitions or c.feedback_partitions,
+                              "bucket_s": bucket_s or c.feedback_bucket_s, "ttl_s": ttl_s or c.feedback_ttl_s,
+                              "lateness_s": lateness_s or c.feedback_lateness_s,
+                              "priorities": dict(priorities or DEFAULT_PRIORITIES)}
+    check_layout(**layout)
+    cfg = LearnerConfig(n_features, hash_seed, opt.get_config(), bias_opt.get_config(), weights, half_life_s,
+                        drift_cfg, drift_response, dict(schedule or {}))
+    wnames, bnames = _param_names(opt.get_config()["name"])
+    params = {**{p: (n_features,) for p in wnames.values()}, **{p: (1,) for p in bnames.values()}}
+    info = store.create_model(name, params, chunk_size=chunk_size, metadata={"learner": cfg.to_dict()})
+    context(store).layout(name, **layout)
+    return info
+
+
+class Learner:
+    """Binds a learner config to its hasher, optimizers and parameter names; builds commit transforms."""
+
+    def __init__(self, info: ModelInfo, cfg: LearnerConfig) -> None:
+        self.info = info
+        self.cfg = cfg
+        self.hasher = FeatureHasher(cfg.n_features, cfg.hash_seed)
+        self.opt = optimizer_from_config(cfg.optimizer)
+        self.bias_opt = optimizer_from_config(cfg.bias_optimizer)
+        self.wparams, self.bparams = _param_names(cfg.optimizer["name"])
+        self.bias_chunk = 0  # (1,)-shaped parameters live in chunk 0
+
+    def chunks_of(self, indices: np.ndarray) -> list[int]:
+        return sorted(set((indices // self.info.chunk_size).tolist()) | {self.bias_chunk})
+
+    def gradient_transform(self, indices: np.ndarray, grad: np.ndarray, bias_grad: float,
+                           lr_scale: float) -> Transform:
+        """A pure chunk transform applying one optimizer step at ``indices`` (and to the bias)."""
+        return self._transform(indices, grad, np.array([bias_grad]), lambda opt, st, g: opt.apply(st, g, lr_scale))
+
+    def delta_transform(self, indices: np.ndarray, delta: np.ndarray, bias_delta: float) -> Transform:
+        """A pure transform adding ``delta`` to the weights (federated updates), keeping state consistent."""
+        return self._transform(indices, delta, np.array([bias_delta]), _add_delta)
+
+    def _transform(self, indices: np.ndarray, values: np.ndarray, bias_values: np.ndarray,
+                   step: Callable[[Any, dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]) -> Transform:
+        cs = self.info.chunk_size
+        order = np.argsort(indices, kind="stable")
+        idx, vals = np.asarray(indices, np.int64)[order], np.asarray(values, np.float64)[order]
+        bounds = np.searchsorted(idx // cs, np.arange(self.info.n_chunks("weights") + 1))
+        per_chunk = {k: ((idx[bounds[k]:bounds[k + 1]] - k * cs).astype(np.int32), vals[bounds[k]:bounds[k + 1]])
+                     for k in range(len(bounds) - 1) if bounds[k + 1] > bounds[k]}
+        opt, bias_opt, wparams, bparams, bias_chunk = self.opt, self.bias_opt, self.wparams, self.bparams, \
+            self.bias_chunk
+
+        def transform(chunk: int, rows: Mapping[str, ChunkRow]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            out = {}
+            for names, optimizer, sel in ((wparams, opt, per_chunk.get(chunk)),
+                                          (bparams, bias_opt, (np.zeros(1, np.int32), bias_values)
+                                           if chunk == bias_chunk else None)):
+                if sel is None:
+                    continue
+                local, g = sel
+                state = {k: rows[p].data[local] for k, p in names.items()}
+                new = step(optimizer, state, g)
+                for k, arr in new.items():
+                    full = rows[names[k]].data.copy()
+                    full[local] = arr
+                    out[names[k]] = (full, local)
+            return out
+        return transform
+
+
+def _add_delta(opt: Any, state: Mapping[str, np.ndarray], delta: np.ndarray) -> dict[str, np.ndarray]:
+    if isinstance(opt, FTRLProximal):
+        # FTRL's weights are a function of (z, n): move them by editing z, starting from the truth.
+        target = opt.weights_from(state["z"], state["n"]).astype(np.float64) + delta
+        # Invert w = -(z - sign(z) l1) / D for z, so FTRL's next step starts from the new weights.
+        denom = (opt.beta + np.sqrt(state["n"].astype(np.float64))) / opt.alpha + opt.l2
+        z = np.where(target != 0, -target * denom - np.sign(target) * opt.l1, 0.0).astype(np.float32)
+        return {"z": z, "w": opt.weights_from(z, state["n"])}
+    return {"w": (state["w"].astype(np.float64) + delta).astype(np.float32)}
+
+
+def commit_federated(store: Store, name: str, updates: list[Mapping[str, Any]], *,
+                     metadata: Mapping[str, Any] | None = None) -> UpdateResult:
+    """FedAvg client deltas ``{"indices", "values", "count"[, "bias"]}`` and commit them as ``federated``.
+
+    Same commit path as the workers (one transform per touched chunk, LWT, history); returns the
+    :class:`~cstore.core.UpdateResult`.
+    """
+    info = store.model_info(name)
+    learner = Learner(info, learner_config(info))
+    if not updates:
+        raise ValidationError("commit_federated needs at least one client update")
+    try:
+        idx, vals = fedavg_sparse([(np.asarray(u["indices"]), np.asarray(u["values"]), u["count"]) for u in updates])
+        bias = float(fedavg([np.array([float(u.get("bias", 0.0))]) for u in updates],
+                            [u["count"] for u in updates])[0])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValidationError(f"invalid federated update: {exc}") from None
+    if idx.size and idx.max() >= learner.cfg.n_features:
+        raise ValidationError(f"federated indices must be below n_features={learner.cfg.n_features}")
+    meta = {"clients": len(updates), "samples": int(sum(u["count"] for u in updates)), **(metadata or {})}
+    commit = CommitMeta("federated", None, "federated", json.dumps(meta, sort_keys=True, default=str))
+    return store.chunks.commit(info, learner.chunks_of(idx), learner.delta_transform(idx, vals, bias), commit)

@@ -1,0 +1,191 @@
+"""Partition leases and the worker registry, coordinated only through Cassandra.
+
+A lease is the static ``owner`` cell of a ``feedback_consumers`` partition, written with a TTL:
+
+* acquire: ``INSERT … (owner) IF NOT EXISTS USING TTL t`` (free = no live owner cell);
+* renew:   ``UPDATE … USING TTL t SET owner = me IF owner = me`` (every ``heartbeat_s``);
+* release: ``DELETE owner … IF owner = me`` (rebalancing, shutdown).
+
+A worker trusts its lease until ``send time of the last successful acquire/renew + ttl - margin``
+on its own monotonic clock. That is conservative without synchronised clocks: the server starts the
+TTL when it applies the write, which is after we sent it. Checkpoints are conditioned on the lease
+(:meth:`cstore.feedback.FeedbackReader.save`), so a worker that lost its lease cannot move them.
+
+Rebalancing: every live worker (a ``feedback_workers`` row, refreshed by heartbeat with the same TTL)
+aims for ``ceil(P / live workers)`` partitions; above it, it releases its highest-numbered extras;
+below it, it acquires free partitions in random order. After a crash the dead worker's leases and
+registry row expire within one TTL and the survivors pick the partitions up at their next rebalance.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cstore.backend import Cas, FleetTables, Row
+from cstore.errors import CstoreError
+
+__all__ = ["Lease", "LeaseManager", "new_worker_id"]
+
+log = logging.getLogger("cstore.leases")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Lease:
+    since: datetime
+    valid_until: float  # time.monotonic()
+
+
+class LeaseManager:
+    """One worker's leases on a model's feedback partitions for one consumer group."""
+
+    def __init__(self, tables: FleetTables, model_id: uuid.UUID, group: str, partitions: int, worker_id: str, *,
+                 ttl_s: float) -> None:
+        if ttl_s < 1:
+            raise ValueError(f"lease TTL must be at least 1 s, got {ttl_s}")
+        self._tables = tables
+        self.model_id = model_id
+        self.group = group
+        self.partitions = partitions
+        self.worker_id = worker_id
+        self.ttl = int(math.ceil(ttl_s))
+        self.owned: dict[int, Lease] = {}
+        self.lock = threading.Lock()
+        self.acquired_total = 0
+        self.lost_total = 0
+        self.started_at = datetime.now(UTC)
+
+    # -- what we hold ------------------------------------------------------------------------------
+    def held(self, margin_s: float = 0.0) -> list[int]:
+        """Partitions whose lease is still valid for at least ``margin_s`` seconds."""
+        now = time.monotonic()
+        with self.lock:
+            return sorted(p for p, lease in self.owned.items() if lease.valid_until - margin_s > now)
+
+    def _owner_serial(self, part: int) -> str | None:
+        return self._tables.owner(self.model_id, self.group, part, serial=True)
+
+    def _still_mine(self, part: int) -> bool | None:
+        """Whether we own ``part`` (read at SERIAL), or None when the cluster cannot tell right now."""
+        try:
+            return self._owner_serial(part) == self.worker_id
+        except CstoreError as exc:
+            log.warning("could not read the owner of partition %d: %s", part, exc)
+            return None
+
+    def _resolved(self, cas: Cas, part: int) -> bool:
+        """A lease LWT's outcome; an unknown one is resolved by reading the owner at SERIAL."""
+        if cas.applied is None:
+            log.warning("lease operation on partition %d timed out; resolving at SERIAL", part)
+            return self._owner_serial(part) == self.worker_id
+        return cas.applied
+
+    # -- acquire / renew / release -----------------------------------------------------------------
+    def acquire(self, part: int) -> bool:
+        sent = time.monotonic()
+        since = datetime.now(UTC)
+        ok = self._resolved(self._tables.acquire(self.model_id, self.group, part, self.worker_id, since, self.ttl),
+                            part)
+        if ok:
+            with self.lock:
+                self.owned[part] = Lease(since, sent + self.ttl)
+            self.acquired_total += 1
+            log.info("%s acquired partition %d", self.worker_id, part)
+        return ok
+
+    def renew(self) -> list[int]:
+        """Renew every held lease; returns the partitions lost (someone else owns them or they expired)."""
+        with self.lock:
+            items = list(self.owned.items())
+        if not items:
+            return []
+        sent = time.monotonic()
+        results = self._tables.renew(self.model_id, self.group, self.worker_id, self.ttl,
+                                     [(part, lease.since) for part, lease in items])
+        lost = []
+        for (part, lease), res in zip(items, results):
+            if not isinstance(res, Cas):
+                log.warning("renewing lease of partition %d failed: %s", part, res)
+            elif res.applied:
+                lease.valid_until = sent + self.ttl
+            elif res.applied is False:
+                lost.append(part)
+            elif self._still_mine(part) is False:
+                # Unknown outcome: keep the old (shorter) validity; if we are no longer the owner, drop it.
+                lost.append(part)
+        now = time.monotonic()
+        with self.lock:
+            for part in lost:
+                self.owned.pop(part, None)
+            expired = [p for p, lease in self.owned.items() if lease.valid_until <= now]
+            for part in expired:  # could not renew in time: it may be someone else's by now
+                self.owned.pop(part, None)
+        lost += expired
+        if lost:
+            self.lost_total += len(lost)
+            log.warning("%s lost partition(s) %s", self.worker_id, sorted(lost))
+        return sorted(lost)
+
+    def release(self, parts: Iterable[int]) -> None:
+        parts = list(parts)
+        with self.lock:
+            for p in parts:
+                self.owned.pop(p, None)
+        if parts:
+            self._tables.release(self.model_id, self.group, self.worker_id, parts)
+            log.info("%s released partition(s) %s", self.worker_id, parts)
+
+    def release_all(self) -> None:
+        with self.lock:
+            parts = list(self.owned)
+        self.release(parts)
+
+    # -- the fleet ---------------------------------------------------------------------------------
+    def owners(self) -> dict[int, str | None]:
+        parts = list(range(self.partitions))
+        return dict(zip(parts, self._tables.owners(self.model_id, self.group, parts)))
+
+    def register(self, stats: Mapping[str, Any], *, unregister: bool = False) -> None:
+        if unregister:
+            self._tables.unregister(self.model_id, self.group, self.worker_id)
+            return
+        host, pid, _ = self.worker_id.rsplit(":", 2)
+        self._tables.register(self.model_id, self.group, self.worker_id, host, int(pid), self.started_at,
+                              datetime.now(UTC), self.held(), int(stats.get("events", 0)),
+                              int(stats.get("batches", 0)), float(stats.get("rate", 0.0)), self.ttl)
+
+    def live_workers(self) -> list[Row]:
+        return self._tables.workers(self.model_id, self.group)
+
+    def rebalance(self) -> tuple[list[int], list[int]]:
+        """Move toward ``ceil(P / live workers)`` partitions; returns ``(acquired, released)``."""
+        live = {w["worker"] for w in self.live_workers()} | {self.worker_id}
+        target = math.ceil(self.partitions / len(live))
+        mine = self.held()
+        if len(mine) > target:
+            extras = mine[target:]
+            self.release(extras)
+            return [], extras
+        acquired: list[int] = []
+        if len(mine) < target:
+            free = [p for p, o in self.owners().items() if o is None]
+            random.shuffle(free)
+            for p in free:
+                if len(mine) + len(acquired) >= target:
+                    break
+                if self.acquire(p):
+                    acquired.append(p)
+        return sorted(acquired), []

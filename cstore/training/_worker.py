@@ -1,0 +1,411 @@
+"""The feedback worker: lease partitions, read new segments, learn a micro-batch, commit, checkpoint.
+
+One iteration (:meth:`Worker.step`):
+
+1. list new segments of the partitions this worker leases (ids only; see :class:`cstore.feedback.FeedbackReader`),
+   waiting up to ``max_wait_ms`` for ``batch_size`` events (windowed by time as well as by count);
+2. choose segments by priority lane (lane 0 first), oldest first, except that one batch in every
+   ``1 / starvation_reserve`` takes the oldest segments whatever their lane (no starvation); fetch
+   and decode them;
+3. join features (events sent without features go through ``feature_lookup``; without one, or without a
+   hit, they are counted as skipped), hash them, weight samples by kind, confidence and age;
+4. read the touched chunks, score every event with the current weights *before* learning (prequential
+   loss), feed the losses to the group's shared drift detector and learning-rate schedule;
+5. write the batch trace, commit the gradient through the chunk engine (``store.chunks``: one transform per
+   touched chunk updating weights, optimizer state and bias together, re-applied on LWT conflict);
+6. advance the checkpoints of the partitions in the batch, conditioned on still holding their leases.
+
+Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between
+step 5 and step 6: each such failure duplicates at most one batch (``batch_size`` events, or one segment
+if a single segment is larger). Leases are renewed by a heartbeat thread; rebalancing happens between
+batches, so releasing a partition never duplicates anything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from cstore.backend import Cas
+from cstore.core import ChunkRow, CommitMeta, Transform, UpdateResult, ticks_now, uuid_now
+from cstore.errors import CstoreError, PartialCommit, TransientError, UnknownOutcome, ValidationError
+from cstore.feedback import FeedbackReader, LaneCursor, LaneListing, PredictionLog, SegmentRef, context
+from cstore.learn import age_weights, batch_gradient, log_loss, predict_proba_batch
+from cstore.store import Store
+from cstore.training._learner import Learner, learner_config
+from cstore.training._leases import LeaseManager, new_worker_id
+from cstore.training._shared_state import SharedLearnerState
+
+__all__ = ["FeatureLookup", "Worker", "WorkerOptions", "select_segments"]
+
+log = logging.getLogger("cstore.worker")
+
+#: ``feature_lookup(model, entity_ids) -> {entity_id: features}`` for events sent without features
+#: (the hook for a prediction log that remembers what was scored). Default: :class:`PredictionLog`, the
+#: features logged by ``model.score(..., log=True)``; its misses are counted in ``prediction_log_stats``.
+FeatureLookup = Callable[[str, list[Any]], Mapping[Any, Mapping[str, Any]]]
+Cursors = dict[int, dict[int, LaneCursor]]
+Listings = dict[tuple[int, int], LaneListing]
+
+
+@dataclasses.dataclass
+class WorkerOptions:
+    group: str = "default"
+    batch_size: int = 1000
+    max_wait_ms: float = 200.0
+    lease_ttl_s: float = 15.0
+    heartbeat_s: float | None = None  # default: a third of the lease TTL
+    poll_ms: float = 100.0
+    list_limit: int = 2000
+    max_buckets: int = 4
+    starvation_reserve: float = 0.1
+    feature_lookup: FeatureLookup | None = None
+
+    def check(self) -> None:
+        if not isinstance(self.group, str) or not 0 < len(self.group) <= 64:
+            raise ValidationError(f"group must be a name of 1-64 characters, got {self.group!r}")
+        if self.batch_size < 1 or self.max_wait_ms < 0 or self.poll_ms <= 0 or self.list_limit < 1:
+            raise ValidationError("batch_size, list_limit and poll_ms must be positive, max_wait_ms >= 0")
+        if self.lease_ttl_s < 2:
+            raise ValidationError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
+        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_ttl_s / 2:
+            raise ValidationError("heartbeat_s must be positive and below half the lease TTL")
+        if not 0 <= self.starvation_reserve < 1:
+            raise ValidationError("starvation_reserve must be in [0, 1)")
+
+
+class Worker:
+    """Learns one model's feedback for one consumer group; many may run at once, anywhere."""
+
+    def __init__(self, store: Store, model: str, *, worker_id: str | None = None, **options: Any) -> None:
+        self.opts = WorkerOptions(**options)
+        self.opts.check()
+        if self.opts.feature_lookup is None:  # delayed labels join what the scorers logged
+            self.opts.feature_lookup = PredictionLog(store)
+        self.store = store
+        self.model = model
+        self.info, self.fcfg = context(store).layout(model)
+        self.learner = Learner(self.info, learner_config(self.info))
+        self.worker_id = worker_id or new_worker_id()
+        fleet = store.backend.fleet
+        self.reader = FeedbackReader(store.backend.feedback, self.fcfg, self.opts.group)
+        self.leases = LeaseManager(fleet, self.info.model_id, self.opts.group, self.fcfg.partitions,
+                                   self.worker_id, ttl_s=self.opts.lease_ttl_s)
+        self.shared = SharedLearnerState(fleet, self.info.model_id, self.opts.group, self.learner.cfg.drift,
+                                         self.learner.cfg.schedule, ttl_s=self.fcfg.ttl_s)
+        self.heartbeat_s = self.opts.heartbeat_s or self.opts.lease_ttl_s / 3
+        self.margin_s = max(1.0, self.opts.lease_ttl_s / 5)  # never start a commit on a lease about to expire
+        self.cursors: dict[int, dict[int, LaneCursor]] = {}
+        self._w = np.zeros(self.learner.cfg.n_features, np.float32)
+        self._stop = threading.Event()
+        self._lost: set[int] = set()
+        self._lock = threading.Lock()
+        self._last_rebalance = 0.0
+        self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "poisoned": 0, "drifts": 0,
+                      "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
+        self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
+        self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def stop(self, *_: Any) -> None:
+        """Ask the worker to finish its current batch, release its leases and return from :meth:`run`."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def run(self, *, max_batches: int | None = None, until_idle: bool = False) -> dict[str, Any]:
+        """Work until :meth:`stop`, ``max_batches`` or (``until_idle``) a poll that finds nothing new.
+
+        Always releases the leases and unregisters on the way out.
+        """
+        self.leases.register(self.stats)
+        hb = threading.Thread(target=self._heartbeat, name="cstore-heartbeat", daemon=True)
+        hb.start()
+        try:
+            failures = 0
+            while not self._stop.is_set():
+                try:
+                    self.maintain()
+                    consumed = self.step()
+                    failures = 0
+                except Exception as exc:  # an outage or a failing feature lookup: the batch was not
+                    failures += 1         # checkpointed, so it is simply read again after a pause
+                    self.stats["errors"] += 1
+                    log.exception("batch failed (%s); retrying in a moment", exc)
+                    self._stop.wait(min(10.0, 0.2 * 2 ** min(failures, 6)))
+                    continue
+                if max_batches is not None and self.stats["batches"] >= max_batches:
+                    break
+                if until_idle and consumed == 0 and self.cursors:
+                    break
+        finally:
+            self._stop.set()
+            hb.join(timeout=self.heartbeat_s + 5)
+            try:
+                self.leases.release_all()
+                self.leases.register(self.stats, unregister=True)
+            except Exception as exc:  # Cassandra unreachable at shutdown: the TTLs free the leases anyway
+                log.warning("could not release leases on the way out (%s); they expire within %.0f s",
+                            exc, self.opts.lease_ttl_s)
+        return dict(self.stats)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                lost = self.leases.renew()
+                if lost:
+                    with self._lock:
+                        self._lost.update(lost)
+                now, n = time.monotonic(), self.stats["events"]
+                t0, n0 = self._rate_mark
+                self.stats["rate"] = round((n - n0) / max(now - t0, 1e-6), 1)
+                self._rate_mark = (now, n)
+                self.leases.register(self.stats)
+            except Exception as exc:  # a heartbeat must survive a transient outage
+                log.warning("heartbeat failed: %s", exc)
+
+    def maintain(self) -> None:
+        """Forget lost partitions; rebalance every heartbeat interval (or at once when holding nothing)."""
+        with self._lock:
+            lost, self._lost = self._lost, set()
+        for p in lost:
+            self.cursors.pop(p, None)
+        for p in [p for p in self.cursors if p not in self.leases.held()]:
+            self.cursors.pop(p, None)
+        now = time.monotonic()
+        if self.cursors and now - self._last_rebalance < self.heartbeat_s:
+            return
+        self._last_rebalance = now
+        _, released = self.leases.rebalance()
+        for p in released:
+            self.cursors.pop(p, None)
+        # Checkpoints of every held partition we have no cursor for (just acquired, or a load that failed).
+        missing = [p for p in self.leases.held() if p not in self.cursors]
+        if missing:
+            for p, (_, lanes) in self.reader.load(missing).items():
+                self.cursors[p] = lanes
+
+    # -- one iteration -----------------------------------------------------------------------------
+    def step(self) -> int:
+        """Learn at most one micro-batch; returns the number of events consumed (0 when idle)."""
+        held = set(self.leases.held(self.margin_s))
+        cursors = {p: lanes for p, lanes in self.cursors.items() if p in held}
+        if not cursors:
+            self._stop.wait(self.opts.poll_ms / 1000)
+            return 0
+        listings = self._collect(cursors)
+        every = round(1 / self.opts.starvation_reserve) if self.opts.starvation_reserve > 0 else 0
+        by_age = every > 0 and self.stats["batches"] % every == every - 1
+        chosen = select_segments(listings, self.opts.batch_size, by_age=by_age)
+        if not chosen:
+            for (p, lane), listing in listings.items():
+                cursors[p][lane].advance([], listing, self.fcfg.lateness_s)
+            return 0
+        return self._learn(cursors, listings, chosen)
+
+    def _collect(self, cursors: dict[int, dict[int, LaneCursor]]) -> dict[tuple[int, int], LaneListing]:
+        deadline = time.monotonic() + self.opts.max_wait_ms / 1000
+        while True:
+            listings = self.reader.list_new(cursors, ticks_now(), limit=self.opts.list_limit,
+                                            max_buckets=self.opts.max_buckets)
+            total = sum(lst.events for lst in listings.values())
+            left = deadline - time.monotonic()
+            if total >= self.opts.batch_size or left <= 0 or self._stop.is_set():
+                return listings
+            self._stop.wait(min(self.opts.poll_ms / 1000, left))
+
+    def _learn(self, cursors, listings, chosen: list[SegmentRef]) -> int:
+        t0 = time.monotonic()
+        payloads = self.reader.fetch(chosen)
+        events = [ev for r in chosen for ev in payloads.get(r.seg_id, [])]
+        feats = self._join_features(events)
+        keep = [i for i, f in enumerate(feats) if f is not None]
+        batch_id = uuid_now()
+        parts = sorted({r.part for r in chosen})
+        loss = score = 0.0
+        lr_scale = self.shared.current_lr_scale()
+        if keep:
+            indptr, idx, val, keep = self._hash([f for f in feats if f is not None], keep)
+        if keep:
+            y = np.array([events[i].label for i in keep], np.float64)
+            s = self._sample_weights([events[i] for i in keep])
+            touched = self.learner.chunks_of(np.unique(idx) if idx.size else idx)
+            current = self.store.chunks.read(self.info, touched)
+            for k, rows in current.items():
+                lo, hi = self.info.chunk_bounds("weights", k)
+                self._w[lo:hi] = rows["weights"].data
+            bias = float(current[0]["bias"].data[0])
+            losses = np.asarray(log_loss(predict_proba_batch(self._w, bias, indptr, idx, val), y), np.float64)
+            grad = batch_gradient(self._w, bias, indptr, idx, val, y, s)
+            if set(parts) - set(self.leases.held(self.margin_s)):
+                self.stats["aborted_batches"] += 1  # a lease is about to lapse: leave the batch to its next owner
+                return 0
+            boost = self.learner.cfg.drift_response in ("boost", "both")
+            outcome = self.shared.apply_batch(losses, batch_id, self.worker_id, boost=boost)
+            loss, score, lr_scale = float(losses.mean()), outcome.drift_score, outcome.lr_scale
+            if outcome.drift:
+                self._on_drift(batch_id)
+            self._trace(batch_id, chosen, len(events), len(keep), grad.weight_sum, loss, score, lr_scale)
+            meta = self._metadata(batch_id, chosen, len(keep), len(events) - len(keep), grad.weight_sum, loss,
+                                  score, outcome.drift, lr_scale)
+            transform = self.learner.gradient_transform(grad.indices, grad.values, grad.bias, lr_scale)
+            self._commit(touched, transform, meta, current, lr_scale)
+        else:
+            self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)
+        self._checkpoint(cursors, listings, chosen, batch_id)
+        n = sum(r.n_events for r in chosen)
+        self.stats.update(events=self.stats["events"] + n, batches=self.stats["batches"] + 1,
+                          learned=self.stats["learned"] + len(keep),
+                          skipped=self.stats["skipped"] + len(events) - len(keep),
+                          poisoned=self.reader.poison_events,
+                          last_batch_s=round(time.monotonic() - t0, 4))
+        log.info("batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
+                 batch_id, n, len(keep), parts, loss, score, 1000 * (time.monotonic() - t0))
+        return n
+
+    # -- pieces of a batch -------------------------------------------------------------------------
+    def _join_features(self, events) -> list[Mapping[str, Any] | None]:
+        feats: list[Mapping[str, Any] | None] = [ev.features for ev in events]
+        missing = [i for i, f in enumerate(feats) if f is None]
+        if missing and self.opts.feature_lookup is not None:
+            found = self.opts.feature_lookup(self.model, [events[i].entity_id for i in missing]) or {}
+            for i in missing:
+                feats[i] = found.get(events[i].entity_id)
+        return feats
+
+    def _hash(self, rows: list[Mapping[str, Any]], keep: list[int]):
+        try:
+            indptr, idx, val = self.learner.hasher.transform_many(rows)
+            return indptr, idx, val, keep
+        except ValueError:  # one bad row (e.g. from a feature lookup) must not block the partition
+            good = []
+            for i, row in zip(keep, rows):
+                try:
+                    self.learner.hasher.transform_one(row)
+                    good.append((i, row))
+                except ValueError as exc:
+                    log.warning("skipping an event with unusable features: %s", exc)
+            indptr, idx, val = self.learner.hasher.transform_many([r for _, r in good])
+            return indptr, idx, val, [i for i, _ in good]
+
+    def _sample_weights(self, events) -> np.ndarray:
+        kw = self.learner.cfg.kind_weights
+        s = np.array([kw.get(ev.kind, 0.0) * (1.0 if ev.confidence is None else ev.confidence) for ev in events])
+        if self.learner.cfg.half_life_s:
+            s *= age_weights(np.array([ev.event_time for ev in events]), time.time(), self.learner.cfg.half_life_s)
+        return s
+
+    def _on_drift(self, batch_id) -> None:
+        self.stats["drifts"] += 1
+        log.warning("drift detected on %s (batch %s)", self.model, batch_id)
+        self.store.record_drift(self.model)
+        if self.learner.cfg.drift_response in ("snapshot", "both"):
+            self.store.snapshot(self.model, reason=f"drift detected by worker {self.worker_id} before batch {batch_id}")
+
+    def _trace(self, batch_id, chosen, n_events, n_learned, weight_sum, loss, score, lr_scale) -> None:
+        self.shared.write_trace(batch_id, self.worker_id, [(r.part, r.lane, r.seg_id, r.n_events) for r in chosen],
+                                n_events, n_learned, n_events - n_learned, weight_sum, loss, score, lr_scale)
+
+    def _metadata(self, batch_id, chosen, learned, skipped, weight_sum, loss, score, drift, lr_scale) -> str:
+        offsets: dict[str, list[int]] = {}
+        for r in chosen:
+            o = offsets.setdefault(f"{r.part}.{r.lane}", [r.ticks, r.ticks, 0, 0])
+            o[0], o[1], o[2], o[3] = min(o[0], r.ticks), max(o[1], r.ticks), o[2] + 1, o[3] + r.n_events
+        return json.dumps({"batch": str(batch_id), "worker": self.worker_id, "group": self.opts.group,
+                           "samples": learned, "skipped": skipped, "weight_sum": round(weight_sum, 6),
+                           "loss": round(loss, 6), "drift_score": score, "drift": drift,
+                           "lr_scale": round(lr_scale, 6), "offsets": offsets}, sort_keys=True)
+
+    def _commit(self, chunks: list[int], transform: Transform, meta_json: str,
+                current: Mapping[int, Mapping[str, ChunkRow]], lr_scale: float) -> None:
+        """Commit every touched chunk once; only chunks that failed are retried (committed ones stay)."""
+        meta = CommitMeta("gradient", lr_scale, "feedback", meta_json)
+        remaining, attempt = list(chunks), 0
+        while remaining:
+            cause: CstoreError
+            try:
+                t0 = time.perf_counter()
+                result = self.store.chunks.commit(self.info, remaining, transform, meta, lr=lr_scale,
+                                                  current={k: current[k] for k in remaining} if attempt == 0
+                                                  else None)
+                if self.on_commit is not None:
+                    self.on_commit(result, time.perf_counter() - t0)
+                return
+            except PartialCommit as exc:
+                remaining, cause = exc.failed, exc.cause
+            except (TransientError, UnknownOutcome) as exc:
+                cause = exc
+            if isinstance(cause, UnknownOutcome):
+                # Applied once or not at all; retrying could apply it twice. Count it and move on.
+                log.error("commit outcome unknown for a chunk of batch; it is learned at most once")
+                return
+            if not isinstance(cause, TransientError):
+                raise cause
+            attempt += 1
+            if attempt > 8:
+                raise cause
+            log.warning("commit of chunks %s failed (%s); retrying them", remaining, cause)
+            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+
+    def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id) -> None:
+        learned: dict[tuple[int, int], list[SegmentRef]] = {}
+        for r in chosen:
+            learned.setdefault((r.part, r.lane), []).append(r)
+        parts = sorted({r.part for r in chosen})
+        updates: dict[int, list[LaneCursor]] = {}
+        for part in parts:
+            updates[part] = []
+            for lane, cur in cursors[part].items():
+                new = dataclasses.replace(cur, done=dict(cur.done))
+                if (part, lane) in listings:
+                    new.advance(learned.get((part, lane), []), listings[(part, lane)], self.fcfg.lateness_s)
+                new.last_batch = batch_id if (part, lane) in learned else cur.last_batch
+                updates[part].append(new)
+        for part, outcome in self.reader.save(updates, self.worker_id, batch_id).items():
+            if not isinstance(outcome, Cas):
+                raise outcome
+            applied = self._saved_anyway(part, batch_id) if outcome.applied is None else outcome.applied
+            if applied:
+                self.cursors[part] = {c.lane: c for c in updates[part]}
+            else:  # the lease is gone: whoever has it now re-learns this batch (the duplicate we allow)
+                self.stats["lost_checkpoints"] += 1
+                log.warning("checkpoint of partition %d refused: lease lost; batch %s may be learned twice",
+                            part, batch_id)
+                self.leases.release([part])
+                self.cursors.pop(part, None)
+        for (part, lane), listing in listings.items():
+            if part not in updates and part in self.cursors:
+                self.cursors[part][lane].advance([], listing, self.fcfg.lateness_s)
+
+    def _saved_anyway(self, part: int, batch_id: uuid.UUID) -> bool:
+        """After a timed-out checkpoint LWT: did it apply? (SERIAL read, never a blind retry)."""
+        _, lanes = self.reader.load([part])[part]
+        return any(c.last_batch == batch_id for c in lanes.values())
+
+
+def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size: int, *,
+                    by_age: bool = False) -> list[SegmentRef]:
+    """Segments for one batch: higher-priority lanes (lower numbers) first, oldest first within a lane.
+
+    ``by_age`` ignores the lanes and takes the oldest segments: the worker does that for one batch in
+    every ``1 / starvation_reserve``, so a flood of high-priority feedback slows the rest down without
+    starving it. Whole segments only; a batch exceeds ``batch_size`` only when its first segment does.
+    """
+    refs = [r for lst in listings.values() for r in lst.refs]
+    key = (lambda r: (r.ticks, r.seg_id.bytes)) if by_age else (lambda r: (r.lane, r.ticks, r.seg_id.bytes))
+    budget, chosen = batch_size, list[SegmentRef]()
+    for r in sorted(refs, key=key):
+        if chosen and r.n_events > budget:
+            break
+        chosen.append(r)
+        budget -= r.n_events
+    return chosen
