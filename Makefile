@@ -38,7 +38,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check cstore dev tests benchmarks locustfiles scripts
 	$(PY) -m mypy
-	$(PY) -m mypy --strict -p cstore.core -p cstore.learn -p cstore.errors
+	$(PY) -m mypy --strict --follow-imports=silent -p cstore.core -p cstore.learn -p cstore.errors
 
 up: $(STAMP)
 	$(CSTORE) local up
