@@ -48,7 +48,8 @@ def imports(source: str) -> list[tuple[str, int]]:
             out += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.append((node.module, node.lineno))
-            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]  # `from pkg import module`
+            if node.module.split(".")[0] == "cstore":  # `from cstore.room import _module` names a module too
+                out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
     return out
 
 
