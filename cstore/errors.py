@@ -174,12 +174,15 @@ class PartialCommit(CstoreError):
     """Some chunks of a multi-chunk update were committed and others were not.
 
     ``result`` (a :class:`cstore.core.UpdateResult`) holds the committed chunks, ``failed`` the chunks
-    that were not committed and ``cause`` the first error among them.
+    that were not committed and ``cause`` the first error among them. ``update_id`` (when not None)
+    finishes the update exactly once: ``Store.apply_update(s)(..., update_id=err.update_id)`` with the
+    same arguments commits only the ``failed`` chunks, however often it is called.
     """
 
-    def __init__(self, message: str, *, result: Any, failed: list[int], cause: CstoreError) -> None:
+    def __init__(self, message: str, *, result: Any, failed: list[int], cause: CstoreError,
+                 update_id: uuid.UUID | None = None) -> None:
         super().__init__(message)
-        self.result, self.failed, self.cause = result, failed, cause
+        self.result, self.failed, self.cause, self.update_id = result, failed, cause, update_id
 
 
 class NotLoaded(CstoreError):

@@ -19,7 +19,7 @@ from cstore.backend._baselines import BASELINE_KEYSPACE, BaselineTables
 from cstore.backend._connection import Backend, connect
 from cstore.backend._feedback import FeedbackTables
 from cstore.backend._fleet import FleetTables
-from cstore.backend._params import STATS_COLUMNS, ParamTables
+from cstore.backend._params import STATS_COLUMNS, ChunkWrite, ParamTables
 from cstore.backend._predictions import COUNTERS, PredictionTables
 from cstore.backend._roles import PASSWORD_ENV, ROLES, RolesReport, apply_roles, passwords_from_env, role_name
 from cstore.backend._schema import (apply_schema, baseline_migrations, cql_dir, migrations, replication_map,
@@ -27,7 +27,7 @@ from cstore.backend._schema import (apply_schema, baseline_migrations, cql_dir, 
 from cstore.backend._statements import Cas, Row
 
 __all__ = [
-    "BASELINE_KEYSPACE", "COUNTERS", "PASSWORD_ENV", "ROLES", "STATS_COLUMNS", "Backend", "Backoff",
+    "BASELINE_KEYSPACE", "COUNTERS", "PASSWORD_ENV", "ROLES", "STATS_COLUMNS", "Backend", "Backoff", "ChunkWrite",
     "BaselineTables", "Cas", "FeedbackTables", "FleetTables", "ParamTables", "PredictionTables", "RolesReport",
     "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir", "migrations",
     "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cstore.backend._statements import Cas, Row, Runner
+from cstore.errors import CstoreError
 
 # -- models ---------------------------------------------------------------------------------------------
 _MODEL = "SELECT * FROM models WHERE name = ?"
@@ -16,16 +18,21 @@ _MODELS = "SELECT * FROM models"
 _MODEL_CREATE = ("INSERT INTO models (name, model_id, created_at, created_by, chunk_size, dtype, params, metadata, "
                  "history_bucket_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
 _MODEL_DROP = "DELETE FROM models WHERE name = ? IF model_id = ?"
-# -- chunks ---------------------------------------------------------------------------------------------
-_CHUNK = "SELECT param, data, version, op_id FROM chunks WHERE model_id = ? AND chunk = ?"
-_CHUNK_PARAMS = "SELECT param, data, version, op_id FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
+# -- chunks (a row is `data` at `base_version`, plus the delta entries above it: migration 005) ----------
+_CHUNK_COLUMNS = "param, data, version, op_id, base_version, deltas"
+_CHUNK = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ?"
+_CHUNK_PARAMS = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 _CHUNK_VERSIONS = "SELECT param, version FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 _CHUNK_INIT = ("INSERT INTO chunks (model_id, chunk, param, data, version, op_id, updated_at) "
                "VALUES (?, ?, ?, ?, 1, ?, ?)")
-_CHUNK_CAS = ("UPDATE chunks SET data = ?, version = ?, op_id = ?, updated_at = ? "
-              "WHERE model_id = ? AND chunk = ? AND param = ? IF version = ?")
-_CHUNK_BLIND = ("UPDATE chunks SET data = ?, version = ?, op_id = ?, updated_at = ? "
-                "WHERE model_id = ? AND chunk = ? AND param = ?")
+_WHERE_ROW = " WHERE model_id = ? AND chunk = ? AND param = ?"
+# The three shapes of a chunk write; each also exists without its condition (blind writes, eventual).
+_SET_FULL = "UPDATE chunks SET data = ?, version = ?, base_version = ?, op_id = ?, updated_at = ?"
+_SET_FOLD = _SET_FULL + ", deltas = null"  # a full write that also drops the entries it folds in
+_SET_DELTA = "UPDATE chunks SET version = ?, base_version = ?, op_id = ?, updated_at = ?, deltas[?] = ?"
+_CHUNK_WRITES = {(shape, cond): set_clause + _WHERE_ROW + (" IF version = ?" if cond else "")
+                 for shape, set_clause in (("full", _SET_FULL), ("fold", _SET_FOLD), ("delta", _SET_DELTA))
+                 for cond in (True, False)}
 _CHUNK_DROP = "DELETE FROM chunks WHERE model_id = ? AND chunk = ?"
 # -- the chunk-version index: written with USING TIMESTAMP = version, so a late write of an older
 #    version can never overwrite a newer one ----------------------------------------------------------
@@ -35,6 +42,9 @@ _INDEX_WRITE = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op
 _INDEX_INIT = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op_id) "
                "VALUES (?, ?, ?, 1, ?) USING TIMESTAMP 1")
 _INDEX_DROP = "DELETE FROM chunk_versions WHERE model_id = ?"
+# -- the doorbell scorers poll (a counter: increments never overwrite each other) -------------------------
+_HEAD_BUMP = "UPDATE model_heads SET commits = commits + 1 WHERE model_id = ?"
+_HEAD = "SELECT commits FROM model_heads WHERE model_id = ?"
 # -- history --------------------------------------------------------------------------------------------
 _HISTORY_WRITE = ("INSERT INTO history (model_id, bucket, op_id, param, chunk, old_version, new_version, prev_op_id, "
                   "update_type, learning_rate, source, delta, metadata, status) "
@@ -61,6 +71,26 @@ STATS_COLUMNS = ("updates", "chunk_commits", "coords", "lr_updates", "lr_sum", "
 _STATS_WRITE = (f"INSERT INTO stats (model_id, day, bucket, writer, {', '.join(STATS_COLUMNS)}) "
                 f"VALUES (?, ?, ?, ?, {', '.join('?' * len(STATS_COLUMNS))})")
 _STATS = "SELECT * FROM stats WHERE model_id = ? AND day = ? AND bucket >= ?"
+
+
+@dataclass(frozen=True)
+class ChunkWrite:
+    """What one compare-and-set writes to one parameter row of a chunk, expecting it at ``expected``.
+
+    ``data`` (the whole chunk, encoded) makes a full write, which also drops the row's delta entries
+    when ``fold``; otherwise ``delta`` (the touched coordinates' new values, encoded) is added as the
+    entry of version ``expected + 1`` above the row's unchanged ``data`` at ``base``.
+    """
+
+    expected: int
+    base: int
+    data: bytes | None = None
+    delta: bytes | None = None
+    fold: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data if self.data is not None else self.delta or b"")
 
 
 class ParamTables:
@@ -107,23 +137,37 @@ class ParamTables:
         """Version-1 rows of a new model: ``(model_id, chunk, param, blob, op_id, now)`` each."""
         self._r.many(_CHUNK_INIT, list(rows), op="commit_chunk")
 
-    def write_chunk(self, model_id: uuid.UUID, chunk: int, writes: Mapping[str, tuple[bytes, int]],
+    def _chunk_write(self, model_id: uuid.UUID, chunk: int, param: str, w: ChunkWrite, op_id: uuid.UUID,
+                     now: datetime, conditional: bool) -> Any:
+        new = w.expected + 1
+        where: tuple[Any, ...] = (model_id, chunk, param) + ((w.expected,) if conditional else ())
+        if w.data is not None:
+            shape = "fold" if w.fold else "full"
+            return self._r.bind(_CHUNK_WRITES[(shape, conditional)], (w.data, new, new, op_id, now, *where))
+        return self._r.bind(_CHUNK_WRITES[("delta", conditional)], (new, w.base, op_id, now, new, w.delta, *where))
+
+    def write_chunk(self, model_id: uuid.UUID, chunk: int, writes: Mapping[str, ChunkWrite],
                     op_id: uuid.UUID, now: datetime, *, conditional: bool) -> Cas:
-        """Write ``{param: (blob, expected_version)}`` as version ``expected + 1`` of each, in one request.
+        """Write version ``expected + 1`` of each parameter row of a chunk, in one request.
 
         ``conditional``: a compare-and-set on every row's version (one conditional batch of the chunk's
         partition: atomic and isolated); otherwise blind writes, last writer wins (always "applied").
         """
-        if conditional:
-            stmts = [self._r.bind(_CHUNK_CAS, (blob, v + 1, op_id, now, model_id, chunk, p, v))
-                     for p, (blob, v) in writes.items()]
-        else:
-            stmts = [self._r.bind(_CHUNK_BLIND, (blob, v + 1, op_id, now, model_id, chunk, p))
-                     for p, (blob, v) in writes.items()]
+        stmts = [self._chunk_write(model_id, chunk, p, w, op_id, now, conditional) for p, w in writes.items()]
         stmt = stmts[0] if len(stmts) == 1 else self._r.batch(stmts, logged=conditional)
         if conditional:
             return self._r.lwt(stmt, op="commit_chunk")
         return Cas(self._r.blind(stmt, op="commit_chunk"))  # a blind write's timeout is as unknown as a CAS's
+
+    def write_chunks(self, model_id: uuid.UUID, writes: Mapping[int, Mapping[str, ChunkWrite]],
+                     op_ids: Mapping[int, uuid.UUID], now: datetime) -> dict[int, Cas | CstoreError]:
+        """Compare-and-sets of several chunks, all in flight at once (one request per chunk partition)."""
+        chunks = list(writes)
+        stmts = []
+        for k in chunks:
+            rows = [self._chunk_write(model_id, k, p, w, op_ids[k], now, True) for p, w in writes[k].items()]
+            stmts.append(rows[0] if len(rows) == 1 else self._r.batch(rows, logged=True))
+        return dict(zip(chunks, self._r.lwt_many(stmts, op="commit_chunk")))
 
     def drop_chunks(self, model_id: uuid.UUID, n_chunks: int) -> None:
         self._r.many(_CHUNK_DROP, [(model_id, k) for k in range(n_chunks)], op="coordination")
@@ -133,9 +177,19 @@ class ParamTables:
         """``param, chunk, version, op_id`` of every chunk: what a scorer polls."""
         return self._r.rows(_INDEX, (model_id,), op="read_model", timeout=timeout)
 
-    def write_index(self, model_id: uuid.UUID, chunk: int, versions: Mapping[str, int], op_id: uuid.UUID) -> None:
-        self._r.write_partition([(_INDEX_WRITE, (model_id, p, chunk, v, op_id, v)) for p, v in versions.items()],
+    def write_index(self, model_id: uuid.UUID, entries: Sequence[tuple[str, int, int, uuid.UUID]]) -> None:
+        """Index rows ``(param, chunk, version, op_id)`` of one model: its one partition, one request."""
+        self._r.write_partition([(_INDEX_WRITE, (model_id, p, k, v, op, v)) for p, k, v, op in entries],
                                 op="commit_chunk")
+
+    def bump_head(self, model_id: uuid.UUID) -> None:
+        """Ring the model's doorbell: call after the index rows of a commit are written."""
+        self._r.write(_HEAD_BUMP, (model_id,), op="commit_chunk")
+
+    def head(self, model_id: uuid.UUID, *, timeout: float | None = None) -> int:
+        """The model's doorbell counter (0 before its first commit since migration 005)."""
+        row = self._r.one(_HEAD, (model_id,), op="read_model", timeout=timeout)
+        return int(row["commits"]) if row and row["commits"] is not None else 0
 
     def init_index(self, rows: Iterable[tuple[uuid.UUID, str, int, uuid.UUID]]) -> None:
         self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")

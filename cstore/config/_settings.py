@@ -59,8 +59,10 @@ class Config:
     history_ttl_s: int = 7 * 24 * 3600
     stats_bucket_s: int = 300
     max_retries: int = 12
+    # How long Store.apply_update(s) keeps retrying conflicts and transient errors before it raises.
+    commit_timeout_s: float = 30.0
     max_payload_bytes: int = 8 * 1024 * 1024
-    # Feedback layout for models whose feedback config is created implicitly (see cstore/feedback.py).
+    # Feedback layout for models whose feedback layout is created implicitly (see cstore/feedback/_layout.py).
     feedback_partitions: int = 16
     feedback_bucket_s: int = 60
     feedback_ttl_s: int = 7 * 24 * 3600
@@ -111,7 +113,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return out
         if name in ("refresh_interval_s", "full_check_s") and not 0.01 <= float(value) <= 3600:
             raise ValueError(f"{value} must be between 0.01 and 3600 seconds")
-        if name in ("connect_timeout_s", "request_timeout_s", "refresh_interval_s", "full_check_s"):
+        if name in ("connect_timeout_s", "request_timeout_s", "refresh_interval_s", "full_check_s",
+                    "commit_timeout_s"):
             seconds = float(value)
             if not seconds > 0:
                 raise ValueError(f"{seconds} must be positive")

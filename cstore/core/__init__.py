@@ -15,8 +15,8 @@ these records and rules; ``backend`` stores the bytes they produce.
 * time-based UUIDs at 100 ns resolution (:func:`uuid_now`, :func:`ticks_of`, …).
 """
 from cstore.core._codec import (ALLOWED_DTYPES, ENCRYPTED_MAGIC, SPARSE_MIN_SIZE, BytesCodec, CodecPipeline,
-                                chunk_context, decode_array, decode_sparse, encode_array, encode_sparse,
-                                history_context)
+                                chunk_context, decode_array, decode_sparse, delta_context, encode_array,
+                                encode_sparse, history_context)
 from cstore.core._crypto import ENV_ALLOW_PLAINTEXT, ENV_KEY, ENV_KEY_FILE, AesGcmStage, Keyring, new_key
 from cstore.core._models import (DEFAULT_CHUNK_SIZE, DTYPES, MAX_CHUNK, MIN_CHUNK, ModelInfo, encode_metadata,
                                  validate_name, validate_spec)
@@ -31,7 +31,7 @@ __all__ = [
     "ENV_KEY_FILE", "MAX_CHUNK", "MIN_CHUNK", "SOURCES", "SPARSE_MIN_SIZE", "TICKS_PER_S", "UPDATE_TYPES",
     "UUID_EPOCH_TICKS", "AesGcmStage", "BytesCodec", "ChunkChange", "ChunkCommit", "ChunkRow", "CodecPipeline",
     "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult", "check_kind", "check_learning_rate",
-    "chunk_context", "decode_array", "decode_sparse", "encode_array", "encode_metadata", "encode_sparse",
-    "history_context", "make_transform", "max_uuid_at", "min_uuid_at", "new_key", "op_time", "split_update",
-    "ticks_now", "ticks_of", "uuid_at", "uuid_now", "validate_name", "validate_spec",
+    "chunk_context", "decode_array", "decode_sparse", "delta_context", "encode_array", "encode_metadata",
+    "encode_sparse", "history_context", "make_transform", "max_uuid_at", "min_uuid_at", "new_key", "op_time",
+    "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now", "validate_name", "validate_spec",
 ]

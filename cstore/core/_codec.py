@@ -138,6 +138,12 @@ def history_context(model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUI
     return chunk_context(model_id, chunk, param) + b"|op|" + op_id.bytes
 
 
+def delta_context(model_id: uuid.UUID, chunk: int, param: str, version: int) -> bytes:
+    """Associated data naming one delta entry of a stored chunk: its chunk and parameter, and the
+    version it produces (an entry moved to another key or row fails authentication)."""
+    return chunk_context(model_id, chunk, param) + b"|v|" + int(version).to_bytes(8, "big", signed=True)
+
+
 class CodecPipeline:
     """``encode``: array → msgpack → each bytes codec in order; ``decode`` reverses it.
 

@@ -18,12 +18,18 @@ __all__ = ["ChunkCommit", "ChunkRow", "CommitMeta", "Transform", "UpdateResult"]
 
 @dataclass
 class ChunkRow:
-    """One parameter's slice of one chunk as stored: decoded data, version, and the commit that wrote it."""
+    """One parameter's slice of one chunk as stored: decoded data, version, and the commit that wrote it.
+
+    ``deltas`` / ``delta_bytes``: how many small commits wait on the stored row above its full copy,
+    and their size (see the chunk engine: enough of them and the next commit writes the chunk whole).
+    """
 
     param: str
     data: np.ndarray
     version: int
     op_id: uuid.UUID | None
+    deltas: int = 0
+    delta_bytes: int = 0
 
 
 #: ``transform(chunk, {param: ChunkRow}) -> {param: (new chunk array, touched chunk-local indices)}``.

@@ -4,15 +4,21 @@
   replay, history and stats of models.
 * :class:`ChunkEngine` (``store.chunks``) — the commit protocol: history row first, then
   ``UPDATE … IF version = ?`` per chunk, conflicts re-applied, unknown outcomes resolved at SERIAL.
-  Learners (``cstore.training``) and scorers (``cstore.scoring``) read and commit through it.
+  Scorers (``cstore.scoring``) read through it.
+* :class:`Committer` — commits in rounds on top of the engine: one history request and every chunk's
+  compare-and-set at once, delta entries for small changes, known rows instead of a read, alike
+  updates combined, exactly once across chunks (``update_id``). ``Store.apply_update(s)`` and the
+  learners (``cstore.training``) commit through one.
 * the history (:class:`HistoryRow`: each chunk's commit chain, replayable bit for bit), snapshots
   (immutable copies with provenance) and per-writer statistics buckets.
 """
+from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._facade import ModelState, Store, assemble, connect
 from cstore.store._history import HistoryRow
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["ChunkEngine", "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble", "connect",
+__all__ = ["ChunkEngine", "Committer", "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble",
+           "connect",
            "missing_chunk"]

@@ -9,9 +9,10 @@ Commit protocol (strong profile):
 1. read the chunk rows (or use the rows the caller already read);
 2. compute the new arrays; 3. write one history row per parameter, status ``pending``;
 4. ``UPDATE … IF version = ?`` (a batch when several parameters change);
-5. applied → update the chunk-version index; refused → mark the history rows ``aborted``,
-   back off with jitter, go to 1. A CAS whose outcome is unknown (a timeout, a connection lost
-   under it) is resolved by a SERIAL read, never retried blind.
+5. applied → announce it (``_announcer``: the chunk-version index rows, then the model's head counter,
+   coalesced per process); refused → mark the history rows ``aborted``, back off with jitter, go to 1.
+   A CAS whose outcome is unknown (a timeout, a connection lost under it) is resolved by a SERIAL
+   read, never retried blind.
 
 A change to several chunks commits each chunk on its own (concurrently); when some commit and
 others fail, :class:`~cstore.errors.PartialCommit` names both.
@@ -26,14 +27,15 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
-
-import numpy as np
+from typing import Any
 
 from cstore.backend import Backend, Row
 from cstore.core import (ChunkCommit, ChunkRow, CodecPipeline, CommitMeta, ModelInfo, Transform, UpdateResult,
-                         chunk_context, encode_sparse, history_context, uuid_now)
+                         history_context, uuid_now)
 from cstore.errors import ConflictError, CorruptData, CstoreError, MissingChunk, PartialCommit, UnknownOutcome
+from cstore.store._announcer import Announcer
 from cstore.store._history import op_in_chain
+from cstore.store._rows import decode_row, plan_write
 from cstore.store._stats import StatsRecorder, Totals
 
 log = logging.getLogger("cstore.params")
@@ -57,30 +59,20 @@ class ChunkEngine:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._last_stats_flush = time.monotonic()
+        self.announcer = Announcer(self._tables)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        self.announcer.close()
 
     # -- reading -------------------------------------------------------------------------------------------
     def decode(self, info: ModelInfo, chunk: int, rows: Iterable[Row],
                params: Iterable[str] | None = None) -> dict[str, ChunkRow]:
         """Stored rows of one chunk as :class:`ChunkRow` (only ``params`` when given), checked and decrypted."""
         wanted = set(info.params if params is None else params)
-        out = {}
-        for r in rows:
-            if r["param"] not in info.params or r["param"] not in wanted:
-                continue
-            start, stop = info.chunk_bounds(r["param"], chunk)
-            try:
-                data = self.codec.decode(r["data"], expect_dtype=info.dtype, expect_shape=[stop - start],
-                                         context=chunk_context(info.model_id, chunk, r["param"]))
-            except CorruptData as exc:
-                raise CorruptData(f"model {info.name!r} parameter {r['param']!r} chunk {chunk} "
-                                  f"(version {r['version']}): {exc}", model=info.name, param=r["param"],
-                                  chunk=chunk) from None
-            out[r["param"]] = ChunkRow(r["param"], data, r["version"], r["op_id"])
-        return out
+        return {r["param"]: decode_row(self.codec, info, chunk, r) for r in rows
+                if r["param"] in info.params and r["param"] in wanted}
 
     def read_chunk(self, info: ModelInfo, chunk: int, *, serial: bool = False) -> dict[str, ChunkRow]:
         return self.decode(info, chunk, self._tables.chunk(info.model_id, chunk, serial=serial))
@@ -137,14 +129,17 @@ class ChunkEngine:
             self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cstore-commit")
         return self._pool
 
-    def _record(self, info: ModelInfo, result: UpdateResult, lr: float | None, drift_events: int = 0) -> None:
+    def _record(self, info: ModelInfo, result: UpdateResult, lr: float | None) -> None:
         with_lr = bool(result.commits) and lr is not None
         step = lr if with_lr and lr is not None else 0.0
-        t = Totals(updates=1 if result.commits else 0, chunk_commits=len(result.commits), coords=result.coords,
-                   lr_updates=int(with_lr), lr_sum=step, lr_sq_sum=step * step, conflicts=result.conflicts,
-                   retries=result.retries, overwrites=result.overwrites,
-                   bytes_written=sum(c.bytes_written for c in result.commits), drift_events=drift_events)
-        self.stats.record(info.model_id, t)
+        self.record(info, Totals(updates=1 if result.commits else 0, chunk_commits=len(result.commits),
+                                 coords=result.coords, lr_updates=int(with_lr), lr_sum=step, lr_sq_sum=step * step,
+                                 conflicts=result.conflicts, retries=result.retries, overwrites=result.overwrites,
+                                 bytes_written=sum(c.bytes_written for c in result.commits)))
+
+    def record(self, info: ModelInfo, totals: Totals) -> None:
+        """Count commits in this process's stats bucket (written at most once a second)."""
+        self.stats.record(info.model_id, totals)
         if time.monotonic() - self._last_stats_flush > 1.0:
             self._last_stats_flush = time.monotonic()
             self.stats.flush()
@@ -170,29 +165,27 @@ class ChunkEngine:
                 raise missing_chunk(info, missing[0], chunk)
             op_id = uuid_now()
             bucket = self.bucket_of(info, op_id)
-            blobs = {p: self.codec.encode(new, context=chunk_context(info.model_id, chunk, p))
-                     for p, (new, _) in changes.items()}
-            self._write_history(info, chunk, rows, changes, meta, op_id, bucket)
+            plans = {p: plan_write(self.codec, info, chunk, rows[p], new, touched, conditional=self._lwt)
+                     for p, (new, touched) in changes.items()}
+            writes = {p: w for p, (w, _) in plans.items()}
+            self._tables.write_history([self.history_row(info, chunk, rows[p], sparse, meta, op_id, bucket)
+                                        for p, (_, sparse) in plans.items()])  # one (model, bucket): one request
             t_cas = time.perf_counter()
-            cas = self._tables.write_chunk(info.model_id, chunk, {p: (b, rows[p].version) for p, b in blobs.items()},
-                                           op_id, datetime.now(UTC), conditional=self._lwt)
+            cas = self._tables.write_chunk(info.model_id, chunk, writes, op_id, datetime.now(UTC),
+                                           conditional=self._lwt)
             cas_seconds = time.perf_counter() - t_cas
             resolved = cas.applied is None
-            applied = self._resolve(info, chunk, rows, changes, op_id) if resolved else cas.applied
+            applied = self.resolve(info, chunk, rows, changes, op_id) if resolved else cas.applied
             if applied:
                 new_versions = {p: rows[p].version + 1 for p in changes}
-                try:
-                    self._tables.write_index(info.model_id, chunk, new_versions, op_id)
-                except Exception as exc:  # committed already: a lagging index must not turn it into an error
-                    log.warning("model %s chunk %d committed at %s but its version index was not updated (%s); "
-                                "scorers catch up at their next full check", info.name, chunk, new_versions, exc)
+                self.announcer.announce(info, [(p, chunk, v, op_id) for p, v in new_versions.items()])
                 if not self._lwt:
                     with self._lock:
                         for p, v in new_versions.items():
                             self._last_written[(info.model_id, chunk, p)] = (v, op_id)
                 return ChunkCommit(chunk, op_id, {p: rows[p].version for p in changes}, new_versions,
                                    sum(len(t) for _, t in changes.values()), retries, conflicts, overwrites,
-                                   sum(len(b) for b in blobs.values()), resolved, cas_seconds,
+                                   sum(w.nbytes for w in writes.values()), resolved, cas_seconds,
                                    {p: t for p, (_, t) in changes.items()})
             self._tables.abort_history(self.history_ttl_s, info.model_id, bucket, op_id, changes)
             conflicts += 1
@@ -205,19 +198,14 @@ class ChunkEngine:
             time.sleep(random.uniform(0, min(0.2, 0.004 * 2 ** retries)))  # full jitter
             rows = self.read_chunk(info, chunk)
 
-    def _write_history(self, info: ModelInfo, chunk: int, rows: Mapping[str, ChunkRow],
-                       changes: Mapping[str, tuple[np.ndarray, np.ndarray]], meta: CommitMeta, op_id: uuid.UUID,
-                       bucket: int) -> None:
-        out = []
-        for p, (new, touched) in changes.items():
-            touched = np.asarray(touched, dtype=np.int32)
-            delta = self.codec.encode_bytes(encode_sparse(touched, new[touched]),
-                                            context=history_context(info.model_id, chunk, p, op_id))
-            out.append((info.model_id, bucket, op_id, p, chunk, rows[p].version, rows[p].version + 1, rows[p].op_id,
-                        meta.update_type, meta.learning_rate, meta.source, delta, meta.metadata, self.history_ttl_s))
-        self._tables.write_history(out)  # rows of one (model, bucket): one request
+    def history_row(self, info: ModelInfo, chunk: int, row: ChunkRow, sparse: bytes, meta: CommitMeta,
+                    op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:
+        """The pending history row of one parameter of a commit (written before its compare-and-set)."""
+        delta = self.codec.encode_bytes(sparse, context=history_context(info.model_id, chunk, row.param, op_id))
+        return (info.model_id, bucket, op_id, row.param, chunk, row.version, row.version + 1, row.op_id,
+                meta.update_type, meta.learning_rate, meta.source, delta, meta.metadata, self.history_ttl_s)
 
-    def _resolve(self, info: ModelInfo, chunk: int, rows: Mapping[str, ChunkRow],
+    def resolve(self, info: ModelInfo, chunk: int, rows: Mapping[str, ChunkRow],
                  changes: Mapping[str, object], op_id: uuid.UUID) -> bool:
         """After an unknown outcome: did our op become the chunk's next version? Never guess."""
         for attempt in range(5):

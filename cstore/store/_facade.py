@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +30,7 @@ from cstore.core import (DEFAULT_CHUNK_SIZE, ChunkRow, CodecPipeline, CommitMeta
                          validate_spec)
 from cstore.errors import Closed, ValidationError
 from cstore.store._catalog import Catalog
+from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
@@ -59,6 +61,9 @@ class Store:
         self._stats = StatsRecorder(backend.params, cfg.stats_bucket_s)
         self.chunks = ChunkEngine(backend, self._codec, self._stats, max_retries=cfg.max_retries,
                                   history_bucket_s=cfg.history_bucket_s, history_ttl_s=cfg.history_ttl_s)
+        # Group commit needs compare-and-set; blind writes (the eventual profile) commit on the caller's thread.
+        self._committer = Committer(self.chunks, backend.params, timeout_s=cfg.commit_timeout_s) \
+            if backend.profile.lwt else None
         self._catalog = Catalog(backend.params)
         self._history = HistoryReader(backend.params, cfg.history_bucket_s, cfg.history_ttl_s, self._codec)
         self._snapshots = Snapshots(backend.params, self.chunks)
@@ -84,6 +89,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._committer is not None:
+            self._committer.close()
         try:
             self._stats.flush()
         except Exception:  # closing must not fail because the cluster went away
@@ -127,7 +134,7 @@ class Store:
 
     def describe(self, name: str) -> dict[str, Any]:
         info = self.model_info(name, refresh=True)
-        heads = self._history.heads(info)
+        heads = self._heads(info)
         return {**info.to_dict(), "head_version": sum(v for v, _ in heads.values()),
                 "snapshots": [s.to_dict() for s in self._snapshots.list(info)]}
 
@@ -150,27 +157,42 @@ class Store:
         return assemble(info, chunks, wanted)
 
     def head_version(self, name: str) -> int:
-        """The model's head version (sum of its chunk versions), from one partition read."""
-        return sum(v for v, _ in self._history.heads(self.model_info(name)).values())
+        """The model's head version (sum of its chunk versions), from one partition read; it includes
+        every commit this store made (read-your-writes), and other writers' within milliseconds."""
+        return sum(v for v, _ in self._heads(self.model_info(name)).values())
 
     def chunk_versions(self, name: str) -> dict[tuple[str, int], int]:
-        return {k: v for k, (v, _) in self._history.heads(self.model_info(name)).items()}
+        return {k: v for k, (v, _) in self._heads(self.model_info(name)).items()}
+
+    def _heads(self, info: ModelInfo) -> dict[tuple[str, int], tuple[int, Any]]:
+        self.chunks.announcer.flush()  # commits are announced after they are acknowledged
+        return self._history.heads(info)
 
     # -- updating ----------------------------------------------------------------------------------
     def apply_update(self, name: str, param: str, values: Any, *, indices: Any = None, lr: float = 1.0,
                      update_type: str = "gradient", source: str = "real_time",
-                     metadata: Mapping[str, Any] | None = None) -> UpdateResult:
+                     metadata: Mapping[str, Any] | None = None, update_id: uuid.UUID | None = None) -> UpdateResult:
         """``new = old - lr * values`` at ``indices`` (or everywhere); ``update_type='direct'`` sets values."""
         return self.apply_updates(name, {param: (values if indices is None else (indices, values))}, lr=lr,
-                                  update_type=update_type, source=source, metadata=metadata)
+                                  update_type=update_type, source=source, metadata=metadata, update_id=update_id)
 
     def apply_updates(self, name: str, updates: Mapping[str, Any], *, lr: float = 1.0,
                       update_type: str = "gradient", source: str = "real_time",
-                      metadata: Mapping[str, Any] | None = None) -> UpdateResult:
+                      metadata: Mapping[str, Any] | None = None, update_id: uuid.UUID | None = None) -> UpdateResult:
         """Several parameters at once: ``{param: values}`` (dense) or ``{param: (indices, values)}``.
 
-        Each chunk commits atomically (all its parameters together); chunks commit independently.
+        Each chunk commits atomically (all its parameters together). An update over several chunks is
+        committed exactly once: conflicts and transient errors are retried for ``commit_timeout_s``; if
+        some chunks still could not be, :class:`~cstore.errors.PartialCommit` names them and carries
+        the update's ``update_id``, and submitting the same update again with that ``update_id``
+        commits only the chunks that are missing. Concurrent updates of this process are combined
+        into shared commit rounds (see ``cstore/store/_committer.py``).
         """
+        if update_id is not None and (not isinstance(update_id, uuid.UUID) or update_id.version != 1):
+            raise ValidationError(f"update_id must be the time-based UUID a PartialCommit carries, got {update_id!r}")
+        if update_id is not None and self._committer is None:
+            raise ValidationError(f"update_id needs conditional writes; profile {self.profile.name!r} writes blind "
+                                  f"(last writer wins), so it cannot tell which chunks an update committed")
         info = self.model_info(name)
         check_kind(update_type, source)
         lr = check_learning_rate(lr)
@@ -185,7 +207,10 @@ class Store:
         chunks = sorted({k for per in changes.values() for k in per})
         step = None if update_type == "direct" else lr  # a direct write has no learning rate
         meta = CommitMeta(update_type, step, source, meta_json)
-        return self.chunks.commit(info, chunks, make_transform(changes, lr, update_type, info.dtype), meta, lr=step)
+        transform = make_transform(changes, lr, update_type, info.dtype)
+        if self._committer is None:
+            return self.chunks.commit(info, chunks, transform, meta, lr=step)
+        return self._committer.submit(info, chunks, transform, meta, lr=step, update_id=update_id).result()
 
     def record_drift(self, name: str, n: int = 1) -> None:
         """Count a detected drift in this bucket's stats."""
@@ -224,6 +249,7 @@ class Store:
         if attempts:
             return [h for h in self._history.rows(info, since=_ts(since), until=_ts(until))
                     if param is None or h.param == param]
+        self.chunks.announcer.flush()  # the chain walk starts from the index
         return self._history.committed(info, since=_ts(since), until=_ts(until), param=param)
 
     def replay(self, name: str, from_version: int) -> dict[str, np.ndarray]:

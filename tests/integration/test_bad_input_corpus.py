@@ -17,7 +17,7 @@ from cstore.config import load_config
 from cstore.errors import ConfigError, CorruptData, MissingChunk
 from cstore.backend import connect
 from cstore.store import Store
-from test_store_bad_input import fingerprint
+from workloads import fingerprint
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 
 from cstore.errors import ModelExists, PayloadTooLarge, UnknownModel, ValidationError
 from cstore.store import Store
+from workloads import fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -26,21 +27,6 @@ def model(store):
     store.apply_update(name, "w", [1.0], indices=[1])
     yield name
     store.drop_model(name, confirm=name)
-
-
-def fingerprint(session, store: Store, name: str) -> tuple:
-    """Everything an update could have touched: chunk rows, the version index, history, models."""
-    info = store.model_info(name, refresh=True)
-    chunks = sorted((r["chunk"], r["param"], r["version"], bytes(r["data"]))
-                    for k in range(info.max_chunks)
-                    for r in session.execute("SELECT chunk, param, version, data FROM chunks "
-                                             "WHERE model_id = %s AND chunk = %s", (info.model_id, k)))
-    index = sorted((r["param"], r["chunk"], r["version"])
-                   for r in session.execute("SELECT * FROM chunk_versions WHERE model_id = %s", (info.model_id,)))
-    history = len(store.history(name, attempts=True))
-    models = sorted(r["name"] for r in session.execute("SELECT name FROM models"))
-    snapshots = len(list(session.execute("SELECT version FROM snapshots WHERE model_id = %s", (info.model_id,))))
-    return chunks, index, history, models, snapshots
 
 
 NAN = float("nan")

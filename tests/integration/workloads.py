@@ -1,4 +1,5 @@
-"""Workloads run in separate processes by the concurrency tests (importable by spawn)."""
+"""Workloads run in separate processes by the concurrency tests (importable by spawn), and the
+read-back every bad-input test compares before and after a refused call."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,3 +31,47 @@ def run_updates(config: dict, model: str, worker: int, n_updates: int, size: int
     finally:
         store.close()
     return {"retries": retries, "conflicts": conflicts, "overwrites": overwrites}
+
+
+def fingerprint(session, store, name: str) -> tuple:
+    """Everything an update could have touched, read back from Cassandra: chunk rows (copy and delta
+    entries), the version index and head counter, history, models, snapshots."""
+    info = store.model_info(name, refresh=True)
+    store.head_version(name)  # waits for this store's commits to be announced (index rows, head counter)
+    chunks = sorted((r["chunk"], r["param"], r["version"], r["base_version"], bytes(r["data"]),
+                     tuple(sorted((v, bytes(b)) for v, b in (r["deltas"] or {}).items())))
+                    for k in range(info.max_chunks)
+                    for r in session.execute("SELECT chunk, param, version, base_version, data, deltas FROM chunks "
+                                             "WHERE model_id = %s AND chunk = %s", (info.model_id, k)))
+    index = sorted((r["param"], r["chunk"], r["version"])
+                   for r in session.execute("SELECT * FROM chunk_versions WHERE model_id = %s", (info.model_id,)))
+    head = [r["commits"] for r in session.execute("SELECT commits FROM model_heads WHERE model_id = %s",
+                                                  (info.model_id,))]
+    history = len(store.history(name, attempts=True))
+    models = sorted(r["name"] for r in session.execute("SELECT name FROM models"))
+    snapshots = len(list(session.execute("SELECT version FROM snapshots WHERE model_id = %s", (info.model_id,))))
+    return chunks, index, history, models, snapshots, head
+
+
+def chunk_pair_updates(worker: int, n_updates: int, seed: int = 11) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Updates of 8 coordinates, 4 in each of two 128-wide chunks every worker shares."""
+    rng = np.random.default_rng(seed * 1000 + worker)
+    return [(np.r_[rng.choice(128, 4, replace=False), 128 + rng.choice(128, 4, replace=False)],
+             rng.integers(1, 5, size=8).astype(np.float32)) for _ in range(n_updates)]
+
+
+def run_chunk_pair_updates(config: dict, model: str, worker: int, n_updates: int) -> dict:
+    """Apply :func:`chunk_pair_updates` one by one; count conflicts and collect errors (child process)."""
+    from cstore.config import load_config
+    from cstore.store import Store
+    store = Store.from_config(load_config(config, env={}))
+    conflicts, errors = 0, []
+    try:
+        for idx, vals in chunk_pair_updates(worker, n_updates):
+            try:
+                conflicts += store.apply_update(model, "w", vals, indices=idx, lr=1.0).conflicts
+            except Exception as exc:  # the test asserts there are none, and shows them if there are
+                errors.append(repr(exc))
+    finally:
+        store.close()
+    return {"conflicts": conflicts, "errors": errors}

@@ -1,0 +1,407 @@
+"""Group commit: the atomic updates of one process, committed in rounds.
+
+``Store.apply_update(s)`` hands its change to the :class:`Committer`. A committer thread takes every
+waiting update of a model whose chunks are free, claims those chunks, and commits them in one round:
+
+1. the updates that touch the same chunk (same kind and metadata) are combined into one change, their
+   transforms applied in arrival order to the chunk's known rows (``_known``: no read before the
+   compare-and-set unless the chunk is unknown or another writer moved it);
+2. the history rows of every chunk of the round go in one request (they share a partition);
+3. every chunk's compare-and-set is sent at once — a delta entry when the change is small (``_rows``),
+   so one float costs a Paxos round on tens of bytes;
+4. the updates whose chunks are all committed are acknowledged; the round's index rows and the model's
+   head counter follow through the announcer (``_announcer``), coalesced with other rounds.
+
+Several threads run rounds at once on disjoint chunks (a chunk is claimed by one round at a time), so
+a round waiting for Paxos does not hold up updates of other chunks. A refused compare-and-set (another
+process won) drops the known rows of that chunk and retries it in a later round, after a jittered
+back-off; transient errors retry too. An update keeps retrying for ``commit_timeout_s`` before it
+raises: :class:`~cstore.errors.ConflictError` or the transient error when nothing of it committed,
+:class:`~cstore.errors.PartialCommit` when some of its chunks did.
+
+**Exactly once across chunks.** An update that spans chunks has an ``update_id`` (its own, or one it
+is given) and commits each chunk alone under an op id derived from it. Submitted again with the same
+``update_id`` — the one a ``PartialCommit`` carries — it first looks up which of its chunks that op
+already committed and commits only the others.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from cstore.backend import Cas, ChunkWrite, ParamTables
+from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
+from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
+from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._known import KnownRows, chunk_op_id, committed, known_or_read
+from cstore.store._rows import plan_write
+from cstore.store._stats import Totals
+
+log = logging.getLogger("cstore.commit")
+
+__all__ = ["Committer"]
+
+THREADS = 2  # rounds in flight at once (on disjoint chunks): more would split the waiting updates thinner
+Change = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(eq=False)
+class _Request:
+    info: ModelInfo
+    transform: Transform
+    meta: CommitMeta
+    lr: float | None
+    update_id: uuid.UUID | None          # updates spanning chunks: each chunk committed alone, exactly once
+    left: set[int]
+    deadline: float
+    future: Future[UpdateResult]
+    result: UpdateResult
+    error: CstoreError | None = None     # the last transient error met (raised if time runs out)
+    conflicts: int = 0
+
+
+@dataclass
+class _Round:
+    """The chunks one thread commits together, and the updates each carries."""
+
+    info: ModelInfo
+    chunks: dict[int, list[_Request]] = field(default_factory=dict)
+
+
+class Committer:
+    """Commits the atomic updates of one process in rounds (see the module docstring)."""
+
+    def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float) -> None:
+        self._engine, self._tables = engine, tables
+        self._timeout_s = timeout_s
+        self._known = KnownRows()
+        self._pending: list[_Request] = []
+        self._claimed: set[tuple[uuid.UUID, int]] = set()
+        self._not_before: dict[tuple[uuid.UUID, int], float] = {}
+        self._streak: dict[tuple[uuid.UUID, int], int] = defaultdict(int)   # failed tries since the last commit
+        self._refused: dict[tuple[uuid.UUID, int], int] = defaultdict(int)  # ... of which refused (conflicts)
+        self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._closed = False
+
+    # -- callers --------------------------------------------------------------------------------------------
+    def submit(self, info: ModelInfo, chunks: list[int], transform: Transform, meta: CommitMeta, *,
+               lr: float | None, update_id: uuid.UUID | None = None,
+               current: Mapping[int, Mapping[str, ChunkRow]] | None = None) -> Future[UpdateResult]:
+        """Queue ``transform`` for ``chunks``; the future completes once every chunk is committed.
+
+        ``current``: rows the caller has just read (a learner reads them for its gradient), used as the
+        known rows of those chunks so that the round does not read them again.
+        """
+        for k, rows in (current or {}).items():
+            if rows:
+                self._known.put((info.model_id, k), dict(rows))
+        left = set(chunks)
+        if update_id is not None:  # a re-submission, perhaps: skip the chunks this op committed already
+            left = {k for k in left if not committed(self._engine, self._tables, info, k, chunk_op_id(update_id, k))}
+        elif len(chunks) > 1:
+            update_id = uuid_now()
+        future: Future[UpdateResult] = Future()
+        req = _Request(info, transform, meta, lr, update_id, left, time.monotonic() + self._timeout_s, future,
+                       UpdateResult(info.name))
+        if not left:
+            future.set_result(req.result)
+            return future
+        with self._cond:
+            if self._closed:
+                raise CstoreError("this store is closed; connect again")
+            self._pending.append(req)
+            if not self._threads:
+                self._threads = [threading.Thread(target=self._run, name=f"cstore-committer-{i}", daemon=True)
+                                 for i in range(THREADS)]
+                for t in self._threads:
+                    t.start()
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=self._timeout_s + 5)
+
+    # -- the committer threads ----------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                work = self._claim()
+                while work is None:
+                    if self._closed and not self._pending:
+                        return
+                    self._cond.wait(self._pause())
+                    work = self._claim()
+            try:
+                self._commit_round(work)
+            except Exception as exc:  # a bug must fail the updates, never hang their callers
+                log.exception("commit round failed")
+                with self._cond:
+                    for reqs in work.chunks.values():
+                        for req in reqs:
+                            self._finish(req, exc)
+            finally:
+                with self._cond:
+                    self._claimed.difference_update((work.info.model_id, k) for k in work.chunks)
+                    self._cond.notify_all()
+
+    def _pause(self) -> float:
+        waits = [t - time.monotonic() for t in self._not_before.values()]
+        return max(0.0005, min(waits)) if self._pending and waits else 0.05
+
+    def _claim(self) -> _Round | None:
+        """The next round (lock held): per free, ready chunk of one model the updates it commits — alike
+        updates combined, an update with an ``update_id`` alone. None when nothing can go now."""
+        now = time.monotonic()
+        for req in [r for r in self._pending if now > r.deadline]:
+            self._expire(req)
+        work: _Round | None = None
+        for req in self._pending:
+            if work is not None and req.info.model_id != work.info.model_id:
+                continue
+            for k in sorted(req.left):
+                key = (req.info.model_id, k)
+                if key in self._claimed or self._not_before.get(key, 0.0) > now:
+                    continue
+                work = work or _Round(req.info)
+                group = work.chunks.get(k)
+                if group is None:
+                    work.chunks[k] = [req]
+                elif req.update_id is None and group[0].update_id is None and group[0].meta == req.meta:
+                    group.append(req)
+        if work is not None:
+            self._claimed.update((work.info.model_id, k) for k in work.chunks)
+        return work
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._cond:
+            yield
+
+    def _finish(self, req: _Request, error: BaseException | None = None) -> None:
+        """Complete an update (lock held): its result, or ``error`` (a PartialCommit if chunks committed)."""
+        if req.future.done():
+            return
+        if req in self._pending:
+            self._pending.remove(req)
+        if error is None:
+            req.future.set_result(req.result)
+            return
+        if req.result.commits:
+            cause = error if isinstance(error, CstoreError) else CstoreError(str(error))
+            error = PartialCommit(f"{error} (chunks {req.result.chunks} of update {req.update_id} were committed; "
+                                  f"submit it again with update_id={req.update_id} once the cause is fixed, to "
+                                  f"commit only chunks {sorted(req.left)})", result=req.result,
+                                  failed=sorted(req.left), cause=cause, update_id=req.update_id)
+        req.future.set_exception(error)
+
+    def _expire(self, req: _Request) -> None:
+        k = min(req.left)
+        self._finish(req, req.error or ConflictError(
+            f"model {req.info.name!r} chunk {k}: not committed within {self._timeout_s:.0f} s against concurrent "
+            f"writers ({req.conflicts} conflicts); lower the write rate on this chunk, use a smaller chunk_size, "
+            f"or raise commit_timeout_s", model=req.info.name, chunk=k, retries=req.conflicts))
+
+    # -- one round ----------------------------------------------------------------------------------------------
+    def _commit_round(self, work: _Round) -> None:
+        info, engine = work.info, self._engine
+        rows = self._rows(info, work)
+        changes: dict[int, Change] = {}
+        final: dict[int, dict[str, ChunkRow]] = {}
+        todo = [k for k in work.chunks if k in rows]
+        while todo:  # an update that fails on one chunk of the round commits none of its others
+            for k in todo:
+                work.chunks[k] = [r for r in work.chunks[k] if not r.future.done()]
+                combined = self._combine(info, k, rows[k], work.chunks[k])
+                changes.pop(k, None)
+                final.pop(k, None)
+                if combined is not None:
+                    changes[k], final[k] = combined
+            todo = [k for k in changes if any(r.future.done() for r in work.chunks[k])]
+        for k in rows:
+            if k not in changes:  # nothing to change in this chunk (or every update of it failed)
+                with self._locked():
+                    for req in work.chunks[k]:
+                        self._chunk_done(req, k, None)
+        if not changes:
+            return
+        op_ids = {k: uuid_now() if (u := work.chunks[k][0].update_id) is None else chunk_op_id(u, k) for k in changes}
+        writes: dict[int, dict[str, ChunkWrite]] = {}
+        history: dict[int, dict[int, list[tuple[object, ...]]]] = defaultdict(dict)  # bucket -> chunk -> rows
+        for k, change in changes.items():
+            bucket = engine.bucket_of(info, op_ids[k])
+            writes[k], history[bucket][k] = {}, []
+            for p, (new, touched) in change.items():
+                writes[k][p], sparse = plan_write(engine.codec, info, k, rows[k][p], new, touched,
+                                                  conditional=True)
+                history[bucket][k].append(engine.history_row(info, k, rows[k][p], sparse, work.chunks[k][0].meta,
+                                                             op_ids[k], bucket))
+        ready = set(changes)
+        for per_chunk in history.values():  # the round's history rows: one request per (model, bucket)
+            try:
+                self._tables.write_history([r for rs in per_chunk.values() for r in rs])
+            except CstoreError as exc:  # nothing of these chunks was written: retry them (or give up) later
+                ready.difference_update(per_chunk)
+                for k in per_chunk:
+                    self._retry_later(info, k, work.chunks[k], exc)
+        outcomes = self._send(info, {k: writes[k] for k in ready}, op_ids)
+        done: list[ChunkCommit] = []
+        for k, outcome in outcomes.items():
+            if isinstance(outcome, Cas) and outcome.applied is None:
+                try:
+                    outcome = Cas(engine.resolve(info, k, rows[k], changes[k], op_ids[k]))
+                except UnknownOutcome as exc:
+                    self._known.drop((info.model_id, k))
+                    with self._locked():
+                        for req in work.chunks[k]:
+                            self._finish(req, exc)
+                    continue
+                except CstoreError as exc:
+                    outcome = exc
+            if isinstance(outcome, CstoreError):
+                self._known.drop((info.model_id, k))
+                self._retry_later(info, k, work.chunks[k], outcome)
+            elif not outcome.applied:
+                self._conflict(info, k, work.chunks[k], op_ids[k], changes[k])
+            else:
+                commit = self._applied(info, k, rows[k], final[k], writes[k], changes[k], op_ids[k])
+                done.append(commit)
+                with self._locked():
+                    for req in work.chunks[k]:
+                        self._chunk_done(req, k, commit)
+        if done:  # acknowledged already: the index rows and the doorbell follow without holding the round up
+            engine.announcer.announce(info, [(p, c.chunk, v, c.op_id) for c in done for p, v in c.new_versions.items()])
+            self._record(info, done, work)
+
+    def _send(self, info: ModelInfo, writes: dict[int, dict[str, ChunkWrite]],
+              op_ids: dict[int, uuid.UUID]) -> dict[int, Cas | CstoreError]:
+        if not writes:
+            return {}
+        return self._tables.write_chunks(info.model_id, writes, op_ids, datetime.now(UTC))
+
+    def rows(self, info: ModelInfo, chunks: list[int]) -> dict[int, dict[str, ChunkRow]]:
+        """The rows of ``chunks`` this committer knows (its own last commits), the others read now.
+
+        A learner computes its gradient from them: rows another writer has moved since are caught by
+        the compare-and-set, and the transform is re-applied to the rows read then.
+        """
+        rows, errors = known_or_read(self._known, self._engine, info, chunks)
+        if errors:
+            raise next(iter(errors.values()))
+        return rows
+
+    def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
+        rows, errors = known_or_read(self._known, self._engine, info, list(work.chunks))
+        for k, exc in errors.items():
+            self._retry_later(info, k, work.chunks[k], exc)
+        return rows
+
+    def _combine(self, info: ModelInfo, k: int, rows: dict[str, ChunkRow],
+                 reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
+        """Apply the updates' transforms in order; the combined change and the rows it leads to."""
+        cur = dict(rows)
+        touched: dict[str, np.ndarray] = {}
+        for req in list(reqs):
+            try:
+                out = req.transform(k, cur)
+                missing = [p for p in out if p not in cur]
+                if missing:
+                    raise missing_chunk(info, missing[0], k)
+            except KeyError as exc:
+                self._fail(req, k, reqs, missing_chunk(info, str(exc.args[0]) if exc.args else "?", k))
+                continue
+            except CstoreError as exc:
+                self._fail(req, k, reqs, exc)
+                continue
+            for p, (new, t) in out.items():
+                cur[p] = ChunkRow(p, new, rows[p].version, rows[p].op_id, rows[p].deltas, rows[p].delta_bytes)
+                t = np.asarray(t, dtype=np.int32)
+                touched[p] = t if p not in touched else np.union1d(touched[p], t).astype(np.int32)
+        if not touched or not reqs:
+            return None
+        return {p: (cur[p].data, t) for p, t in touched.items()}, cur
+
+    def _fail(self, req: _Request, k: int, group: list[_Request], exc: BaseException) -> None:
+        self._known.drop((req.info.model_id, k))
+        group.remove(req)
+        with self._locked():
+            self._finish(req, exc)
+
+    def _applied(self, info: ModelInfo, k: int, before: dict[str, ChunkRow], after: dict[str, ChunkRow],
+                 writes: dict[str, ChunkWrite], change: Change, op_id: uuid.UUID) -> ChunkCommit:
+        key = (info.model_id, k)
+        with self._locked():
+            self._streak.pop(key, None)
+            self._not_before.pop(key, None)
+            refused = self._refused.pop(key, 0)
+        new_rows = {}
+        for p, r in after.items():
+            w = writes.get(p)
+            if w is None:
+                new_rows[p] = r
+            elif w.data is not None:
+                new_rows[p] = ChunkRow(p, r.data, r.version + 1, op_id)
+            else:
+                new_rows[p] = ChunkRow(p, r.data, r.version + 1, op_id, r.deltas + 1, r.delta_bytes + w.nbytes)
+        self._known.put(key, new_rows)
+        return ChunkCommit(k, op_id, {p: before[p].version for p in change},
+                           {p: before[p].version + 1 for p in change}, sum(len(t) for _, t in change.values()),
+                           retries=refused, conflicts=refused, bytes_written=sum(w.nbytes for w in writes.values()),
+                           touched={p: t for p, (_, t) in change.items()})
+
+    def _conflict(self, info: ModelInfo, k: int, reqs: list[_Request], op_id: uuid.UUID, change: Change) -> None:
+        key = (info.model_id, k)
+        self._known.drop(key)
+        self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
+                                   op_id, change)
+        with self._locked():
+            self._streak[key] += 1
+            self._refused[key] += 1
+            self._not_before[key] = time.monotonic() + random.uniform(0, min(0.2, 0.002 * 2 ** self._streak[key]))
+            for req in reqs:
+                req.conflicts += 1
+
+    def _retry_later(self, info: ModelInfo, k: int, reqs: list[_Request], exc: CstoreError) -> None:
+        with self._locked():
+            if not isinstance(exc, TransientError):
+                for req in list(reqs):
+                    self._finish(req, exc)
+                return
+            key = (info.model_id, k)
+            self._streak[key] += 1
+            self._not_before[key] = time.monotonic() + min(2.0, 0.05 * 2 ** self._streak[key])
+            for req in reqs:
+                req.error = exc
+
+    def _chunk_done(self, req: _Request, k: int, commit: ChunkCommit | None) -> None:
+        """Lock held: one chunk of ``req`` is committed (or had nothing to change)."""
+        req.left.discard(k)
+        if commit is not None:
+            req.result.commits.append(commit)
+        if not req.left:
+            self._finish(req)
+
+    def _record(self, info: ModelInfo, commits: list[ChunkCommit], work: _Round) -> None:
+        reqs = list({id(r): r for c in commits for r in work.chunks[c.chunk]}.values())
+        lrs = [r.lr for r in reqs if r.lr is not None]
+        self._engine.record(info, Totals(updates=len(reqs), chunk_commits=len(commits),
+                                         coords=sum(c.coords for c in commits), lr_updates=len(lrs),
+                                         lr_sum=sum(lrs), lr_sq_sum=sum(x * x for x in lrs),
+                                         conflicts=sum(r.conflicts for r in reqs),
+                                         bytes_written=sum(c.bytes_written for c in commits)))
+

@@ -1,0 +1,121 @@
+"""What the group committer knows without asking Cassandra, and how it proves an op committed.
+
+* :class:`KnownRows` — the chunk rows this process committed or read last. A compare-and-set against
+  them needs no read first; if another writer moved the chunk meanwhile, the compare-and-set is refused
+  and the chunk is read again, so a stale entry costs a retry, never an update.
+* :func:`chunk_op_id` / :func:`committed` — an update spanning chunks commits chunk ``k`` under an op id
+  derived from its ``update_id``; whether that op is on the chunk's commit chain tells, exactly, whether
+  a re-submitted update already committed that chunk.
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import OrderedDict
+
+from cstore.backend import ParamTables
+from cstore.core import ChunkRow, ModelInfo, ticks_of, uuid_at
+from cstore.errors import CorruptData, CstoreError
+from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._history import op_in_chain
+
+__all__ = ["KnownRows", "chunk_op_id", "committed", "known_or_read"]
+
+_BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
+
+
+class KnownRows:
+    """The last committed or read rows per (model, chunk), least recently used dropped beyond a budget."""
+
+    def __init__(self, budget: int = _BUDGET) -> None:
+        self._rows: OrderedDict[tuple[uuid.UUID, int], dict[str, ChunkRow]] = OrderedDict()
+        self._bytes = 0
+        self._budget = budget
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[uuid.UUID, int]) -> dict[str, ChunkRow] | None:
+        with self._lock:
+            rows = self._rows.get(key)
+            if rows is not None:
+                self._rows.move_to_end(key)
+            return rows
+
+    def put(self, key: tuple[uuid.UUID, int], rows: dict[str, ChunkRow]) -> None:
+        for r in rows.values():
+            r.data.flags.writeable = False  # shared by every later transform: nobody may write it
+        with self._lock:
+            self._drop(key)
+            self._rows[key] = rows
+            self._bytes += sum(r.data.nbytes for r in rows.values())
+            while self._bytes > self._budget and len(self._rows) > 1:
+                _, old = self._rows.popitem(last=False)
+                self._bytes -= sum(r.data.nbytes for r in old.values())
+
+    def drop(self, key: tuple[uuid.UUID, int]) -> None:
+        with self._lock:
+            self._drop(key)
+
+    def _drop(self, key: tuple[uuid.UUID, int]) -> None:
+        old = self._rows.pop(key, None)
+        if old is not None:
+            self._bytes -= sum(r.data.nbytes for r in old.values())
+
+
+def known_or_read(known: KnownRows, engine: ChunkEngine, info: ModelInfo,
+                  chunks: list[int]) -> tuple[dict[int, dict[str, ChunkRow]], dict[int, CstoreError]]:
+    """The rows of ``chunks``: known ones, else read (one read for all; one per chunk if that fails,
+    so that an unreadable chunk fails or delays only its own updates), and the chunks that failed."""
+    rows = {k: got for k in chunks if (got := known.get((info.model_id, k))) is not None}
+    missing = [k for k in chunks if k not in rows]
+    errors: dict[int, CstoreError] = {}
+    try:
+        fresh = engine.read(info, missing) if missing else {}
+    except CstoreError:
+        fresh = {}
+        for k in missing:
+            try:
+                fresh[k] = engine.read_chunk(info, k)
+            except CstoreError as exc:
+                errors[k] = exc
+    for k, got in fresh.items():
+        rows[k] = got
+        if got:  # a missing row is never remembered: it may be restored
+            known.put((info.model_id, k), got)
+    return rows, errors
+
+
+def chunk_op_id(update_id: uuid.UUID, chunk: int) -> uuid.UUID:
+    """The op id of an update's commit of ``chunk``: a timeuuid at the update's time, unique per chunk.
+
+    >>> u = uuid.UUID("7f3c1a2e-cf2b-11f0-8000-0123456789ab")
+    >>> chunk_op_id(u, 3) == chunk_op_id(u, 3) != chunk_op_id(u, 4)
+    True
+    >>> ticks_of(chunk_op_id(u, 3)) == ticks_of(u)
+    True
+    """
+    node = (update_id.node ^ ((chunk + 1) * 0x9E3779B97F4A7C15)) & 0xFFFFFFFFFFFF
+    return uuid_at(ticks_of(update_id), node=node, clock_seq=update_id.clock_seq)
+
+
+def committed(engine: ChunkEngine, tables: ParamTables, info: ModelInfo, chunk: int, op: uuid.UUID) -> bool:
+    """Is ``op`` on ``chunk``'s commit chain? (Its history row says which version it would have made;
+    the chain from the head, read at SERIAL, says whether it did.)"""
+    bucket = engine.bucket_of(info, op)
+    for p in info.params_in_chunk(chunk):
+        row = tables.history_row(info.model_id, bucket, op, p)
+        if row is None:
+            continue
+        head = engine.read_chunk(info, chunk, serial=True).get(p)
+        if head is None:
+            raise missing_chunk(info, p, chunk)
+        if head.op_id == op:
+            return True
+        if head.op_id is None or head.version < row["new_version"]:
+            return False
+        found = op_in_chain(tables, lambda o: engine.bucket_of(info, o), info, p, chunk, head.op_id,
+                            row["new_version"], op)
+        if found is None:
+            raise CorruptData(f"model {info.name!r} chunk {chunk}: cannot tell whether op {op} committed (its "
+                              f"history chain is incomplete)", model=info.name, chunk=chunk)
+        return found
+    return False

@@ -1,0 +1,86 @@
+"""Stored chunk rows and what a commit writes to them: a full copy, or a delta entry.
+
+A stored row holds ``data`` at ``base_version`` and the delta entries above it (migration 005), each
+the new values of the coordinates one commit touched, keyed by the version that commit produced.
+:func:`decode_row` rebuilds the chunk at ``version`` and checks that the entries are exactly
+``base_version + 1 … version`` (so a lost or foreign entry is caught, never silently skipped).
+
+:func:`plan_write` chooses, per parameter of a commit, between
+
+* a **delta** entry: the compare-and-set carries only the touched coordinates, so an atomic update of
+  one float costs a Paxos round on tens of bytes, not on the whole chunk; and
+* a **full** write of the chunk, which also folds (drops) the entries waiting on the row:
+
+a commit writes a delta when it touches few coordinates (its encoded entry is at most 1/16 of the raw
+chunk) and the row has fewer than :data:`MAX_DELTAS` entries adding up to at most 1/4 of the raw
+chunk; otherwise it writes the chunk whole. So a row never carries more than a quarter of its size in
+entries, readers apply at most :data:`MAX_DELTAS` small patches, and micro-batches that touch much of
+a chunk keep writing it whole, as before. Blind writes (the eventual profile) are always full: an
+entry keyed by a version two blind writers both claim would mix their chunks.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from cstore.backend import ChunkWrite
+from cstore.core import (ChunkRow, CodecPipeline, ModelInfo, chunk_context, decode_sparse, delta_context,
+                         encode_sparse)
+from cstore.errors import CorruptData
+
+__all__ = ["MAX_DELTAS", "decode_row", "plan_write"]
+
+MAX_DELTAS = 32
+_DELTA_SHARE = 16   # a delta entry may be at most 1/16 of the raw chunk ...
+_PENDING_SHARE = 4  # ... and the entries waiting on a row at most 1/4 of it
+
+
+def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str, Any]) -> ChunkRow:
+    """One stored parameter row as a :class:`ChunkRow` at its ``version``: decrypted, checked, patched."""
+    param, version = r["param"], r["version"]
+    start, stop = info.chunk_bounds(param, chunk)
+    where = f"model {info.name!r} parameter {param!r} chunk {chunk} (version {version})"
+    try:
+        data = codec.decode(r["data"], expect_dtype=info.dtype, expect_shape=[stop - start],
+                            context=chunk_context(info.model_id, chunk, param))
+    except CorruptData as exc:
+        raise CorruptData(f"{where}: {exc}", model=info.name, param=param, chunk=chunk) from None
+    base = r.get("base_version")
+    entries = {v: blob for v, blob in (r.get("deltas") or {}).items() if base is None or v > base}
+    if base is not None and sorted(entries) != list(range(base + 1, version + 1)):
+        raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from its copy at version "
+                          f"{base} to version {version}; the row was damaged or written outside cstore: restore "
+                          f"the model from a snapshot", model=info.name, param=param, chunk=chunk)
+    if not entries:
+        return ChunkRow(param, data, version, r["op_id"])
+    data = data.copy()
+    for v in sorted(entries):
+        try:
+            idx, vals = decode_sparse(codec.decode_bytes(entries[v], context=delta_context(info.model_id, chunk,
+                                                                                            param, v)))
+        except CorruptData as exc:
+            raise CorruptData(f"{where}: delta entry {v}: {exc}", model=info.name, param=param, chunk=chunk) from None
+        if vals.dtype != data.dtype or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= data.size)):
+            raise CorruptData(f"{where}: delta entry {v} holds {vals.dtype} values or indices outside the chunk",
+                              model=info.name, param=param, chunk=chunk)
+        data[idx] = vals
+    return ChunkRow(param, data, version, r["op_id"], len(entries), sum(len(b) for b in entries.values()))
+
+
+def plan_write(codec: CodecPipeline, info: ModelInfo, chunk: int, row: ChunkRow, new: np.ndarray,
+               touched: np.ndarray, *, conditional: bool) -> tuple[ChunkWrite, bytes]:
+    """The write of one parameter row for a commit, and the sparse post-image the history records."""
+    touched = np.asarray(touched, dtype=np.int32)
+    sparse = encode_sparse(touched, new[touched])
+    raw = new.nbytes
+    version = row.version + 1
+    small = conditional and len(touched) * new.itemsize * _DELTA_SHARE <= raw
+    if small:
+        delta = codec.encode_bytes(sparse, context=delta_context(info.model_id, chunk, row.param, version))
+        if (row.deltas < MAX_DELTAS and len(delta) * _DELTA_SHARE <= raw
+                and (row.delta_bytes + len(delta)) * _PENDING_SHARE <= raw):
+            return ChunkWrite(row.version, row.version - row.deltas, delta=delta), sparse
+    data = codec.encode(new, context=chunk_context(info.model_id, chunk, row.param))
+    return ChunkWrite(row.version, version, data=data, fold=row.deltas > 0), sparse

@@ -1,0 +1,211 @@
+"""Atomic updates (strong profile): delta entries, group commit, exactly once across chunks.
+
+Everything here reads the rows back from Cassandra: what a small commit stores, that damaged entries
+are refused, that contending writers lose nothing and give up never, and that a partial commit can be
+finished with its ``update_id`` without applying anything twice.
+"""
+from __future__ import annotations
+
+import base64
+import collections
+import dataclasses
+import multiprocessing as mp
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from cstore.backend import connect
+from cstore.config import codec_from_env
+from cstore.errors import CorruptData, MissingChunk, PartialCommit, ValidationError
+from cstore.store import Store
+from workloads import chunk_pair_updates, fingerprint, run_chunk_pair_updates
+
+MAX_DELTAS = 32  # entries a chunk row carries at most before a commit folds it (cstore/store/_rows.py)
+
+
+def _raw(session, model_id, chunk: int, param: str = "w"):
+    return session.execute("SELECT version, base_version, deltas, data FROM chunks WHERE model_id=%s AND chunk=%s "
+                           "AND param=%s", (model_id, chunk, param)).one()
+
+
+def test_small_commit_stores_a_delta_entry_and_rows_fold(session, store, unique_name):
+    store.create_model(unique_name, {"w": (4096,)}, chunk_size=4096)
+    info = store.model_info(unique_name)
+    full = bytes(_raw(session, info.model_id, 0)["data"])
+    start = store.snapshot(unique_name, reason="replay base")
+    store.apply_update(unique_name, "w", [1.0], indices=[7], lr=0.5)
+    row = _raw(session, info.model_id, 0)
+    assert (row["version"], row["base_version"], sorted(row["deltas"])) == (2, 1, [2])
+    assert bytes(row["data"]) == full  # the chunk copy was not rewritten for one float
+    assert len(row["deltas"][2]) < 64
+    expected = np.zeros(4096, np.float32)
+    expected[7] = -0.5
+    for i in range(MAX_DELTAS + 8):  # past the entry limit the next commit folds the row into a full copy
+        store.apply_update(unique_name, "w", [1.0], indices=[100 + i], lr=1.0)
+        expected[100 + i] = -1.0
+    row = _raw(session, info.model_id, 0)
+    assert row["version"] == MAX_DELTAS + 10
+    assert row["base_version"] > 1 and len(row["deltas"] or {}) <= MAX_DELTAS
+    assert sorted(row["deltas"] or {}) == list(range(row["base_version"] + 1, row["version"] + 1))
+    with Store.from_config(store.config) as fresh:  # another process: nothing known, everything decoded
+        np.testing.assert_array_equal(fresh.read_model(unique_name).params["w"], expected)
+        np.testing.assert_array_equal(fresh.replay(unique_name, start)["w"], expected)
+    store.apply_update(unique_name, "w", np.ones(4096, np.float32), lr=1.0)  # a dense commit writes it whole
+    row = _raw(session, info.model_id, 0)
+    assert row["base_version"] == row["version"] and not row["deltas"]
+    np.testing.assert_array_equal(store.read_model(unique_name).params["w"], expected - 1.0)
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_a_lost_delta_entry_is_refused_and_nothing_written(session, store, base_config, unique_name):
+    store.create_model(unique_name, {"w": (2048,)}, chunk_size=1024)
+    info = store.model_info(unique_name)
+    for i in range(3):
+        store.apply_update(unique_name, "w", [1.0], indices=[i], lr=1.0)
+    session.execute("UPDATE chunks SET deltas = deltas - {3} WHERE model_id=%s AND chunk=0 AND param='w'",
+                    (info.model_id,))
+    before = fingerprint(session, store, unique_name)
+    with Store.from_config(base_config) as fresh:
+        with pytest.raises(CorruptData, match=r"chunk 0.*delta entries \[2, 4\] do not lead from its copy at "
+                                              r"version 1 to version 4"):
+            fresh.read_model(unique_name)
+        with pytest.raises(CorruptData, match="chunk 0"):
+            fresh.apply_update(unique_name, "w", [1.0], indices=[5])
+        fresh.apply_update(unique_name, "w", [1.0], indices=[1500])  # the healthy chunk still commits
+    after = fingerprint(session, store, unique_name)
+    assert [c for c in after[0] if c[0] == 0] == [c for c in before[0] if c[0] == 0]
+    assert after[2] == before[2] + 1
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_encrypted_delta_entries_cannot_be_moved(session, base_config, unique_name):
+    key = "k1:" + base64.b64encode(b"7" * 32).decode()
+    with Store(connect(base_config, keyspace=base_config.keyspace),
+               codec=codec_from_env({"CSTORE_ENCRYPTION_KEY": key})) as enc:
+        enc.create_model(unique_name, {"w": (1024,)}, chunk_size=1024)
+        info = enc.model_info(unique_name)
+        enc.apply_update(unique_name, "w", [3.0], indices=[1], lr=1.0)
+        enc.apply_update(unique_name, "w", [5.0], indices=[2], lr=1.0)
+        deltas = _raw(session, info.model_id, 0)["deltas"]
+        assert all(bytes(b).startswith(b"CSE1") for b in deltas.values())
+        assert np.float32(-3.0).tobytes() not in bytes(deltas[2])
+        session.execute("UPDATE chunks SET deltas = %s WHERE model_id=%s AND chunk=0 AND param='w'",
+                        ({2: deltas[3], 3: deltas[2]}, info.model_id))  # swapped: each still well-formed
+    with Store(connect(base_config, keyspace=base_config.keyspace),
+               codec=codec_from_env({"CSTORE_ENCRYPTION_KEY": key})) as enc:
+        with pytest.raises(CorruptData, match="delta entry 2"):
+            enc.read_model(unique_name)
+        enc.drop_model(unique_name, confirm=unique_name)
+
+
+def test_partial_commit_is_finished_once_with_its_update_id(session, store, unique_name):
+    store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    info = store.model_info(unique_name)
+    store.apply_update(unique_name, "w", [1.0], indices=[40], lr=1.0)  # the store now knows chunk 1's row
+    saved = session.execute("SELECT * FROM chunks WHERE model_id=%s AND chunk=1", (info.model_id,)).one()
+    session.execute("DELETE FROM chunks WHERE model_id=%s AND chunk=1", (info.model_id,))
+    # chunk 0 commits; chunk 1's compare-and-set is refused, and read again the row is missing
+    with pytest.raises(PartialCommit) as exc:
+        store.apply_update(unique_name, "w", [1.0, 2.0], indices=[3, 40], lr=1.0)
+    err = exc.value
+    assert err.result.chunks == [0] and err.failed == [1] and isinstance(err.cause, MissingChunk)
+    update_id = err.update_id
+    assert f"update_id={update_id}" in str(err)
+    session.execute(f"INSERT INTO chunks ({', '.join(saved)}) VALUES ({', '.join(['%s'] * len(saved))})",
+                    tuple(saved.values()))  # the operator restores the row
+    again = store.apply_update(unique_name, "w", [1.0, 2.0], indices=[3, 40], lr=1.0, update_id=update_id)
+    assert again.chunks == [1]  # only the missing chunk
+    once_more = store.apply_update(unique_name, "w", [1.0, 2.0], indices=[3, 40], lr=1.0, update_id=update_id)
+    assert once_more.chunks == []
+    w = store.read_model(unique_name).params["w"]
+    assert (w[3], w[40]) == (-1.0, -3.0) and np.count_nonzero(w) == 2
+    committed = collections.Counter(h.chunk for h in store.history(unique_name))
+    assert committed == {0: 1, 1: 2}
+    with Store.from_config(store.config) as other:  # the proof is in the database, not in this process
+        assert other.apply_update(unique_name, "w", [1.0, 2.0], indices=[3, 40], update_id=update_id).chunks == []
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_an_update_failing_on_one_chunk_commits_none_of_the_others(session, store, unique_name):
+    store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    info = store.model_info(unique_name)
+    session.execute("DELETE FROM chunks WHERE model_id=%s AND chunk=1", (info.model_id,))
+    before = fingerprint(session, store, unique_name)
+    with pytest.raises(MissingChunk, match="chunk 1"):
+        store.apply_update(unique_name, "w", [1.0, 2.0], indices=[3, 40], lr=1.0)
+    assert fingerprint(session, store, unique_name) == before  # chunk 0 was not committed either
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_bad_update_id_is_refused_before_anything_is_written(session, store, base_config, unique_name):
+    store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    before = fingerprint(session, store, unique_name)
+    for bad in ("not-a-uuid", uuid.uuid4()):
+        with pytest.raises(ValidationError, match="update_id must be the time-based UUID"):
+            store.apply_update(unique_name, "w", [1.0], indices=[3], update_id=bad)
+    with Store.from_config(dataclasses.replace(base_config, profile="eventual")) as blind:
+        with pytest.raises(ValidationError, match="update_id needs conditional writes"):
+            blind.apply_update(unique_name, "w", [1.0], indices=[3], update_id=uuid.uuid1())
+    assert fingerprint(session, store, unique_name) == before
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_threads_of_one_process_are_combined_and_lose_nothing(store, unique_name):
+    store.create_model(unique_name, {"w": (256,)}, chunk_size=128)
+    start = store.snapshot(unique_name, reason="replay base")
+    threads, per = 16, 40
+    errors: list[BaseException] = []
+
+    def writer(t: int) -> None:
+        try:
+            for i in range(per):
+                store.apply_update(unique_name, "w", [1.0, 1.0], indices=[(t * 7 + i) % 256, 255 - t], lr=1.0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    pool = [threading.Thread(target=writer, args=(t,)) for t in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not errors
+    expected = np.zeros(256, np.float32)
+    for t in range(threads):
+        for i in range(per):
+            expected[(t * 7 + i) % 256] -= 1.0
+            expected[255 - t] -= 1.0
+    state = store.read_model(unique_name)
+    np.testing.assert_array_equal(state.params["w"], expected)
+    commits = store.history(unique_name)
+    # commits of 16 threads were combined: fewer chunk commits than chunk changes, one history row per version
+    assert len(commits) < threads * per * 2
+    for k in (0, 1):
+        assert sorted(h.new_version for h in commits if h.chunk == k) == \
+            list(range(2, state.chunk_versions[("w", k)] + 1))
+    np.testing.assert_array_equal(store.replay(unique_name, start)["w"], expected)
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+@pytest.mark.slow
+def test_eight_processes_over_two_shared_chunks_never_give_up(base_config, store, unique_name):
+    """The issue's run: 8 processes x 100 updates of 8 coordinates over 2 shared chunks."""
+    store.create_model(unique_name, {"w": (256,)}, chunk_size=128)
+    cfg = {"contact_points": ",".join(base_config.contact_points), "port": base_config.port,
+           "keyspace": base_config.keyspace, "profile": "strong"}
+    with mp.get_context("spawn").Pool(8) as pool:
+        outcomes = pool.starmap(run_chunk_pair_updates, [(cfg, unique_name, w, 100) for w in range(8)])
+    assert [o["errors"] for o in outcomes] == [[]] * 8
+    expected = np.zeros(256, np.float32)
+    for w in range(8):
+        for idx, vals in chunk_pair_updates(w, 100):
+            expected[idx] -= vals
+    state = store.read_model(unique_name)
+    np.testing.assert_array_equal(state.params["w"], expected)
+    for k in (0, 1):
+        versions = sorted(h.new_version for h in store.history(unique_name) if h.chunk == k)
+        assert versions == list(range(2, state.chunk_versions[("w", k)] + 1))
+    print(f"\n8x100 updates over 2 chunks: {sum(o['conflicts'] for o in outcomes)} conflicts, 0 give-ups, exact")
+    assert sum(o["conflicts"] for o in outcomes) > 0, "the processes must contend, or this proves nothing"
+    store.drop_model(unique_name, confirm=unique_name)
