@@ -90,6 +90,23 @@ def test_a_committed_update_is_visible_within_one_second(store, client, unique_n
           f"max {max(lags) * 1000:.0f} ms")
 
 
+def test_a_quiet_model_costs_one_head_read_per_poll(store, client, unique_name):
+    name = make_model(store, unique_name)
+    model = client.model(name)
+    store.apply_update(name, "weights", [0.5], indices=[3], lr=1.0)
+    assert model.wait_for_version(store.head_version(name), 2.0)
+    before = model.status()
+    time.sleep(1.0)  # nothing commits: the head counter does not move
+    quiet = model.status()
+    assert quiet["polls"] - before["polls"] >= 5  # the client polls every 0.1 s
+    assert quiet["index_reads"] == before["index_reads"] and quiet["chunks_fetched"] == before["chunks_fetched"]
+    store.apply_update(name, "weights", [0.5], indices=[3], lr=1.0)  # one commit: one index read, one chunk
+    assert model.wait_for_version(store.head_version(name), 2.0)
+    moved = model.status()
+    assert moved["index_reads"] > quiet["index_reads"] and moved["chunks_fetched"] == quiet["chunks_fetched"] + 1
+    assert store.read_model(name).params["weights"][3] == -1.0 and model.version == store.head_version(name)
+
+
 def test_a_rollback_is_picked_up_like_any_update(store, client, unique_name):
     name = make_model(store, unique_name)
     model = client.model(name)
