@@ -34,7 +34,7 @@ def status(obj: CliContext, model: str, group: str, as_json: bool) -> None:
     click.echo("partitions:")
     for p in st["partitions"]:
         click.echo(f"  {p['partition']:>4}  owner {p['owner'] or '-':40} lag {p['lag_events']:>8}  "
-                   f"learned {p['learned_events']}")
+                   f"learned {p['learned_events']}" + ("  (critical)" if p["critical"] else ""))
 
 
 COMMANDS = [status]

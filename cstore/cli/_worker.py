@@ -96,13 +96,19 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
 @click.option("--group", default="default", show_default=True, help="Consumer group.")
 @click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes per model (supervised children).")
-@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=5000, show_default=True,
+              help="Most events per bulk batch (under load a batch is what arrived during the last one).")
+@click.option("--min-batch", type=click.IntRange(1), help="Events that start a batch at once [min(100, batch size)].")
 @click.option("--max-wait-ms", type=click.FloatRange(0), default=200.0, show_default=True,
-              help="Longest wait to fill a batch (time window).")
+              help="Longest wait for --min-batch events before a smaller batch goes.")
 @click.option("--lease-ttl", type=click.FloatRange(2), default=15.0, show_default=True,
               help="Partition lease TTL in seconds (takeover time after a crash).")
 @click.option("--heartbeat", type=click.FloatRange(0.1), help="Lease renewal interval [lease TTL / 3].")
 @click.option("--poll-ms", type=click.FloatRange(1), default=100.0, show_default=True)
+@click.option("--critical/--no-critical", default=True, show_default=True,
+              help="Also serve the model's critical partition (one worker of the group holds it).")
+@click.option("--critical-poll-ms", type=click.FloatRange(0.5), default=5.0, show_default=True,
+              help="How often the critical lane polls its partition.")
 @click.option("--max-batches", type=click.IntRange(1), help="Exit after this many batches.")
 @click.option("--until-idle", is_flag=True, help="Exit once a poll finds nothing new to learn (batch jobs).")
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
@@ -110,8 +116,9 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for the metrics server.")
 @log_format_option
 @click.pass_obj
-def worker(obj: CliContext, models, group, processes, batch_size, max_wait_ms, lease_ttl, heartbeat, poll_ms,
-           max_batches, until_idle, metrics_port, metrics_host, log_format) -> None:
+def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max_wait_ms, lease_ttl, heartbeat,
+           poll_ms, critical, critical_poll_ms, max_batches, until_idle, metrics_port, metrics_host,
+           log_format) -> None:
     """Learn from feedback: lease partitions, learn micro-batches, checkpoint. SIGTERM exits cleanly.
 
     With --metrics-port the worker exposes Prometheus metrics (events learned, commits, conflicts,
@@ -120,8 +127,9 @@ def worker(obj: CliContext, models, group, processes, batch_size, max_wait_ms, l
     """
     redactor = setup_logging(log_format)
     redactor.add_secret(obj.config.password)
-    opts = {"group": group, "batch_size": batch_size, "max_wait_ms": max_wait_ms, "lease_ttl_s": lease_ttl,
-            "heartbeat_s": heartbeat, "poll_ms": poll_ms, "until_idle": until_idle}
+    opts = {"group": group, "batch_size": batch_size, "min_batch": min_batch, "max_wait_ms": max_wait_ms,
+            "lease_ttl_s": lease_ttl, "heartbeat_s": heartbeat, "poll_ms": poll_ms, "critical": critical,
+            "critical_poll_ms": critical_poll_ms, "until_idle": until_idle}
     if processes > 1 or len(models) > 1:
         sys.exit(_supervise(obj, models, processes, opts, max_batches, metrics_port, metrics_host, log_format))
     from cstore.ops import Readiness, WorkerMetrics, WorkerObserver, cluster_check, multiprocess_dir, serve
@@ -164,7 +172,10 @@ def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int |
             args += [flag, str(obj.overrides[key])]
     args += ["worker", "--model", model_name, "--group", opts["group"], "--batch-size", str(opts["batch_size"]),
              "--max-wait-ms", str(opts["max_wait_ms"]), "--lease-ttl", str(opts["lease_ttl_s"]),
-             "--poll-ms", str(opts["poll_ms"]), "--log-format", log_format]
+             "--poll-ms", str(opts["poll_ms"]), "--critical-poll-ms", str(opts["critical_poll_ms"]),
+             "--critical" if opts["critical"] else "--no-critical", "--log-format", log_format]
+    if opts["min_batch"]:
+        args += ["--min-batch", str(opts["min_batch"])]
     if opts["heartbeat_s"]:
         args += ["--heartbeat", str(opts["heartbeat_s"])]
     if max_batches:

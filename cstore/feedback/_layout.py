@@ -1,10 +1,11 @@
 """A model's feedback layout, and the per-store state every producer and consumer of feedback shares.
 
-Storage (``cql/002_feedback.cql``): the entity id hashes to one of P partitions, the kind picks a
-priority *lane*, the producer's clock stamps each segment with a timeuuid whose time picks the bucket.
-A segment is one CQL row holding many msgpack-encoded events. The layout (P, bucket width, TTL,
-lateness window, kind → lane) is fixed when a model's feedback is first written, so that every
-producer and consumer agrees on it for the model's whole life.
+Storage (``cql/002_feedback.cql``): the entity id hashes to one of P partitions (a *critical* event
+goes to partition P, the critical partition, whatever its entity), the kind picks a priority *lane*,
+the producer's clock stamps each segment with a timeuuid whose time picks the bucket. A segment
+is one CQL row holding many msgpack-encoded events. The layout (P, bucket width, TTL, lateness
+window, kind → lane) is fixed when a model's feedback is first written, so that every producer and
+consumer agrees on it for the model's whole life.
 
 Lateness contract (what lets consumers checkpoint by time without missing late segments, see
 ``_reader``): a segment counts as written only if its write was acknowledged within ``lateness_s / 2``
@@ -56,6 +57,12 @@ class FeedbackLayout:
     def lanes(self) -> tuple[int, ...]:
         """Lane numbers, highest priority (lowest number) first."""
         return tuple(sorted(set(self.priorities.values())))
+
+    @property
+    def critical_part(self) -> int:
+        """The feedback partition of critical events (numbered after the P bulk partitions): one worker
+        of each group leases it and polls it every few milliseconds, beside its bulk partitions."""
+        return self.partitions
 
     def part_of(self, entity_id: str | int) -> int:
         # CRC-32: stable across processes and versions, and ~8x cheaper than a keyed hash, which matters

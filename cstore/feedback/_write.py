@@ -12,13 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cstore.core import TICKS_PER_S, ticks_now
-from cstore.errors import ConsistencyUnavailable, FeedbackWriteFailed, TransientError
+from cstore.errors import ConsistencyUnavailable, FeedbackWriteFailed, InvalidFeedback, TransientError
 from cstore.feedback._events import encode_event, make_event
 from cstore.feedback._layout import FeedbackContext, FeedbackLayout, context
 from cstore.feedback._segments import Segment
 from cstore.store import Store
 
-__all__ = ["WriteReport", "raise_failures", "send_feedback", "write_segments"]
+__all__ = ["WriteReport", "check_critical", "raise_failures", "send_feedback", "write_now", "write_segments"]
 
 
 @dataclass
@@ -106,14 +106,30 @@ def raise_failures(report: WriteReport) -> None:
 
 
 def send_feedback(store: Store, model: str, entity_id: Any, label: Any, *, kind: str = "explicit",
-                  confidence: Any = None, event_time: Any = None, features: Any = None, metadata: Any = None) -> None:
+                  confidence: Any = None, event_time: Any = None, features: Any = None, metadata: Any = None,
+                  critical: bool = False) -> None:
     """Validate and durably write one event; returns once it is acknowledged (nothing is written if it is bad).
+
+    ``critical=True`` (a confirmed chargeback, say) puts the event in the model's critical partition,
+    which a worker polls every few milliseconds and learns at once, beside the bulk micro-batches.
 
     >>> cstore.send_feedback(store, "fraud", "tx-42", 1, kind="explicit", features={"amount": 120.0})  # doctest: +SKIP
     """
     ctx = context(store)
     _, cfg = ctx.layout(model)
     ev = make_event(entity_id, label, kind, confidence, event_time, features, metadata)
-    data = encode_event(ev)
-    seg = Segment(cfg.part_of(ev.entity_id), cfg.lane_of(ev.kind), [data], len(data))
-    raise_failures(write_segments(ctx, cfg, [seg]))
+    write_now(ctx, cfg, ev.entity_id, ev.kind, encode_event(ev), critical=check_critical(critical))
+
+
+def write_now(ctx: FeedbackContext, cfg: FeedbackLayout, entity_id: Any, kind: str, data: bytes, *,
+              critical: bool, max_attempts: int = 6) -> None:
+    """Write one encoded event as its own segment, on the caller's thread; raise if it is not durable."""
+    part = cfg.critical_part if critical else cfg.part_of(entity_id)
+    seg = Segment(part, cfg.lane_of(kind), [data], len(data))
+    raise_failures(write_segments(ctx, cfg, [seg], max_attempts=max_attempts))
+
+
+def check_critical(critical: Any) -> bool:
+    if not isinstance(critical, bool):
+        raise InvalidFeedback(f"critical must be True or False, got {critical!r}")
+    return critical

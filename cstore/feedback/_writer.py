@@ -30,7 +30,7 @@ from cstore.feedback._columns import Batch, encode_block, make_batch, reorder
 from cstore.feedback._events import encode_event, make_event
 from cstore.feedback._layout import FeedbackLayout, context
 from cstore.feedback._segments import COLUMNAR_VERSION, PAYLOAD_VERSION, Segment
-from cstore.feedback._write import WriteReport, raise_failures, write_segments
+from cstore.feedback._write import WriteReport, check_critical, raise_failures, write_now, write_segments
 from cstore.store import Store
 
 log = logging.getLogger("cstore.feedback")
@@ -79,6 +79,7 @@ class FeedbackWriter:
         self.bytes_written = 0
         self.retries = 0
         self.restamped = 0
+        self.critical_written = 0
         self.blocked_s = 0.0
         self._thread = threading.Thread(target=self._run, name=f"cstore-feedback-{model}", daemon=True)
         self._thread.start()
@@ -93,9 +94,22 @@ class FeedbackWriter:
 
     # -- producing ---------------------------------------------------------------------------------
     def send(self, entity_id: Any, label: Any, *, kind: str = "explicit", confidence: Any = None,
-             event_time: Any = None, features: Any = None, metadata: Any = None) -> None:
-        """Validate and buffer one event; blocks while the buffer is full (back-pressure)."""
+             event_time: Any = None, features: Any = None, metadata: Any = None, critical: bool = False) -> None:
+        """Validate and buffer one event; blocks while the buffer is full (back-pressure).
+
+        ``critical=True`` skips the buffer: the event is written at once, on this thread, to the model's
+        critical partition (polled every few milliseconds by one worker and learned at once), and is
+        durable when ``send`` returns (it raises if it could not be written).
+        """
         ev = make_event(entity_id, label, kind, confidence, event_time, features, metadata)
+        if check_critical(critical):
+            self._check_usable()
+            write_now(self.ctx, self.cfg, ev.entity_id, ev.kind, encode_event(ev), critical=True,
+                      max_attempts=self.max_attempts)
+            self.events_sent += 1
+            self.events_written += 1
+            self.critical_written += 1
+            return
         self.send_event(ev.entity_id, ev.kind, encode_event(ev))
 
     def send_event(self, entity_id: Any, kind: str, data: bytes) -> None:
@@ -239,7 +253,8 @@ class FeedbackWriter:
     def stats(self) -> dict[str, Any]:
         return {"events_sent": self.events_sent, "events_written": self.events_written,
                 "segments_written": self.segments_written, "bytes_written": self.bytes_written,
-                "retries": self.retries, "restamped": self.restamped, "buffered_bytes": self._buffered,
+                "retries": self.retries, "restamped": self.restamped, "critical_written": self.critical_written,
+                "buffered_bytes": self._buffered,
                 "blocked_s": round(self.blocked_s, 3)}
 
     # -- the background thread ---------------------------------------------------------------------

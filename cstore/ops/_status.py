@@ -2,9 +2,10 @@
 
 Keys: ``model``, ``group``, ``head_version``, ``lag_events`` (events visible but not yet learned, all
 partitions), ``partitions`` (each with ``owner``, ``lag_events``, per-lane lag, events learned, last
-checkpoint time), ``workers`` (alive: a heartbeat within the lease TTL), ``last_commit`` (time of the
-last checkpointed batch), ``drift`` (the shared detector: detections, last drift, score, recent loss,
-learning-rate scale) and ``feedback`` (the layout).
+checkpoint time, and ``critical``: true for the last one, the critical partition), ``workers``
+(alive: a heartbeat within the lease TTL), ``last_commit`` (time of the last checkpointed batch),
+``drift`` (the shared detector: detections, last drift, score, recent loss, learning-rate scale) and
+``feedback`` (the layout).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def fleet_status(store: Store, model: str, group: str = "default") -> dict[str, 
     info, fcfg = context(store).layout(model, create=False)  # a status query never writes
     fleet = store.backend.fleet
     reader = FeedbackReader(store.backend.feedback, fcfg, group)
-    parts = reader.lag(range(fcfg.partitions))
+    parts = reader.lag(range(fcfg.critical_part + 1))
     workers = []
     for w in fleet.workers(info.model_id, group):
         workers.append({"worker": w["worker"], "host": w["host"], "pid": w["pid"],
@@ -39,7 +40,7 @@ def fleet_status(store: Store, model: str, group: str = "default") -> dict[str, 
         "head_version": store.head_version(model),
         "lag_events": sum(p["lag_events"] for p in parts.values()),
         "learned_events": sum(p["learned_events"] for p in parts.values()),
-        "partitions": [{"partition": p, **{k: v for k, v in d.items()}} for p, d in sorted(parts.items())],
+        "partitions": [{"partition": p, **d, "critical": p == fcfg.critical_part} for p, d in sorted(parts.items())],
         "workers": sorted(workers, key=lambda w: w["worker"]),
         "last_commit": max(stamps) if stamps else None,
         "drift": {"detections": state.get("drifts") or 0, "last_drift": _iso(state.get("last_drift")),

@@ -162,10 +162,12 @@ class Client:
     # -- feedback and the log ------------------------------------------------------------------------
     def feedback(self, entity_id: str | int, label: float, *, model: str | None = None, kind: str = "explicit",
                  confidence: float | None = None, event_time: Any = None,
-                 features: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None) -> None:
+                 features: Mapping[str, Any] | None = None, metadata: Mapping[str, Any] | None = None,
+                 critical: bool = False) -> None:
         """Send one feedback event, durably; without ``features`` the worker joins the prediction log.
 
-        ``model`` may be left out when this client has opened exactly one model.
+        ``model`` may be left out when this client has opened exactly one model. ``critical=True``
+        sends it through the model's critical lane (learned within milliseconds, see ``cstore worker``).
         """
         if model is None:
             if len(self._models) != 1:
@@ -173,7 +175,7 @@ class Client:
                                       f"{len(self._models)} models: {', '.join(sorted(self._models)) or 'none'})")
             model = next(iter(self._models))
         send_feedback(self.backend().store, model, entity_id, label, kind=kind, confidence=confidence,
-                      event_time=event_time, features=features, metadata=metadata)
+                      event_time=event_time, features=features, metadata=metadata, critical=critical)
 
     def flush_log(self, timeout: float = 10.0) -> bool:
         """Wait until every logged prediction queued so far is written (or failed); True if done."""

@@ -14,7 +14,8 @@ from cstore.training._learner import (DRIFT_DETECTORS, DRIFT_RESPONSES, OPTIMIZE
                                       commit_federated, create_learner, learner_config)
 from cstore.training._leases import Lease, LeaseManager, new_worker_id
 from cstore.training._shared_state import DEFAULT_WARMUP, BatchOutcome, SharedLearnerState, drift_score, make_detector
-from cstore.training._worker import FeatureLookup, Worker, WorkerOptions, select_segments
+from cstore.training._batching import FeatureLookup, WorkerOptions, select_segments
+from cstore.training._worker import Worker
 
 __all__ = ["DEFAULT_WARMUP", "DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "BatchOutcome", "FeatureLookup",
            "Learner", "LearnerConfig", "Lease", "LeaseManager", "SharedLearnerState", "Worker", "WorkerOptions",

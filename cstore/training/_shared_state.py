@@ -104,6 +104,10 @@ class SharedLearnerState:
         row = self._row or self.read()
         return float(row["lr_scale"] or 1.0)
 
+    def last_drift_score(self) -> float:
+        """The drift score of the last state this process read or wrote (no round trip)."""
+        return float((self._row or {}).get("drift_score") or 0.0)
+
     def apply_batch(self, losses: np.ndarray, batch_id: uuid.UUID, worker: str, *, boost: bool = True) -> BatchOutcome:
         """Feed the batch's prequential losses to the shared detector and schedule (compare-and-set).
 

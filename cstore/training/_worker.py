@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -35,50 +36,23 @@ import numpy as np
 
 from cstore.backend import Cas
 from cstore.core import ChunkRow, CommitMeta, Transform, UpdateResult, ticks_now, uuid_now
-from cstore.errors import CstoreError, PartialCommit, TransientError, UnknownOutcome, ValidationError
+from cstore.errors import CstoreError, PartialCommit, TransientError, UnknownOutcome
 from cstore.feedback import FeedbackReader, LaneCursor, LaneListing, PredictionLog, SegmentRef, context
-from cstore.learn import age_weights, batch_gradient, log_loss, predict_proba_batch
-from cstore.store import Store
+from cstore.learn import batch_gradient, log_loss, predict_proba_batch
+from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
+from cstore.training._batching import WorkerOptions, hash_rows, sample_weights, select_segments
+from cstore.training._critical import CriticalLane, new_committer
 from cstore.training._shared_state import SharedLearnerState
 
-__all__ = ["FeatureLookup", "Worker", "WorkerOptions", "select_segments"]
+__all__ = ["Worker"]
 
 log = logging.getLogger("cstore.worker")
+CRITICAL_SWITCH_S = 0.0005
 
-#: ``feature_lookup(model, entity_ids) -> {entity_id: features}`` for events sent without features
-#: (the hook for a prediction log that remembers what was scored). Default: :class:`PredictionLog`, the
-#: features logged by ``model.score(..., log=True)``; its misses are counted in ``prediction_log_stats``.
-FeatureLookup = Callable[[str, list[Any]], Mapping[Any, Mapping[str, Any]]]
 Cursors = dict[int, dict[int, LaneCursor]]
 Listings = dict[tuple[int, int], LaneListing]
-
-
-@dataclasses.dataclass
-class WorkerOptions:
-    group: str = "default"
-    batch_size: int = 1000
-    max_wait_ms: float = 200.0
-    lease_ttl_s: float = 15.0
-    heartbeat_s: float | None = None  # default: a third of the lease TTL
-    poll_ms: float = 100.0
-    list_limit: int = 2000
-    max_buckets: int = 4
-    starvation_reserve: float = 0.1
-    feature_lookup: FeatureLookup | None = None
-
-    def check(self) -> None:
-        if not isinstance(self.group, str) or not 0 < len(self.group) <= 64:
-            raise ValidationError(f"group must be a name of 1-64 characters, got {self.group!r}")
-        if self.batch_size < 1 or self.max_wait_ms < 0 or self.poll_ms <= 0 or self.list_limit < 1:
-            raise ValidationError("batch_size, list_limit and poll_ms must be positive, max_wait_ms >= 0")
-        if self.lease_ttl_s < 2:
-            raise ValidationError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
-        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_ttl_s / 2:
-            raise ValidationError("heartbeat_s must be positive and below half the lease TTL")
-        if not 0 <= self.starvation_reserve < 1:
-            raise ValidationError("starvation_reserve must be in [0, 1)")
 
 
 class Worker:
@@ -112,6 +86,9 @@ class Worker:
                       "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
+        self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
+        self._committer = new_committer(store)
+        self.critical = CriticalLane(self) if self.opts.critical else None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -130,6 +107,13 @@ class Worker:
         self.leases.register(self.stats)
         hb = threading.Thread(target=self._heartbeat, name="cstore-heartbeat", daemon=True)
         hb.start()
+        switch = sys.getswitchinterval()
+        if self.critical is not None:
+            # The bulk loop holds the GIL for milliseconds at a time (hashing, gradients, encoding); at
+            # the default 5 ms switch interval the critical lane's thread would wait that long after
+            # each of its ~10 round trips. At 0.5 ms it waits a tenth of that, at a small cost in switches.
+            sys.setswitchinterval(min(switch, CRITICAL_SWITCH_S))
+            self.critical.start()
         try:
             failures = 0
             while not self._stop.is_set():
@@ -145,18 +129,27 @@ class Worker:
                     continue
                 if max_batches is not None and self.stats["batches"] >= max_batches:
                     break
-                if until_idle and consumed == 0 and self.cursors:
+                if until_idle and consumed == 0 and self.cursors and (self.critical is None or self.critical.idle):
                     break
         finally:
             self._stop.set()
+            sys.setswitchinterval(switch)
             hb.join(timeout=self.heartbeat_s + 5)
             try:
+                if self.critical is not None:
+                    self.critical.stop()
+                self._flush_deferred()
+                if self._committer is not None:
+                    self._committer.close()
                 self.leases.release_all()
                 self.leases.register(self.stats, unregister=True)
             except Exception as exc:  # Cassandra unreachable at shutdown: the TTLs free the leases anyway
                 log.warning("could not release leases on the way out (%s); they expire within %.0f s",
                             exc, self.opts.lease_ttl_s)
-        return dict(self.stats)
+        out = dict(self.stats)
+        if self.critical is not None:
+            out["critical"] = dict(self.critical.stats)
+        return out
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
@@ -165,6 +158,8 @@ class Worker:
                 if lost:
                     with self._lock:
                         self._lost.update(lost)
+                if self.critical is not None:
+                    self.critical.renew()
                 now, n = time.monotonic(), self.stats["events"]
                 t0, n0 = self._rate_mark
                 self.stats["rate"] = round((n - n0) / max(now - t0, 1e-6), 1)
@@ -209,8 +204,20 @@ class Worker:
         if not chosen:
             for (p, lane), listing in listings.items():
                 cursors[p][lane].advance([], listing, self.fcfg.lateness_s)
+            self._flush_deferred()  # idle: the critical lane's losses reach the drift detector now
             return 0
         return self._learn(cursors, listings, chosen)
+
+    def critical_step(self, lane: CriticalLane) -> int:
+        """One poll of the critical partition (the lane's thread): learn what is there, at once."""
+        listings = self.reader.list_new(lane.cursors, ticks_now(), limit=self.opts.list_limit,
+                                        max_buckets=self.opts.max_buckets)
+        chosen = select_segments(listings, self.opts.critical_batch_size)
+        if not chosen:
+            for (p, ln), listing in listings.items():
+                lane.cursors[p][ln].advance([], listing, self.fcfg.lateness_s)
+            return 0
+        return self._learn(lane.cursors, listings, chosen, critical=True)
 
     def _collect(self, cursors: dict[int, dict[int, LaneCursor]]) -> dict[tuple[int, int], LaneListing]:
         deadline = time.monotonic() + self.opts.max_wait_ms / 1000
@@ -219,11 +226,16 @@ class Worker:
                                             max_buckets=self.opts.max_buckets)
             total = sum(lst.events for lst in listings.values())
             left = deadline - time.monotonic()
-            if total >= self.opts.batch_size or left <= 0 or self._stop.is_set():
+            if total >= self.opts.go_at or left <= 0 or self._stop.is_set():
                 return listings
             self._stop.wait(min(self.opts.poll_ms / 1000, left))
 
-    def _learn(self, cursors, listings, chosen: list[SegmentRef]) -> int:
+    def _learn(self, cursors, listings, chosen: list[SegmentRef], *, critical: bool = False) -> int:
+        """Learn ``chosen`` and checkpoint it. The critical lane's thread calls this too, with its own
+        learner (hasher cache), weight scratch, cursors and stats; it defers its losses to the bulk
+        loop's next shared-state update instead of taking that compare-and-set on its own path."""
+        lane = self.critical if critical and self.critical is not None else None
+        learner, w, stats = (lane.learner, lane.w, lane.stats) if lane else (self.learner, self._w, self.stats)
         t0 = time.monotonic()
         payloads = self.reader.fetch(chosen)
         events = [ev for r in chosen for ev in payloads.get(r.seg_id, [])]
@@ -234,43 +246,65 @@ class Worker:
         loss = score = 0.0
         lr_scale = self.shared.current_lr_scale()
         if keep:
-            indptr, idx, val, keep = self._hash([f for f in feats if f is not None], keep)
+            indptr, idx, val, keep = hash_rows(learner.hasher, [f for f in feats if f is not None], keep)
         if keep:
             y = np.array([events[i].label for i in keep], np.float64)
-            s = self._sample_weights([events[i] for i in keep])
-            touched = self.learner.chunks_of(np.unique(idx) if idx.size else idx)
-            current = self.store.chunks.read(self.info, touched)
+            s = sample_weights(learner.cfg, [events[i] for i in keep])
+            touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
+            committer = lane.committer if lane else self._committer
+            current = committer.rows(self.info, touched) if committer else self.store.chunks.read(self.info, touched)
             for k, rows in current.items():
                 lo, hi = self.info.chunk_bounds("weights", k)
-                self._w[lo:hi] = rows["weights"].data
+                w[lo:hi] = rows["weights"].data
             bias = float(current[0]["bias"].data[0])
-            losses = np.asarray(log_loss(predict_proba_batch(self._w, bias, indptr, idx, val), y), np.float64)
-            grad = batch_gradient(self._w, bias, indptr, idx, val, y, s)
-            if set(parts) - set(self.leases.held(self.margin_s)):
-                self.stats["aborted_batches"] += 1  # a lease is about to lapse: leave the batch to its next owner
-                return 0
-            boost = self.learner.cfg.drift_response in ("boost", "both")
-            outcome = self.shared.apply_batch(losses, batch_id, self.worker_id, boost=boost)
-            loss, score, lr_scale = float(losses.mean()), outcome.drift_score, outcome.lr_scale
-            if outcome.drift:
-                self._on_drift(batch_id)
+            losses = np.asarray(log_loss(predict_proba_batch(w, bias, indptr, idx, val), y), np.float64)
+            grad = batch_gradient(w, bias, indptr, idx, val, y, s)
+            if set(parts) - set((lane.leases if lane else self.leases).held(self.margin_s)):
+                stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
+                return 0                                                        # leave the batch to its next owner
+            loss, drift = float(losses.mean()), False
+            if lane:
+                with self._lock:
+                    self._deferred.append(losses)
+                score = self.shared.last_drift_score()
+            else:
+                outcome = self.shared.apply_batch(np.concatenate([*self._take_deferred(), losses]), batch_id,
+                                                  self.worker_id, boost=learner.cfg.drift_response in ("boost", "both"))
+                score, lr_scale, drift = outcome.drift_score, outcome.lr_scale, outcome.drift
+                if drift:
+                    self._on_drift(batch_id)
             self._trace(batch_id, chosen, len(events), len(keep), grad.weight_sum, loss, score, lr_scale)
             meta = self._metadata(batch_id, chosen, len(keep), len(events) - len(keep), grad.weight_sum, loss,
-                                  score, outcome.drift, lr_scale)
-            transform = self.learner.gradient_transform(grad.indices, grad.values, grad.bias, lr_scale)
-            self._commit(touched, transform, meta, current, lr_scale)
+                                  score, drift, lr_scale)
+            transform = learner.gradient_transform(grad.indices, grad.values, grad.bias, lr_scale)
+            self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
             self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)
-        self._checkpoint(cursors, listings, chosen, batch_id)
+        self._checkpoint(cursors, listings, chosen, batch_id, into=lane.cursors if lane else self.cursors)
         n = sum(r.n_events for r in chosen)
-        self.stats.update(events=self.stats["events"] + n, batches=self.stats["batches"] + 1,
-                          learned=self.stats["learned"] + len(keep),
-                          skipped=self.stats["skipped"] + len(events) - len(keep),
-                          poisoned=self.reader.poison_events,
-                          last_batch_s=round(time.monotonic() - t0, 4))
-        log.info("batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
-                 batch_id, n, len(keep), parts, loss, score, 1000 * (time.monotonic() - t0))
+        with self._lock:
+            stats.update(events=stats["events"] + n, batches=stats["batches"] + 1,
+                         learned=stats["learned"] + len(keep), skipped=stats["skipped"] + len(events) - len(keep),
+                         last_batch_s=round(time.monotonic() - t0, 4))
+            self.stats["poisoned"] = self.reader.poison_events
+        log.info("%s batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
+                 "critical" if lane else "bulk", batch_id, n, len(keep), parts, loss, score,
+                 1000 * (time.monotonic() - t0))
         return n
+
+    def _take_deferred(self) -> list[np.ndarray]:
+        with self._lock:
+            out, self._deferred = self._deferred, []
+        return out
+
+    def _flush_deferred(self) -> None:
+        """Feed the critical lane's deferred losses to the shared drift detector and schedule."""
+        deferred = self._take_deferred()
+        if deferred:
+            outcome = self.shared.apply_batch(np.concatenate(deferred), uuid_now(), self.worker_id,
+                                              boost=self.learner.cfg.drift_response in ("boost", "both"))
+            if outcome.drift:
+                self._on_drift(uuid_now())
 
     # -- pieces of a batch -------------------------------------------------------------------------
     def _join_features(self, events) -> list[Mapping[str, Any] | None]:
@@ -281,28 +315,6 @@ class Worker:
             for i in missing:
                 feats[i] = found.get(events[i].entity_id)
         return feats
-
-    def _hash(self, rows: list[Mapping[str, Any]], keep: list[int]):
-        try:
-            indptr, idx, val = self.learner.hasher.transform_many(rows)
-            return indptr, idx, val, keep
-        except ValueError:  # one bad row (e.g. from a feature lookup) must not block the partition
-            good = []
-            for i, row in zip(keep, rows):
-                try:
-                    self.learner.hasher.transform_one(row)
-                    good.append((i, row))
-                except ValueError as exc:
-                    log.warning("skipping an event with unusable features: %s", exc)
-            indptr, idx, val = self.learner.hasher.transform_many([r for _, r in good])
-            return indptr, idx, val, [i for i, _ in good]
-
-    def _sample_weights(self, events) -> np.ndarray:
-        kw = self.learner.cfg.kind_weights
-        s = np.array([kw.get(ev.kind, 0.0) * (1.0 if ev.confidence is None else ev.confidence) for ev in events])
-        if self.learner.cfg.half_life_s:
-            s *= age_weights(np.array([ev.event_time for ev in events]), time.time(), self.learner.cfg.half_life_s)
-        return s
 
     def _on_drift(self, batch_id) -> None:
         self.stats["drifts"] += 1
@@ -326,22 +338,28 @@ class Worker:
                            "lr_scale": round(lr_scale, 6), "offsets": offsets}, sort_keys=True)
 
     def _commit(self, chunks: list[int], transform: Transform, meta_json: str,
-                current: Mapping[int, Mapping[str, ChunkRow]], lr_scale: float) -> None:
-        """Commit every touched chunk once; only chunks that failed are retried (committed ones stay)."""
+                current: Mapping[int, Mapping[str, ChunkRow]], lr_scale: float, committer: Committer | None) -> None:
+        """Commit every touched chunk exactly once: in rounds through ``committer`` (one history request,
+        every compare-and-set at once, conflicts re-applied), a partial commit finished with its
+        ``update_id`` (only the missing chunks). Blind-write profiles commit through the engine."""
         meta = CommitMeta("gradient", lr_scale, "feedback", meta_json)
-        remaining, attempt = list(chunks), 0
+        remaining, attempt, update_id = list(chunks), 0, None
         while remaining:
             cause: CstoreError
             try:
                 t0 = time.perf_counter()
-                result = self.store.chunks.commit(self.info, remaining, transform, meta, lr=lr_scale,
-                                                  current={k: current[k] for k in remaining} if attempt == 0
-                                                  else None)
+                if committer is None:
+                    result = self.store.chunks.commit(self.info, remaining, transform, meta, lr=lr_scale,
+                                                      current={k: current[k] for k in remaining} if attempt == 0
+                                                      else None)
+                else:
+                    result = committer.submit(self.info, chunks, transform, meta, lr=lr_scale, update_id=update_id,
+                                              current=current if attempt == 0 else None).result()
                 if self.on_commit is not None:
                     self.on_commit(result, time.perf_counter() - t0)
                 return
             except PartialCommit as exc:
-                remaining, cause = exc.failed, exc.cause
+                remaining, cause, update_id = exc.failed, exc.cause, exc.update_id
             except (TransientError, UnknownOutcome) as exc:
                 cause = exc
             if isinstance(cause, UnknownOutcome):
@@ -356,7 +374,7 @@ class Worker:
             log.warning("commit of chunks %s failed (%s); retrying them", remaining, cause)
             time.sleep(min(2.0, 0.05 * 2 ** attempt))
 
-    def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id) -> None:
+    def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id, *, into: Cursors) -> None:
         learned: dict[tuple[int, int], list[SegmentRef]] = {}
         for r in chosen:
             learned.setdefault((r.part, r.lane), []).append(r)
@@ -375,37 +393,18 @@ class Worker:
                 raise outcome
             applied = self._saved_anyway(part, batch_id) if outcome.applied is None else outcome.applied
             if applied:
-                self.cursors[part] = {c.lane: c for c in updates[part]}
+                into[part] = {c.lane: c for c in updates[part]}
             else:  # the lease is gone: whoever has it now re-learns this batch (the duplicate we allow)
                 self.stats["lost_checkpoints"] += 1
                 log.warning("checkpoint of partition %d refused: lease lost; batch %s may be learned twice",
                             part, batch_id)
-                self.leases.release([part])
-                self.cursors.pop(part, None)
+                (self.critical.leases if into is not self.cursors and self.critical else self.leases).release([part])
+                into.pop(part, None)
         for (part, lane), listing in listings.items():
-            if part not in updates and part in self.cursors:
-                self.cursors[part][lane].advance([], listing, self.fcfg.lateness_s)
+            if part not in updates and part in into:
+                into[part][lane].advance([], listing, self.fcfg.lateness_s)
 
     def _saved_anyway(self, part: int, batch_id: uuid.UUID) -> bool:
         """After a timed-out checkpoint LWT: did it apply? (SERIAL read, never a blind retry)."""
         _, lanes = self.reader.load([part])[part]
         return any(c.last_batch == batch_id for c in lanes.values())
-
-
-def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size: int, *,
-                    by_age: bool = False) -> list[SegmentRef]:
-    """Segments for one batch: higher-priority lanes (lower numbers) first, oldest first within a lane.
-
-    ``by_age`` ignores the lanes and takes the oldest segments: the worker does that for one batch in
-    every ``1 / starvation_reserve``, so a flood of high-priority feedback slows the rest down without
-    starving it. Whole segments only; a batch exceeds ``batch_size`` only when its first segment does.
-    """
-    refs = [r for lst in listings.values() for r in lst.refs]
-    key = (lambda r: (r.ticks, r.seg_id.bytes)) if by_age else (lambda r: (r.lane, r.ticks, r.seg_id.bytes))
-    budget, chosen = batch_size, list[SegmentRef]()
-    for r in sorted(refs, key=key):
-        if chosen and r.n_events > budget:
-            break
-        chosen.append(r)
-        budget -= r.n_events
-    return chosen

@@ -36,7 +36,7 @@ def all_segments(session, fcfg: FeedbackLayout) -> list[dict]:
     q_seg = session.prepare("SELECT seg_id, n_events, payload FROM feedback_segments WHERE model_id = ? AND part = ? "
                             "AND lane = ? AND bucket = ?")
     out = []
-    for part in range(fcfg.partitions):
+    for part in range(fcfg.critical_part + 1):
         for r in session.execute(q_idx, (fcfg.model_id, part)):
             for s in session.execute(q_seg, (fcfg.model_id, part, r["lane"], r["bucket"])):
                 out.append({"part": part, "lane": r["lane"], "bucket": r["bucket"], **s})

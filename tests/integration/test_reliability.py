@@ -11,8 +11,11 @@ The module's fixture also proves the local cluster itself: three nodes up, the k
   acknowledged updates (the checker can fail).
 * One node down mid-load: strong keeps committing, ``all`` fails naming level and replicas,
   eventual continues; once the node is back, replicas converge and QUORUM reads what was acked.
-* The worker fleet with a node killed under it: every feedback event is learned, and duplicates stay
-  within the documented bound (one batch per lost checkpoint; see :mod:`cstore.training`).
+* The worker fleet with a node killed under it, critical labels among the bulk: every feedback event
+  is learned, and duplicates stay within the documented bound (one batch per lost checkpoint; see
+  :mod:`cstore.training`).
+* The Jepsen clients' updates are ``Store.apply_update`` calls: atomic updates through the group
+  committer (delta entries, known rows), checked exactly as before.
 
 Figures are printed (run with ``-s``) and quoted in docs/RELIABILITY.md.
 """
@@ -331,8 +334,12 @@ def test_one_node_down_strong_commits_all_fails_eventual_continues_then_converge
 
 
 # -- the worker fleet with a node down -------------------------------------------------------------
+CRITICAL_EVERY = 100
+
+
 def test_fleet_learns_every_event_while_a_node_is_killed(rel3):
-    """Two ``cstore worker`` processes learn a steady stream; node2 is killed under them and restarted later."""
+    """Two ``cstore worker`` processes learn a steady stream, one label in a hundred critical; node2 is
+    killed under them and restarted later. Every event, critical or bulk, is learned."""
     batch, n_events, rate = 1000, 24_000, 2000
     cfg = config(rel3, "strong")
     name = new_name("fleetdown")
@@ -346,8 +353,8 @@ def test_fleet_learns_every_event_while_a_node_is_killed(rel3):
         def produce() -> None:  # a steady rate, so that the fleet is busy when the node dies
             with FeedbackWriter(store, name, linger_ms=20) as w:
                 start = time.monotonic()
-                for i, tx in enumerate(stream):
-                    w.send(tx["entity_id"], tx["label"], features=tx["features"])
+                for i, tx in enumerate(stream):  # one in CRITICAL_EVERY through the critical lane
+                    w.send(tx["entity_id"], tx["label"], features=tx["features"], critical=i % CRITICAL_EVERY == 0)
                     if i % 200 == 0:
                         time.sleep(max(0.0, start + i / rate - time.monotonic()))
             sent.set()
@@ -376,11 +383,13 @@ def test_fleet_learns_every_event_while_a_node_is_killed(rel3):
         rel3.up()  # node2 back before the next test
         missing, dups, learned = learning_tally(store, name)
     lost_checkpoints = sum(s["lost_checkpoints"] for s in stats)
+    critical = sum(s["critical"]["events"] for s in stats)
     figures = {"events": n_events, "learned_before_kill": learned_before, "lag_0_after_kill_s": round(caught_up_s, 1),
                "duplicates": dups, "lost_checkpoints": lost_checkpoints, "missing_segments": missing,
-               "batches": sum(s["batches"] for s in stats)}
+               "batches": sum(s["batches"] for s in stats), "critical_events_learned": critical}
     FIGURES["fleet_node_down"] = figures
     print("\nfleet, node2 killed:", json.dumps(figures))
     assert 0 < learned_before < n_events  # the node died while the fleet was learning
     assert missing == 0  # every event learned
     assert dups <= batch * lost_checkpoints and learned == n_events + dups  # the documented bound
+    assert critical >= n_events // CRITICAL_EVERY  # the critical labels went through the critical lane

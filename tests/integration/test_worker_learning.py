@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import msgpack
 import numpy as np
 import pytest
 
-from cstore import FeedbackWriter
-from cstore.feedback import decode_payload
+from cstore import FeedbackWriter, send_feedback
+from cstore.errors import InvalidFeedback
+from cstore.feedback import context, decode_payload
 from cstore_dev.fraudsim import FraudStream
 from cstore.learn import FTRLProximal, FeatureHasher, batch_gradient, detector_from_state, log_loss, \
     predict_proba_batch
 from cstore.training import commit_federated, create_learner
 from cstore.ops import fleet_status
 from cstore.training import Worker
-from feedback_helpers import all_segments, learned_counts, new_name, run_cli
+from feedback_helpers import all_segments, learned_counts, new_name, run_cli, wait_for
 
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 
@@ -224,3 +226,42 @@ def test_federated_deltas_are_averaged_and_committed(store):
     opt = FTRLProximal(alpha=0.3)
     np.testing.assert_array_equal(params["weights"], opt.weights_from(params["z"], params["n"]))
     assert {h.update_type for h in store.history(name, since=time.time() - 600)} == {"federated"}
+
+
+def test_a_critical_label_is_learned_by_the_critical_lane_beside_a_bulk_backlog(store):
+    name = new_name("crit")
+    create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=2)
+    _ingest(store, name, FraudStream(seed=17).sample(4000), kind="implicit")  # the bulk backlog
+    w = Worker(store, name, batch_size=500, **FAST)
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    try:
+        wait_for(lambda: w.critical.holding, 10, "the worker to lease the critical partition")
+        probe = {"probe_feature": 1.0}  # a feature no other event has
+        idx = int(FeatureHasher(2**12).transform_one(probe)[0][0])
+        send_feedback(store, name, "tx-critical", 1, kind="explicit", features=probe, critical=True)
+        wait_for(lambda: store.read_model(name).params["weights"][idx] != 0.0, 30, "the critical label to be learned")
+        st = fleet_status(store, name)
+        crit = [p for p in st["partitions"] if p["critical"]]
+        assert [p["partition"] for p in crit] == [w.fcfg.critical_part] == [2] and crit[0]["owner"] == w.worker_id
+    finally:
+        w.stop()
+        runner.join(60)
+    assert w.critical.stats["events"] == 1 and w.critical.stats["learned"] == 1
+    counts, traces = learned_counts(store, name, w.shared)
+    critical = [t for t in traces if any(part == w.fcfg.critical_part for part, _, _, _ in t["segments"])]
+    assert len(critical) == 1 and critical[0]["n_learned"] == 1  # learned alone, not inside a bulk batch
+    assert set(counts.values()) == {1}  # every segment learned exactly once
+    st = fleet_status(store, name)
+    assert all(p["owner"] is None for p in st["partitions"])  # the critical lease was released too
+
+
+def test_a_bad_critical_flag_is_refused_and_nothing_written(store):
+    name = new_name("critbad")
+    create_learner(store, name, n_features=2**10, chunk_size=1024, partitions=2)
+    for bad in ("yes", 1, None):
+        with pytest.raises(InvalidFeedback, match="critical must be True or False"):
+            send_feedback(store, name, "tx-1", 1, features={"a": 1.0}, critical=bad)
+        with FeedbackWriter(store, name) as writer, pytest.raises(InvalidFeedback, match="critical must be"):
+            writer.send("tx-1", 1, features={"a": 1.0}, critical=bad)
+    assert all_segments(store.backend.session, context(store).layout(name)[1]) == []

@@ -1,0 +1,120 @@
+"""What a worker batch is: the worker's options, which listed segments make up one batch, and the
+batch's events as hashed rows and sample weights.
+
+Pure, no I/O: :func:`select_segments` is tested on its own (``tests/unit/test_feedback_pure.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from cstore.errors import ValidationError
+from cstore.feedback import Event, LaneListing, SegmentRef
+from cstore.learn import FeatureHasher, age_weights
+from cstore.training._learner import LearnerConfig
+
+__all__ = ["FeatureLookup", "WorkerOptions", "hash_rows", "sample_weights", "select_segments"]
+
+log = logging.getLogger("cstore.worker")
+
+#: ``feature_lookup(model, entity_ids) -> {entity_id: features}`` for events sent without features
+#: (the hook for a prediction log that remembers what was scored). Default: :class:`PredictionLog`, the
+#: features logged by ``model.score(..., log=True)``; its misses are counted in ``prediction_log_stats``.
+FeatureLookup = Callable[[str, list[Any]], Mapping[Any, Mapping[str, Any]]]
+
+
+@dataclasses.dataclass
+class WorkerOptions:
+    group: str = "default"
+    # The most events one bulk batch takes. A batch goes as soon as min_batch events wait (default
+    # min(100, batch_size)); below that the worker waits up to max_wait_ms for more. Under load a batch
+    # is what arrived while the previous one was learned (up to batch_size): it never waits to fill, and
+    # a bigger batch costs little more than a small one (each touched chunk is committed once), so
+    # throughput follows the inflow while freshness stays about two batch times.
+    batch_size: int = 5000
+    min_batch: int | None = None
+    max_wait_ms: float = 200.0
+    lease_ttl_s: float = 15.0
+    heartbeat_s: float | None = None  # default: a third of the lease TTL
+    poll_ms: float = 100.0
+    list_limit: int = 2000
+    max_buckets: int = 4
+    starvation_reserve: float = 0.1
+    feature_lookup: FeatureLookup | None = None
+    critical: bool = True             # also serve the critical partition (one worker of the group holds it)
+    critical_poll_ms: float = 5.0
+    critical_batch_size: int = 200
+
+    @property
+    def go_at(self) -> int:
+        """Events that start a batch without waiting (``min_batch``, or min(100, ``batch_size``))."""
+        return self.min_batch if self.min_batch is not None else min(100, self.batch_size)
+
+    def check(self) -> None:
+        if not isinstance(self.group, str) or not 0 < len(self.group) <= 64:
+            raise ValidationError(f"group must be a name of 1-64 characters, got {self.group!r}")
+        if self.batch_size < 1 or self.max_wait_ms < 0 or self.poll_ms <= 0 or self.list_limit < 1:
+            raise ValidationError("batch_size, list_limit and poll_ms must be positive, max_wait_ms >= 0")
+        if self.lease_ttl_s < 2:
+            raise ValidationError(f"lease_ttl_s must be at least 2 s, got {self.lease_ttl_s}")
+        if self.heartbeat_s is not None and not 0 < self.heartbeat_s < self.lease_ttl_s / 2:
+            raise ValidationError("heartbeat_s must be positive and below half the lease TTL")
+        if not 0 <= self.starvation_reserve < 1:
+            raise ValidationError("starvation_reserve must be in [0, 1)")
+        if self.min_batch is not None and not 1 <= self.min_batch <= self.batch_size:
+            raise ValidationError(f"min_batch must be between 1 and batch_size ({self.batch_size}), "
+                                  f"got {self.min_batch}")
+        if not isinstance(self.critical, bool) or self.critical_poll_ms <= 0 or self.critical_batch_size < 1:
+            raise ValidationError("critical must be True or False, critical_poll_ms and critical_batch_size positive")
+
+
+def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size: int, *,
+                    by_age: bool = False) -> list[SegmentRef]:
+    """Segments for one batch: higher-priority lanes (lower numbers) first, oldest first within a lane.
+
+    ``by_age`` ignores the lanes and takes the oldest segments: the worker does that for one batch in
+    every ``1 / starvation_reserve``, so a flood of high-priority feedback slows the rest down without
+    starving it. Whole segments only; a batch exceeds ``batch_size`` only when its first segment does.
+    """
+    refs = [r for lst in listings.values() for r in lst.refs]
+    key = (lambda r: (r.ticks, r.seg_id.bytes)) if by_age else (lambda r: (r.lane, r.ticks, r.seg_id.bytes))
+    budget, chosen = batch_size, list[SegmentRef]()
+    for r in sorted(refs, key=key):
+        if chosen and r.n_events > budget:
+            break
+        chosen.append(r)
+        budget -= r.n_events
+    return chosen
+
+
+def hash_rows(hasher: FeatureHasher, rows: list[Mapping[str, Any]],
+              keep: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """CSR rows of ``rows`` (events ``keep`` of the batch); a row the hasher refuses (e.g. from a
+    feature lookup) is skipped with a warning, so that one bad event never blocks its partition."""
+    try:
+        indptr, idx, val = hasher.transform_many(rows)
+        return indptr, idx, val, keep
+    except ValueError:
+        good = []
+        for i, row in zip(keep, rows):
+            try:
+                hasher.transform_one(row)
+                good.append((i, row))
+            except ValueError as exc:
+                log.warning("skipping an event with unusable features: %s", exc)
+        indptr, idx, val = hasher.transform_many([r for _, r in good])
+        return indptr, idx, val, [i for i, _ in good]
+
+
+def sample_weights(cfg: LearnerConfig, events: Sequence[Event]) -> np.ndarray:
+    """Per event: its kind's weight times its confidence, decayed by age when ``half_life_s`` is set."""
+    kw = cfg.kind_weights
+    s = np.array([kw.get(ev.kind, 0.0) * (1.0 if ev.confidence is None else ev.confidence) for ev in events])
+    if cfg.half_life_s:
+        s *= age_weights(np.array([ev.event_time for ev in events]), time.time(), cfg.half_life_s)
+    return s

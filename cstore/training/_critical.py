@@ -1,0 +1,147 @@
+"""The critical lane: critical feedback learned within milliseconds, beside the bulk micro-batches.
+
+A producer marks an event critical (``send(..., critical=True)``, ``send_feedback(..., critical=True)``)
+and it lands in the model's critical partition (partition P, after the P bulk partitions, see
+``cstore.feedback``). In each consumer group one worker holds that partition's lease; its
+:class:`CriticalLane` thread polls it every ``critical_poll_ms`` (5 ms), and learns what it finds at
+once, in small batches (``critical_batch_size``), committing only the chunks those events touch. It
+never waits to fill a batch and never waits behind the bulk loop, which goes on in the worker's main
+thread; the two meet only at the chunk compare-and-set (a conflict is retried like any other).
+
+What the lane leaves out of its own path: the shared drift detector and learning-rate schedule
+(``learner_state``: a compare-and-set every batch) take its losses at the bulk loop's next batch, or
+when the bulk loop is idle; the lane uses the schedule's current rate meanwhile. Everything else is
+as for a bulk batch: the trace before the commit, the checkpoint conditioned on the lease after it.
+
+Which worker holds the lease: whichever asks first; the others ask again every heartbeat interval,
+so after a holder stops (release) the lane moves within one heartbeat, after it dies within one
+lease TTL. Critical events are never lost meanwhile; they wait in their partition.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Protocol
+
+import numpy as np
+
+from cstore.core import ModelInfo
+from cstore.feedback import FeedbackLayout, FeedbackReader, LaneCursor
+from cstore.store import Committer, Store
+from cstore.training._batching import WorkerOptions
+from cstore.training._learner import Learner, learner_config
+from cstore.training._leases import LeaseManager
+
+__all__ = ["CriticalLane", "LaneHost", "new_committer"]
+
+log = logging.getLogger("cstore.worker")
+
+
+def new_committer(store: Store) -> Committer | None:
+    """A committer of the learner's own (None for blind-write profiles, which commit through the engine).
+
+    The bulk loop and the critical lane each have one: a critical commit never waits for a bulk round
+    to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes.
+    """
+    return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s) \
+        if store.profile.lwt else None
+
+
+class LaneHost(Protocol):
+    """What the lane needs of its worker (:class:`cstore.training.Worker`)."""
+
+    store: Store
+    info: ModelInfo
+    fcfg: FeedbackLayout
+    opts: WorkerOptions
+    worker_id: str
+    reader: FeedbackReader
+    heartbeat_s: float
+    margin_s: float
+    _stop: threading.Event
+
+    @property
+    def stopping(self) -> bool: ...
+
+    def critical_step(self, lane: CriticalLane) -> int: ...
+
+
+class CriticalLane:
+    """One worker's side of its group's critical partition: the lease, the cursors, the polling thread."""
+
+    def __init__(self, worker: LaneHost) -> None:
+        self.worker = worker
+        self.part = worker.fcfg.critical_part
+        self.leases = LeaseManager(worker.store.backend.fleet, worker.info.model_id, worker.opts.group,
+                                   worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s)
+        self.learner = Learner(worker.info, learner_config(worker.info))  # its own hasher cache: not shared
+        self.w = np.zeros(self.learner.cfg.n_features, np.float32)
+        self.committer = new_committer(worker.store)
+        self.cursors: dict[int, dict[int, LaneCursor]] = {}
+        self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0,
+                                      "last_batch_s": 0.0}
+        self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)
+        self._lost = False
+        self._next_try = 0.0
+        self._thread: threading.Thread | None = None
+
+    @property
+    def holding(self) -> bool:
+        return self.part in self.leases.held()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cstore-critical", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Wait for the thread (the worker's stop event ends it) and release the lease."""
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        if self.committer is not None:
+            self.committer.close()
+        self.leases.release_all()
+
+    def renew(self) -> None:
+        """Called by the worker's heartbeat thread."""
+        if self.leases.renew():
+            self._lost = True
+
+    # -- the thread -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        w = self.worker
+        poll_s = w.opts.critical_poll_ms / 1000
+        failures = 0
+        while not w.stopping:
+            try:
+                if not self._hold():
+                    self.idle = True
+                    w._stop.wait(min(1.0, w.heartbeat_s))
+                    continue
+                consumed = w.critical_step(self)
+                self.idle, failures = consumed == 0, 0
+                if consumed == 0:
+                    w._stop.wait(poll_s)
+            except Exception as exc:  # an outage: nothing was checkpointed, the events are read again
+                failures += 1
+                self.stats["errors"] += 1
+                log.exception("critical batch failed (%s); retrying in a moment", exc)
+                w._stop.wait(min(5.0, 0.05 * 2 ** min(failures, 6)))
+
+    def _hold(self) -> bool:
+        """Whether this worker holds the critical partition now (asking for it when it is due)."""
+        w = self.worker
+        if self._lost:
+            self._lost = False
+            self.cursors = {}
+        if self.part in self.leases.held(w.margin_s):
+            if not self.cursors:
+                _, lanes = w.reader.load([self.part])[self.part]
+                self.cursors = {self.part: lanes}
+            return True
+        self.cursors = {}
+        now = time.monotonic()
+        if now < self._next_try:
+            return False
+        self._next_try = now + w.heartbeat_s
+        return self.leases.acquire(self.part)
