@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from cstore.bench._runner import BenchContext, scenario
-from cstore.bench._workload import temp_learner, transactions
+from cstore.bench._workload import run_worker_until, temp_learner, transactions
 from cstore.config import Config
 from cstore.feedback import FeedbackWriter
 from cstore.scoring import Client
@@ -87,10 +87,10 @@ class TracedWorker(Worker):
                 self._stages[label] = self._stages.get(label, 0.0) + time.monotonic() - t
         return timed
 
-    def _learn(self, cursors, listings, chosen) -> int:
+    def _learn(self, cursors, listings, chosen, **kwargs: Any) -> int:
         self._seen, self._stages = {}, {}
         t = time.monotonic()
-        n = super()._learn(cursors, listings, chosen)
+        n = super()._learn(cursors, listings, chosen, **kwargs)
         if n and self._seen:
             # CLOCK_MONOTONIC is system-wide on Linux, so these times compare with the producer's.
             self._out.put((self._seen, self.store.head_version(self.model), t, time.monotonic(), self._stages))
@@ -102,12 +102,8 @@ def worker_main(cfg: Config, model: str, options: dict[str, Any], out: Any, stop
     store = Store.from_config(cfg)
     try:
         worker = TracedWorker(store, model, out=out, **options)
-        def stop_when_asked() -> None:
-            stop.wait()
-            worker.stop()
-        threading.Thread(target=stop_when_asked, daemon=True).start()
         out.put(("ready", None))
-        worker.run()
+        run_worker_until(worker, stop)
     finally:
         store.close()
 

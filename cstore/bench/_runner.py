@@ -17,7 +17,7 @@ from cstore.config import Config
 
 Scenario = Callable[["BenchContext"], dict[str, Any]]
 SCENARIOS: dict[str, Scenario] = {}
-ORDER = ("ingest", "apply", "e2e", "score")  # what `all` runs, in this order
+ORDER = ("ingest", "apply", "e2e", "score", "latency")  # what `all` runs, in this order
 
 
 def load_scenario(name: str) -> Scenario:

@@ -2,6 +2,7 @@
 as real transaction features are (a few merchants and devices are everywhere, most are rare)."""
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,3 +52,13 @@ def temp_learner(store: Store, prefix: str, **options: Any) -> Iterator[str]:
             store.drop_model(name, confirm=name)
         except Exception:  # a failed drop must not hide the scenario's own error; bench models are small
             pass
+
+
+def run_worker_until(worker: Any, stop: Any) -> dict[str, Any]:
+    """``worker.run()`` in a bench's worker process, stopped (cleanly) when ``stop`` (an Event) is set."""
+    def stop_when_asked() -> None:
+        stop.wait()
+        worker.stop()
+    threading.Thread(target=stop_when_asked, daemon=True, name="bench-stop").start()
+    result: dict[str, Any] = worker.run()
+    return result

@@ -6,14 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
-def _bench(base_config, *args: str) -> dict:
+def _bench(base_config, *args: str, timeout: float = 180) -> dict:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")},
            "CSTORE_CONTACT_POINTS": ",".join(base_config.contact_points), "CSTORE_PORT": str(base_config.port),
            "CSTORE_KEYSPACE": base_config.keyspace}
     proc = subprocess.run([sys.executable, "-c", "from cstore.cli import main; main()", "bench", *args, "--json"],
-                          env=env, capture_output=True, text=True, timeout=180)
+                          env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -28,3 +29,22 @@ def test_bench_ingest_and_score_report_the_documented_keys(base_config):
     assert 0 < score["score_p50_us"] <= score["score_p99_us"]
     assert 0 < score["naive_score_p50_us"] <= score["naive_score_p99_us"]
     assert score["score_samples"] == 10_000
+
+
+def test_bench_latency_reports_freshness_atomic_updates_and_the_postgres_peer(base_config):
+    out = _bench(base_config, "latency", "--duration", "2", timeout=600)
+    assert out["critical_fresh_probes"] > 0 and out["critical_lost"] == 0  # every critical label was seen
+    assert 0 < out["critical_fresh_p50_ms"] <= out["critical_fresh_p99_ms"] <= out["critical_fresh_max_ms"]
+    assert len(out["critical_fresh_ms"]) == out["critical_fresh_probes"]
+    assert out["bulk_events_per_s"] > 0 and out["scorer_polls_per_s"] > 0
+    for path in ("cstore", "whole_chunk"):
+        assert out[f"atomic_{path}_t1_updates_per_s"] > 0 and out[f"atomic_{path}_t1_errors"] == 0
+        assert 0 < out[f"atomic_{path}_t1_p50_ms"] <= out[f"atomic_{path}_t1_p99_ms"]
+    assert out["atomic_cstore_t32_updates_per_s"] > 0 and out["micro_cstore_coord_updates_per_s"] > 0
+    # The peer must run where PostgreSQL is installed (this machine); elsewhere the reason is reported.
+    assert not (Path("/usr/lib/postgresql").is_dir() and "postgres_skipped" in out), out.get("postgres_skipped")
+    if "postgres_skipped" in out:
+        assert "PostgreSQL" in out["postgres_skipped"] or "psycopg" in out["postgres_skipped"]
+    else:
+        assert out["atomic_postgres_t1_updates_per_s"] > 0 and out["micro_postgres_coord_updates_per_s"] > 0
+        assert out["atomic_vs_postgres"] > 0 and out["postgres_version"].startswith("15")

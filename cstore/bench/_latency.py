@@ -1,0 +1,278 @@
+"""``cstore bench latency``: freshness under mixed load, and atomic updates beside their peers.
+
+Freshness (this module). Everything at default settings, in separate processes as in production:
+
+* two ``cstore worker`` processes (``Worker`` with its default options) learning one FTRL model of
+  2^20 hashed features;
+* one bulk producer process sending feedback as columns (``FeedbackWriter.send_batch``) at
+  ``BULK_RATE`` events/s, and every ``PROBE_EVERY_S`` one *bulk probe*: an ordinary (not critical)
+  label, through the same writer, carrying a feature no other event has;
+* in this process, a *critical prober* sending one ``critical=True`` label with its own unique feature
+  every ``PROBE_EVERY_S`` (``send_feedback``: durable on return), and a scorer (``Client().model()``)
+  whose cached copy is sampled every millisecond for the probes' features.
+
+A probe's freshness is the time from the call that sent it to the first sample in which the scorer's
+prediction for its feature moved (``logit(p(feature)) - logit(p({}))``: the weight the label gave
+it). Probe features hash to indices no bulk feature touches, so only the probe's own label moves them.
+The atomic-update half (``_atomic``) runs after it; both go in one result.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from cstore.bench._atomic import atomic_section
+from cstore.bench._runner import BenchContext, scenario
+from cstore.bench._workload import run_worker_until, temp_learner, transactions
+from cstore.config import Config
+from cstore.feedback import FeedbackWriter, send_feedback
+from cstore.learn import FeatureHasher
+from cstore.ops import fleet_status
+from cstore.scoring import Client, hashing_config
+from cstore.store import Store
+from cstore.training import Worker
+
+BULK_RATE = 5000          # events/s, the issue's floor for "bulk flowing"
+TICK_S = 0.02             # the producer sends a column batch this often
+PROBE_EVERY_S = 0.25      # one critical and one bulk probe this often (jittered)
+CRITICAL_GOAL_MS, BULK_GOAL_MS = 100.0, 1000.0
+WORKERS = 2
+
+
+def _probe_names(n_features: int, seed: int, pool: list[dict[str, Any]], kind: str, count: int) -> list[str]:
+    """``count`` feature names whose hashed index no pool feature (nor another probe) uses."""
+    hasher = FeatureHasher(n_features, seed)
+    taken = {int(i) for row in pool for i in hasher.transform_one(row)[0]}
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        name = f"{kind}_probe_{i}"
+        i += 1
+        idx = int(hasher.transform_one({name: 1.0})[0][0])
+        if idx not in taken:
+            taken.add(idx)
+            out.append(name)
+    return out
+
+
+def _columns(pool: list[dict[str, Any]], lo: int, n: int) -> dict[str, np.ndarray]:
+    rows = [pool[(lo + j) % len(pool)] for j in range(n)]
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+def producer_main(cfg: Config, model: str, rate: int, probes: list[str], out: Any, stop: Any) -> None:
+    """The bulk producer process: column batches at ``rate`` events/s, and the bulk probes."""
+    store = Store.from_config(cfg)
+    pool = transactions(2000)
+    per_tick = max(1, round(rate * TICK_S))
+    blocks = [_columns(pool, b * per_tick, per_tick) for b in range(20)]
+    labels = (np.arange(per_tick) % 20 == 0).astype(np.float64)
+    try:
+        with FeedbackWriter(store, model) as writer:
+            out.put(("ready", time.monotonic()))
+            t0 = next_probe = time.monotonic()
+            sent, tick, p = 0, 0, 0
+            while not stop.is_set():
+                ids = [f"bulk-{tick}-{j}" for j in range(per_tick)]
+                sent += writer.send_batch(ids, labels, kind="explicit", features=blocks[tick % len(blocks)])
+                tick += 1
+                now = time.monotonic()
+                if now >= next_probe and p < len(probes):
+                    t = time.monotonic()
+                    writer.send(f"bprobe-{p}", 1, kind="explicit", features={probes[p]: 1.0})
+                    out.put(("probe", p, t))
+                    p += 1
+                    next_probe = now + PROBE_EVERY_S * np.random.uniform(0.6, 1.4)
+                delay = t0 + tick * TICK_S - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            elapsed = time.monotonic() - t0
+            out.put(("done", sent, elapsed, writer.stats()["blocked_s"]))
+    finally:
+        store.close()
+
+
+def worker_main(cfg: Config, model: str, ready: Any, stop: Any) -> None:
+    store = Store.from_config(cfg)
+    try:
+        worker = Worker(store, model)  # the defaults: that is what a user runs
+        ready.set()
+        run_worker_until(worker, stop)
+    finally:
+        store.close()
+
+
+class ProbeWatcher(threading.Thread):
+    """Samples the scorer's cached model every millisecond; records when each probe's feature moved."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(daemon=True, name="bench-probe-watcher")
+        self.handle = handle
+        self.pending: dict[str, float] = {}   # feature -> time the label was sent
+        self.seen: dict[str, tuple[float, float]] = {}  # feature -> (sent, visible)
+        self.lock = threading.Lock()
+        self.halt = threading.Event()
+
+    def expect(self, feature: str, sent: float) -> None:
+        with self.lock:
+            self.pending[feature] = sent
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            with self.lock:
+                names = list(self.pending)
+            if names:
+                p = self.handle.predict_proba_batch([{n: 1.0} for n in names] + [{}])
+                logit = np.log(p) - np.log1p(-p)
+                now = time.monotonic()
+                with self.lock:
+                    for n, moved in zip(names, np.abs(logit[:-1] - logit[-1]) > 1e-4):
+                        if moved:
+                            self.seen[n] = (self.pending.pop(n), now)
+            time.sleep(0.001)
+
+
+def _stats(ms: list[float], prefix: str) -> dict[str, Any]:
+    if not ms:
+        return {f"{prefix}_probes": 0}
+    return {f"{prefix}_p50_ms": round(float(np.percentile(ms, 50)), 1),
+            f"{prefix}_p99_ms": round(float(np.percentile(ms, 99)), 1),
+            f"{prefix}_max_ms": round(max(ms), 1), f"{prefix}_probes": len(ms)}
+
+
+def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> dict[str, Any]:
+    spawn = mp.get_context("spawn")  # the driver's threads and sockets must not be forked
+    store = Store.from_config(ctx.config)
+    n_probes = int(seconds / PROBE_EVERY_S * 2) + 20
+    try:
+        with temp_learner(store, "bench_latency") as name:
+            info = store.model_info(name)
+            n_features, seed = hashing_config(info)
+            pool = transactions(2000)
+            crit_names = _probe_names(n_features, seed, pool, "crit", n_probes + 1)
+            bulk_names = _probe_names(n_features, seed, pool + [{n: 1.0} for n in crit_names], "bulk", n_probes)
+            stop = spawn.Event()
+            readies = [spawn.Event() for _ in range(WORKERS)]
+            workers = [spawn.Process(target=worker_main, args=(ctx.config, name, r, stop), daemon=True,
+                                     name=f"cstore-bench-worker-{i}") for i, r in enumerate(readies)]
+            for w in workers:
+                w.start()
+            client = Client(config=ctx.config)
+            prod_out = spawn.Queue()
+            producer = spawn.Process(target=producer_main, args=(ctx.config, name, rate, bulk_names, prod_out, stop),
+                                     daemon=True, name="cstore-bench-producer")
+            try:
+                return _measure(ctx, store, client, name, seconds, rate, readies, producer, prod_out,
+                                crit_names, bulk_names, stop)
+            finally:
+                stop.set()
+                for p in [producer, *workers]:
+                    p.join(timeout=30)
+                    if p.is_alive():
+                        p.terminate()
+                client.close()
+    finally:
+        store.close()
+
+
+def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds: float, rate: int,
+             readies: list[Any], producer: Any, prod_out: Any, crit_names: list[str], bulk_names: list[str],
+             stop: Any) -> dict[str, Any]:
+    for r in readies:
+        if not r.wait(60):
+            raise RuntimeError("a bench worker process did not start within 60 s")
+    handle = client.model(name)
+    watcher = ProbeWatcher(handle)
+    watcher.start()
+    # Warm-up (not measured): the critical lane is leased and learns one label end to end.
+    t = time.monotonic()
+    send_feedback(store, name, "warmup", 1, features={crit_names[-1]: 1.0}, critical=True)
+    watcher.expect(crit_names[-1], t)
+    while crit_names[-1] not in watcher.seen:
+        if time.monotonic() - t > 60:
+            raise RuntimeError("the critical warm-up label was not visible to the scorer within 60 s")
+        time.sleep(0.01)
+    ctx.log(f"  warm-up done: {WORKERS} workers, critical lane held, first label visible after "
+            f"{(watcher.seen[crit_names[-1]][1] - t) * 1e3:.0f} ms")
+    learned0 = fleet_status(store, name)["learned_events"]
+    status0 = handle.status()
+    producer.start()
+    bulk_sent: dict[str, float] = {}
+    prod_out.get(timeout=60)  # ("ready", t): the producer's writer is open
+    t0 = time.monotonic()
+    crit_sent: dict[str, float] = {}
+    send_ms: list[float] = []
+    rng = np.random.default_rng(5)
+    i = 0
+    while time.monotonic() - t0 < seconds:
+        t = time.monotonic()
+        send_feedback(store, name, f"crit-{i}", 1, kind="explicit", features={crit_names[i]: 1.0}, critical=True)
+        send_ms.append((time.monotonic() - t) * 1e3)
+        watcher.expect(crit_names[i], t)
+        crit_sent[crit_names[i]] = t
+        i += 1
+        _drain(prod_out, watcher, bulk_names, bulk_sent)
+        time.sleep(max(0.0, PROBE_EVERY_S * rng.uniform(0.6, 1.4) - (time.monotonic() - t)))
+    stop.set()
+    done = None
+    while done is None:
+        done = _drain(prod_out, watcher, bulk_names, bulk_sent, block_s=30)
+    deadline = time.monotonic() + 15
+    while watcher.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    watcher.halt.set()
+    elapsed = time.monotonic() - t0
+    learned = fleet_status(store, name)["learned_events"] - learned0
+    status1 = handle.status()
+    crit = [(watcher.seen[n][1] - s) * 1e3 for n, s in crit_sent.items() if n in watcher.seen]
+    bulk = [(watcher.seen[n][1] - s) * 1e3 for n, s in bulk_sent.items() if n in watcher.seen]
+    _, sent, prod_s, blocked = done
+    polls = (status1["polls"] - status0["polls"]) / elapsed
+    index_reads = (status1["index_reads"] - status0["index_reads"]) / elapsed
+    return {"bulk_rate_target": rate, "bulk_events_per_s": round(sent / prod_s), "bulk_producer_blocked_s": blocked,
+            "learned_events_per_s": round(learned / elapsed), **_stats(crit, "critical_fresh"),
+            "critical_lost": len(crit_sent) - len(crit), **_stats(bulk, "bulk_fresh"),
+            "bulk_lost": len(bulk_sent) - len(bulk), **_stats(send_ms, "critical_send"),
+            "scorer_polls_per_s": round(polls, 1), "scorer_index_reads_per_s": round(index_reads, 1),
+            "cluster_reads_per_s_per_100_scorers": round(100 * (polls + index_reads)),
+            "critical_fresh_ms": [round(x, 1) for x in crit], "bulk_fresh_ms": [round(x, 1) for x in bulk]}
+
+
+def _drain(out: Any, watcher: ProbeWatcher, names: list[str], bulk_sent: dict[str, float],
+           block_s: float = 0.0) -> Any:
+    """Move the producer's probe reports to the watcher; the final report when it arrives."""
+    while True:
+        try:
+            msg = out.get(timeout=block_s) if block_s else out.get_nowait()
+        except queue.Empty:
+            return None
+        if msg[0] == "done":
+            return msg
+        if msg[0] == "probe":
+            _, p, t = msg
+            bulk_sent[names[p]] = t
+            watcher.expect(names[p], t)
+
+
+@scenario("latency")
+def latency_scenario(ctx: BenchContext) -> dict[str, Any]:
+    seconds = 10.0 if ctx.quick else ctx.duration
+    ctx.log(f"  freshness: {WORKERS} worker processes (default options), bulk producer at {BULK_RATE:,} events/s "
+            f"(send_batch), one critical and one bulk probe label every ~{PROBE_EVERY_S * 1000:.0f} ms, one scorer "
+            f"(refresh every {ctx.config.refresh_interval_s * 1000:.0f} ms), {seconds:.0f}s")
+    out = run_freshness(ctx, seconds)
+    for lane, goal in (("critical", CRITICAL_GOAL_MS), ("bulk", BULK_GOAL_MS)):
+        ctx.log(f"  {lane} label -> scorer: p50 {out.get(f'{lane}_fresh_p50_ms')} ms, p99 "
+                f"{out.get(f'{lane}_fresh_p99_ms')} ms, max {out.get(f'{lane}_fresh_max_ms')} ms over "
+                f"{out[f'{lane}_fresh_probes']} labels ({out[f'{lane}_lost']} not seen); goal p99 < {goal:.0f} ms")
+    ctx.log(f"  bulk: {out['bulk_events_per_s']:,} events/s sent, {out['learned_events_per_s']:,} learned/s; "
+            f"scorer: {out['scorer_polls_per_s']} head polls/s + {out['scorer_index_reads_per_s']} index reads/s "
+            f"= {out['cluster_reads_per_s_per_100_scorers']:,} reads/s per 100 scorers")
+    out.update(atomic_section(ctx))
+    return out
+
