@@ -97,12 +97,12 @@ def producer_main(cfg: Config, model: str, rate: int, probes: list[str], out: An
         store.close()
 
 
-def worker_main(cfg: Config, model: str, ready: Any, stop: Any) -> None:
+def worker_main(cfg: Config, model: str, ready: Any, stop: Any, out: Any) -> None:
     store = Store.from_config(cfg)
     try:
         worker = Worker(store, model)  # the defaults: that is what a user runs
         ready.set()
-        run_worker_until(worker, stop)
+        out.put(run_worker_until(worker, stop))
     finally:
         store.close()
 
@@ -158,19 +158,25 @@ def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> d
             bulk_names = _probe_names(n_features, seed, pool + [{n: 1.0} for n in crit_names], "bulk", n_probes)
             stop = spawn.Event()
             readies = [spawn.Event() for _ in range(WORKERS)]
-            workers = [spawn.Process(target=worker_main, args=(ctx.config, name, r, stop), daemon=True,
+            wout = spawn.Queue()
+            workers = [spawn.Process(target=worker_main, args=(ctx.config, name, r, stop, wout), daemon=True,
                                      name=f"cstore-bench-worker-{i}") for i, r in enumerate(readies)]
             for w in workers:
                 w.start()
             client = Client(config=ctx.config)
             prod_out = spawn.Queue()
-            producer = spawn.Process(target=producer_main, args=(ctx.config, name, rate, bulk_names, prod_out, stop),
+            pstop = spawn.Event()
+            producer = spawn.Process(target=producer_main, args=(ctx.config, name, rate, bulk_names, prod_out, pstop),
                                      daemon=True, name="cstore-bench-producer")
             try:
-                return _measure(ctx, store, client, name, seconds, rate, readies, producer, prod_out,
-                                crit_names, bulk_names, stop)
+                out = _measure(ctx, store, client, name, seconds, rate, readies, producer, prod_out,
+                               crit_names, bulk_names, pstop)
+                stop.set()
+                out.update(_worker_figures([wout.get(timeout=60) for _ in workers], store.stats(name)))
+                return out
             finally:
                 stop.set()
+                pstop.set()
                 for p in [producer, *workers]:
                     p.join(timeout=30)
                     if p.is_alive():
@@ -218,7 +224,10 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
         i += 1
         _drain(prod_out, watcher, bulk_names, bulk_sent)
         time.sleep(max(0.0, PROBE_EVERY_S * rng.uniform(0.6, 1.4) - (time.monotonic() - t)))
-    stop.set()
+    stop.set()  # the producer stops (the workers once the probes are in)
+    elapsed = time.monotonic() - t0
+    learned = fleet_status(store, name)["learned_events"] - learned0
+    status1 = handle.status()
     done = None
     while done is None:
         done = _drain(prod_out, watcher, bulk_names, bulk_sent, block_s=30)
@@ -226,9 +235,6 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
     while watcher.pending and time.monotonic() < deadline:
         time.sleep(0.05)
     watcher.halt.set()
-    elapsed = time.monotonic() - t0
-    learned = fleet_status(store, name)["learned_events"] - learned0
-    status1 = handle.status()
     crit = [(watcher.seen[n][1] - s) * 1e3 for n, s in crit_sent.items() if n in watcher.seen]
     bulk = [(watcher.seen[n][1] - s) * 1e3 for n, s in bulk_sent.items() if n in watcher.seen]
     _, sent, prod_s, blocked = done
@@ -241,6 +247,20 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
             "scorer_polls_per_s": round(polls, 1), "scorer_index_reads_per_s": round(index_reads, 1),
             "cluster_reads_per_s_per_100_scorers": round(100 * (polls + index_reads)),
             "critical_fresh_ms": [round(x, 1) for x in crit], "bulk_fresh_ms": [round(x, 1) for x in bulk]}
+
+
+def _worker_figures(stats: list[dict[str, Any]], buckets: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the workers did over the whole run (warm-up and tail included): batches, sizes, conflicts."""
+    batches = sum(s["batches"] for s in stats)
+    crit = [s["critical"] for s in stats if "critical" in s]
+    return {"worker_batches": batches, "worker_events_per_batch": round(sum(s["events"] for s in stats) /
+                                                                        max(batches, 1)),
+            "worker_ms_per_batch": round(1e3 * sum(s["batch_s_total"] for s in stats) / max(batches, 1), 1),
+            "critical_batches": sum(c["batches"] for c in crit),
+            "critical_ms_per_batch": round(1e3 * sum(c["batch_s_total"] for c in crit) /
+                                           max(sum(c["batches"] for c in crit), 1), 1),
+            "chunk_commits": sum(b["chunk_commits"] for b in buckets),
+            "chunk_conflicts": sum(b["conflicts"] for b in buckets)}
 
 
 def _drain(out: Any, watcher: ProbeWatcher, names: list[str], bulk_sent: dict[str, float],

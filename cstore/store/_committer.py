@@ -27,6 +27,7 @@ already committed and commits only the others.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -52,6 +53,7 @@ log = logging.getLogger("cstore.commit")
 
 __all__ = ["Committer"]
 
+CONTENDED_S = 5.0  # after a conflict on a model, check its version index before each of its rounds this long
 THREADS = 2  # rounds in flight at once (on disjoint chunks): more would split the waiting updates thinner
 Change = dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -91,6 +93,7 @@ class Committer:
         self._not_before: dict[tuple[uuid.UUID, int], float] = {}
         self._streak: dict[tuple[uuid.UUID, int], int] = defaultdict(int)   # failed tries since the last commit
         self._refused: dict[tuple[uuid.UUID, int], int] = defaultdict(int)  # ... of which refused (conflicts)
+        self._contended: dict[uuid.UUID, float] = {}  # model -> time of its last refused compare-and-set
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -295,21 +298,35 @@ class Committer:
         return self._tables.write_chunks(info.model_id, writes, op_ids, datetime.now(UTC))
 
     def rows(self, info: ModelInfo, chunks: list[int]) -> dict[int, dict[str, ChunkRow]]:
-        """The rows of ``chunks`` this committer knows (its own last commits), the others read now.
-
-        A learner computes its gradient from them: rows another writer has moved since are caught by
-        the compare-and-set, and the transform is re-applied to the rows read then.
-        """
+        """Current rows of ``chunks``, for a learner's gradient: the known ones the model's version
+        index shows no other writer has moved since (one partition read), the others read now."""
+        self._drop_moved(info)
         rows, errors = known_or_read(self._known, self._engine, info, chunks)
         if errors:
             raise next(iter(errors.values()))
         return rows
 
     def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
+        if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
+            self._drop_moved(info)
         rows, errors = known_or_read(self._known, self._engine, info, list(work.chunks))
         for k, exc in errors.items():
             self._retry_later(info, k, work.chunks[k], exc)
         return rows
+
+    def _drop_moved(self, info: ModelInfo) -> None:
+        """Forget the known rows the version index shows another writer has moved.
+
+        A model that another process writes too (a second worker of the same model) would otherwise
+        find its known rows stale at the compare-and-set: each a refused Paxos round, an aborted history
+        row and a back-off before the read. The committer checks before every round of a model that had
+        a conflict in the last ``CONTENDED_S``; alone on a model, it never pays the extra read.
+        """
+        for r in self._tables.index(info.model_id):
+            key = (info.model_id, r["chunk"])
+            known = self._known.get(key)
+            if known is not None and r["param"] in known and known[r["param"]].version < r["version"]:
+                self._known.drop(key)
 
     def _combine(self, info: ModelInfo, k: int, rows: dict[str, ChunkRow],
                  reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
@@ -370,6 +387,7 @@ class Committer:
         self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
                                    op_id, change)
         with self._locked():
+            self._contended[info.model_id] = time.monotonic()
             self._streak[key] += 1
             self._refused[key] += 1
             self._not_before[key] = time.monotonic() + random.uniform(0, min(0.2, 0.002 * 2 ** self._streak[key]))

@@ -80,7 +80,7 @@ class CriticalLane:
         self.committer = new_committer(worker.store)
         self.cursors: dict[int, dict[int, LaneCursor]] = {}
         self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0,
-                                      "last_batch_s": 0.0}
+                                      "last_batch_s": 0.0, "batch_s_total": 0.0}
         self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)
         self._lost = False
         self._next_try = 0.0

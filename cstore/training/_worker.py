@@ -83,7 +83,8 @@ class Worker:
         self._lock = threading.Lock()
         self._last_rebalance = 0.0
         self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "poisoned": 0, "drifts": 0,
-                      "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0}
+                      "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0,
+                      "batch_s_total": 0.0}
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
         self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
@@ -285,7 +286,8 @@ class Worker:
         with self._lock:
             stats.update(events=stats["events"] + n, batches=stats["batches"] + 1,
                          learned=stats["learned"] + len(keep), skipped=stats["skipped"] + len(events) - len(keep),
-                         last_batch_s=round(time.monotonic() - t0, 4))
+                         last_batch_s=round(time.monotonic() - t0, 4),
+                         batch_s_total=round(stats["batch_s_total"] + time.monotonic() - t0, 4))
             self.stats["poisoned"] = self.reader.poison_events
         log.info("%s batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
                  "critical" if lane else "bulk", batch_id, n, len(keep), parts, loss, score,
