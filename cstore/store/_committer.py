@@ -84,9 +84,11 @@ class _Round:
 class Committer:
     """Commits the atomic updates of one process in rounds (see the module docstring)."""
 
-    def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float) -> None:
+    def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float, urgent: bool = False) -> None:
+        """``urgent``: retry a refused chunk at once instead of after a jittered back-off (a critical
+        lane: its commits are small and rare, and the bulk writer it lost to backs off itself)."""
         self._engine, self._tables = engine, tables
-        self._timeout_s = timeout_s
+        self._timeout_s, self._urgent = timeout_s, urgent
         self._known = KnownRows()
         self._pending: list[_Request] = []
         self._claimed: set[tuple[uuid.UUID, int]] = set()
@@ -297,10 +299,15 @@ class Committer:
             return {}
         return self._tables.write_chunks(info.model_id, writes, op_ids, datetime.now(UTC))
 
-    def rows(self, info: ModelInfo, chunks: list[int]) -> dict[int, dict[str, ChunkRow]]:
+    def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False) -> dict[int, dict[str, ChunkRow]]:
         """Current rows of ``chunks``, for a learner's gradient: the known ones the model's version
-        index shows no other writer has moved since (one partition read), the others read now."""
-        self._drop_moved(info)
+        index shows no other writer has moved since (one partition read), the others read now;
+        ``fresh``: all read now (one round trip where the index would say most moved anyway)."""
+        if fresh:
+            for k in chunks:
+                self._known.drop((info.model_id, k))
+        else:
+            self._drop_moved(info)
         rows, errors = known_or_read(self._known, self._engine, info, chunks)
         if errors:
             raise next(iter(errors.values()))
@@ -390,7 +397,8 @@ class Committer:
             self._contended[info.model_id] = time.monotonic()
             self._streak[key] += 1
             self._refused[key] += 1
-            self._not_before[key] = time.monotonic() + random.uniform(0, min(0.2, 0.002 * 2 ** self._streak[key]))
+            backoff = 0.0 if self._urgent and self._streak[key] <= 3 else min(0.2, 0.002 * 2 ** self._streak[key])
+            self._not_before[key] = time.monotonic() + random.uniform(0, backoff)
             for req in reqs:
                 req.conflicts += 1
 

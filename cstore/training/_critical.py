@@ -38,14 +38,15 @@ __all__ = ["CriticalLane", "LaneHost", "new_committer"]
 log = logging.getLogger("cstore.worker")
 
 
-def new_committer(store: Store) -> Committer | None:
+def new_committer(store: Store, *, urgent: bool = False) -> Committer | None:
     """A committer of the learner's own (None for blind-write profiles, which commit through the engine).
 
     The bulk loop and the critical lane each have one: a critical commit never waits for a bulk round
-    to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes.
+    to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes,
+    and the critical lane's (``urgent``) retries at once.
     """
-    return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s) \
-        if store.profile.lwt else None
+    return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s,
+                     urgent=urgent) if store.profile.lwt else None
 
 
 class LaneHost(Protocol):
@@ -77,7 +78,7 @@ class CriticalLane:
                                    worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s)
         self.learner = Learner(worker.info, learner_config(worker.info))  # its own hasher cache: not shared
         self.w = np.zeros(self.learner.cfg.n_features, np.float32)
-        self.committer = new_committer(worker.store)
+        self.committer = new_committer(worker.store, urgent=True)
         self.cursors: dict[int, dict[int, LaneCursor]] = {}
         self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0,
                                       "last_batch_s": 0.0, "batch_s_total": 0.0}

@@ -253,7 +253,9 @@ class Worker:
             s = sample_weights(learner.cfg, [events[i] for i in keep])
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
             committer = lane.committer if lane else self._committer
-            current = committer.rows(self.info, touched) if committer else self.store.chunks.read(self.info, touched)
+            # The critical lane reads its few chunks fresh: the bulk loop has moved most of them since.
+            current = committer.rows(self.info, touched, fresh=lane is not None) if committer else \
+                self.store.chunks.read(self.info, touched)
             for k, rows in current.items():
                 lo, hi = self.info.chunk_bounds("weights", k)
                 w[lo:hi] = rows["weights"].data
