@@ -45,7 +45,7 @@ from cstore.backend import Cas, ChunkWrite, ParamTables
 from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
 from cstore.store._engine import ChunkEngine, missing_chunk
-from cstore.store._known import KnownRows, chunk_op_id, committed, known_or_read
+from cstore.store._known import KnownRows, chunk_op_id, committed, drop_moved, known_or_read
 from cstore.store._rows import plan_write
 from cstore.store._stats import Totals
 
@@ -307,7 +307,7 @@ class Committer:
             for k in chunks:
                 self._known.drop((info.model_id, k))
         else:
-            self._drop_moved(info)
+            drop_moved(self._known, self._tables, info)
         rows, errors = known_or_read(self._known, self._engine, info, chunks)
         if errors:
             raise next(iter(errors.values()))
@@ -315,25 +315,11 @@ class Committer:
 
     def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
         if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
-            self._drop_moved(info)
+            drop_moved(self._known, self._tables, info)
         rows, errors = known_or_read(self._known, self._engine, info, list(work.chunks))
         for k, exc in errors.items():
             self._retry_later(info, k, work.chunks[k], exc)
         return rows
-
-    def _drop_moved(self, info: ModelInfo) -> None:
-        """Forget the known rows the version index shows another writer has moved.
-
-        A model that another process writes too (a second worker of the same model) would otherwise
-        find its known rows stale at the compare-and-set: each a refused Paxos round, an aborted history
-        row and a back-off before the read. The committer checks before every round of a model that had
-        a conflict in the last ``CONTENDED_S``; alone on a model, it never pays the extra read.
-        """
-        for r in self._tables.index(info.model_id):
-            key = (info.model_id, r["chunk"])
-            known = self._known.get(key)
-            if known is not None and r["param"] in known and known[r["param"]].version < r["version"]:
-                self._known.drop(key)
 
     def _combine(self, info: ModelInfo, k: int, rows: dict[str, ChunkRow],
                  reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:

@@ -19,7 +19,7 @@ from cstore.errors import CorruptData, CstoreError
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._history import op_in_chain
 
-__all__ = ["KnownRows", "chunk_op_id", "committed", "known_or_read"]
+__all__ = ["KnownRows", "chunk_op_id", "committed", "drop_moved", "known_or_read"]
 
 _BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
 
@@ -82,6 +82,22 @@ def known_or_read(known: KnownRows, engine: ChunkEngine, info: ModelInfo,
         if got:  # a missing row is never remembered: it may be restored
             known.put((info.model_id, k), got)
     return rows, errors
+
+
+def drop_moved(known: KnownRows, tables: ParamTables, info: ModelInfo) -> None:
+    """Forget the known rows of ``info`` that its version index (one partition read) shows another
+    writer has moved.
+
+    A model another process writes too (a second worker of the same model) would otherwise find the
+    known rows stale at the compare-and-set: each a refused Paxos round, an aborted history row and a
+    back-off before the read. The committer checks before every round of a model that had a conflict
+    recently; alone on a model, it never pays the extra read.
+    """
+    for r in tables.index(info.model_id):
+        key = (info.model_id, r["chunk"])
+        rows = known.get(key)
+        if rows is not None and r["param"] in rows and rows[r["param"]].version < r["version"]:
+            known.drop(key)
 
 
 def chunk_op_id(update_id: uuid.UUID, chunk: int) -> uuid.UUID:
