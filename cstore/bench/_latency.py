@@ -2,8 +2,8 @@
 
 Freshness (this module). Everything at default settings, in separate processes as in production:
 
-* two ``cstore worker`` processes (``Worker`` with its default options) learning one FTRL model of
-  2^20 hashed features;
+* ``--workers`` (2) ``cstore worker`` processes (``Worker`` with its default options) learning one FTRL
+  model of 2^20 hashed features;
 * one bulk producer process sending feedback as columns (``FeedbackWriter.send_batch``) at
   ``BULK_RATE`` events/s, and every ``PROBE_EVERY_S`` one *bulk probe*: an ordinary (not critical)
   label, through the same writer, carrying a feature no other event has;
@@ -41,7 +41,6 @@ BULK_RATE = 5000          # events/s, the issue's floor for "bulk flowing"
 TICK_S = 0.02             # the producer sends a column batch this often
 PROBE_EVERY_S = 0.25      # one critical and one bulk probe this often (jittered)
 CRITICAL_GOAL_MS, BULK_GOAL_MS = 100.0, 1000.0
-WORKERS = 2
 
 
 def _probe_names(n_features: int, seed: int, pool: list[dict[str, Any]], kind: str, count: int) -> list[str]:
@@ -157,7 +156,7 @@ def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> d
             crit_names = _probe_names(n_features, seed, pool, "crit", n_probes + 1)
             bulk_names = _probe_names(n_features, seed, pool + [{n: 1.0} for n in crit_names], "bulk", n_probes)
             stop = spawn.Event()
-            readies = [spawn.Event() for _ in range(WORKERS)]
+            readies = [spawn.Event() for _ in range(ctx.workers)]
             wout = spawn.Queue()
             workers = [spawn.Process(target=worker_main, args=(ctx.config, name, r, stop, wout), daemon=True,
                                      name=f"cstore-bench-worker-{i}") for i, r in enumerate(readies)]
@@ -203,7 +202,7 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
         if time.monotonic() - t > 60:
             raise RuntimeError("the critical warm-up label was not visible to the scorer within 60 s")
         time.sleep(0.01)
-    ctx.log(f"  warm-up done: {WORKERS} workers, critical lane held, first label visible after "
+    ctx.log(f"  warm-up done: {len(readies)} workers, critical lane held, first label visible after "
             f"{(watcher.seen[crit_names[-1]][1] - t) * 1e3:.0f} ms")
     learned0 = fleet_status(store, name)["learned_events"]
     status0 = handle.status()
@@ -282,10 +281,10 @@ def _drain(out: Any, watcher: ProbeWatcher, names: list[str], bulk_sent: dict[st
 @scenario("latency")
 def latency_scenario(ctx: BenchContext) -> dict[str, Any]:
     seconds = 10.0 if ctx.quick else ctx.duration
-    ctx.log(f"  freshness: {WORKERS} worker processes (default options), bulk producer at {BULK_RATE:,} events/s "
+    ctx.log(f"  freshness: {ctx.workers} worker processes (default options), bulk producer at {BULK_RATE:,} events/s "
             f"(send_batch), one critical and one bulk probe label every ~{PROBE_EVERY_S * 1000:.0f} ms, one scorer "
             f"(refresh every {ctx.config.refresh_interval_s * 1000:.0f} ms), {seconds:.0f}s")
-    out = run_freshness(ctx, seconds)
+    out = {"latency_workers": ctx.workers, **run_freshness(ctx, seconds)}
     for lane, goal in (("critical", CRITICAL_GOAL_MS), ("bulk", BULK_GOAL_MS)):
         ctx.log(f"  {lane} label -> scorer: p50 {out.get(f'{lane}_fresh_p50_ms')} ms, p99 "
                 f"{out.get(f'{lane}_fresh_p99_ms')} ms, max {out.get(f'{lane}_fresh_max_ms')} ms over "

@@ -90,6 +90,7 @@ class BenchContext:
     quick: bool = False
     duration: float = 20.0
     concurrency: int = 64
+    workers: int = 2  # worker processes of the latency scenario
     log: Callable[[str], None] = print
     memory: MemorySampler = field(default_factory=MemorySampler)
 

@@ -15,10 +15,13 @@ from cstore.cli._app import CliContext
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with every figure.")
 @click.option("--duration", type=click.FloatRange(1, 3600), default=20.0, show_default=True,
               help="Seconds per measured phase (ignored with --quick).")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
+              help="Worker processes of the latency scenario's model.")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Requests in flight for the driver-level baselines and load generators.")
 @click.pass_obj
-def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: float, concurrency: int) -> None:
+def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: float, workers: int,
+          concurrency: int) -> None:
     """Measure SCENARIO against its baseline (ingest vs raw-driver ceiling, apply vs the naive
     one-row-per-scalar design, e2e freshness, score latency; latency: critical and bulk label
     freshness under 5,000 bulk events/s, atomic updates against the whole-chunk path and the
@@ -28,7 +31,7 @@ def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: 
     """
     names = list(ORDER) if scenario == "all" else [scenario]
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    ctx = BenchContext(obj.config, quick=quick, duration=duration, concurrency=concurrency, log=log)
+    ctx = BenchContext(obj.config, quick=quick, duration=duration, concurrency=concurrency, workers=workers, log=log)
     result = run_scenarios(names, ctx)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
