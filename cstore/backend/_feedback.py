@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from cstore.backend._statements import Cas, Row, Runner
+from cstore.core import max_uuid_at, min_uuid_at, ticks_of
 from cstore.errors import CstoreError
 
 _CONFIG = "SELECT * FROM feedback_config WHERE model_id = ?"
@@ -20,6 +21,9 @@ _LIST = ("SELECT seg_id, n_events FROM feedback_segments WHERE model_id = ? AND 
          "AND bucket = ? AND seg_id > ? LIMIT ?")
 _FETCH = ("SELECT seg_id, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
           "AND bucket = ? AND seg_id = ?")
+_FETCH_RANGE = ("SELECT seg_id, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
+                "AND bucket = ? AND seg_id >= ? AND seg_id <= ? LIMIT ?")
+_RANGE_SLACK = 64  # rows a range may hold beyond the wanted ones (late or learned segments between them)
 _CURSOR = ("SELECT owner, lease_since, lane, floor_ticks, done, events, segments, last_batch, updated_at "
            "FROM feedback_consumers WHERE model_id = ? AND grp = ? AND part = ?")
 _SAVE = ("UPDATE feedback_consumers SET floor_ticks = ?, done = ?, events = ?, segments = ?, last_batch = ?, "
@@ -65,9 +69,31 @@ class FeedbackTables:
                             op="read_feedback")
 
     def fetch_segments(self, model_id: uuid.UUID, keys: Sequence[tuple[int, int, int, uuid.UUID]]) -> list[Row]:
-        """``seg_id, payload`` of each ``(part, lane, bucket, seg_id)`` that still exists."""
-        per = self._r.many(_FETCH, [(model_id, p, ln, b, s) for p, ln, b, s in keys], op="read_feedback")
-        return [r for rows in per for r in rows]
+        """``seg_id, payload`` of each ``(part, lane, bucket, seg_id)`` that still exists.
+
+        One range read per storage partition, from the first wanted segment to the last (a batch takes
+        the oldest segments of a lane, so they are mostly adjacent): a producer at 5,000 events/s over 16
+        partitions seals segments of a few events each, and one read per segment was most of a batch's
+        time. Wanted segments a range did not reach (more than ``_RANGE_SLACK`` others between them) are
+        read one by one.
+        """
+        groups: dict[tuple[int, int, int], set[uuid.UUID]] = {}
+        for p, ln, b, seg in keys:
+            groups.setdefault((p, ln, b), set()).add(seg)
+        order = list(groups)
+        ranges = [(model_id, p, ln, b, min_uuid_at(min(map(ticks_of, groups[(p, ln, b)]))),
+                   max_uuid_at(max(map(ticks_of, groups[(p, ln, b)]))), len(groups[(p, ln, b)]) + _RANGE_SLACK)
+                  for p, ln, b in order]
+        out: list[Row] = []
+        missed: list[tuple[uuid.UUID, int, int, int, uuid.UUID]] = []
+        for key, rows in zip(order, self._r.many(_FETCH_RANGE, ranges, op="read_feedback")):
+            wanted = groups[key]
+            found = [r for r in rows if r["seg_id"] in wanted]
+            out += found
+            missed += [(model_id, *key, seg) for seg in wanted - {r["seg_id"] for r in found}]
+        if missed:  # beyond a range's limit, or expired meanwhile (then the point read finds nothing too)
+            out += [r for rows in self._r.many(_FETCH, missed, op="read_feedback") for r in rows]
+        return out
 
     def checkpoints(self, model_id: uuid.UUID, group: str, parts: Sequence[int], *,
                     serial: bool = True) -> list[list[Row]]:
