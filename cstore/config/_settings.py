@@ -11,6 +11,7 @@ variables > a TOML config file > defaults. The file is ``--config PATH``, else
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import tomllib
@@ -21,7 +22,7 @@ from typing import Any
 
 from cstore.errors import ConfigError
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "is_service_link", "load_config"]
 
 _KEYSPACE_RE = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 REACTORS = ("libev", "asyncio", "gevent")
@@ -178,12 +179,16 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str,
                 raise ConfigError(f"unknown key {key!r} in {path}; known keys: {', '.join(sorted(_FIELDS))}")
             values[key] = _coerce(key, raw, str(path))
             source[key] = str(path)
+    links = sorted(k for k, v in env.items() if k.startswith("CSTORE_") and is_service_link(k, v))
+    if links:
+        _warn_once(f"ignoring {', '.join(links)}: Kubernetes service links (a Service whose name starts with "
+                   f"'cstore'), not cstore settings; set enableServiceLinks: false on the pod to drop them")
     for name, var in _ENV_NAMES.items():
-        if env.get(var, "") != "":
+        if env.get(var, "") != "" and var not in links:
             values[name] = _coerce(name, env[var], f"${var}")
             source[name] = var
     typos = [k for k in env if k.startswith("CSTORE_") and k not in _ENV_NAMES.values()
-             and k not in _KNOWN_OTHER_ENV]
+             and k not in _KNOWN_OTHER_ENV and k not in links]
     if typos:
         raise ConfigError(f"unknown environment variable(s) {', '.join(sorted(typos))}; "
                           f"known: {', '.join(sorted(_ENV_NAMES.values()))}")
@@ -199,6 +204,35 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, env: Mapping[str,
     if bool(values.get("ssl_cert")) != bool(values.get("ssl_key")):
         raise ConfigError("TLS client authentication needs both ssl_cert and ssl_key (or neither)")
     return Config(**values, source=source)
+
+
+# Kubernetes injects, for every Service in the namespace, ``<NAME>_SERVICE_HOST``, ``<NAME>_SERVICE_PORT[_<port>]``,
+# ``<NAME>_PORT=tcp://ip:port`` and ``<NAME>_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]``: a Service named
+# ``cstore-metrics`` gives every pod CSTORE_METRICS_SERVICE_HOST, one named ``cstore`` gives CSTORE_PORT=tcp://...
+_LINK_NAME = re.compile(r"^[A-Z0-9_]+_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?"
+                        r"|PORT_\d+_(TCP|UDP|SCTP)(_(PROTO|PORT|ADDR))?)$")
+_LINK_VALUE = re.compile(r"^(tcp|udp|sctp)://[^\s/]+:\d+$")
+_warned: set[str] = set()
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether an environment variable is one Kubernetes injects for a Service (by its name, or for a
+    ``*_PORT`` variable by its ``tcp://ip:port`` value), rather than a setting.
+
+    >>> is_service_link("CSTORE_METRICS_SERVICE_HOST", "10.0.0.1")
+    True
+    >>> is_service_link("CSTORE_PORT", "tcp://10.0.0.1:9042")
+    True
+    >>> is_service_link("CSTORE_PORT", "9042"), is_service_link("CSTORE_KEYSAPCE", "x")
+    (False, False)
+    """
+    return bool(_LINK_NAME.match(name)) or (name.endswith("_PORT") and bool(_LINK_VALUE.match(value.strip())))
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("cstore.config").warning(message)
 
 
 # Variables read elsewhere (launcher, tests, feature switches) that are not connection settings.

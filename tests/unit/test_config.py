@@ -69,3 +69,40 @@ def test_profiles_builtin_custom_and_invalid():
         resolve_profile("x", {"x": {"comit_chunk": "ONE"}})
     with pytest.raises(ConfigError, match="SERIAL or LOCAL_SERIAL"):
         resolve_profile("x", {"x": {"serial": "QUORUM"}})
+
+
+def test_kubernetes_service_links_are_ignored_with_one_warning(caplog):
+    """A Service named ``cstore-metrics`` or ``cstore`` injects these into every pod of its namespace."""
+    env = {"CSTORE_METRICS_SERVICE_HOST": "10.0.0.1", "CSTORE_METRICS_SERVICE_PORT": "9090",
+           "CSTORE_METRICS_SERVICE_PORT_HTTP": "9090", "CSTORE_METRICS_PORT": "tcp://10.0.0.1:9090",
+           "CSTORE_METRICS_PORT_9090_TCP": "tcp://10.0.0.1:9090", "CSTORE_METRICS_PORT_9090_TCP_PROTO": "tcp",
+           "CSTORE_METRICS_PORT_9090_TCP_PORT": "9090", "CSTORE_METRICS_PORT_9090_TCP_ADDR": "10.0.0.1",
+           "CSTORE_SERVICE_HOST": "10.0.0.2", "CSTORE_PORT": "tcp://10.0.0.2:9042", "CSTORE_KEYSPACE": "fraud"}
+    with caplog.at_level("WARNING", logger="cstore.config"):
+        cfg = load_config(env=env)
+        load_config(env=env)
+    assert (cfg.port, cfg.keyspace) == (9042, "fraud")  # the link's CSTORE_PORT is not a port; real settings apply
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cstore.config"]
+    assert len(warnings) == 1 and "Kubernetes service links" in warnings[0] and "CSTORE_PORT" in warnings[0]
+    assert load_config(env={"CSTORE_PORT": "9043"}).port == 9043  # a real port is still a port
+
+
+@pytest.mark.parametrize("name,value", [("CSTORE_KEYSAPCE", "x"), ("CSTORE_PORTS", "9042"),
+                                        ("CSTORE_SERVICE_HOSTS", "10.0.0.1")])
+def test_a_misspelt_setting_still_fails_beside_service_links(name, value):
+    with pytest.raises(ConfigError, match=f"unknown environment variable.*{name}"):
+        load_config(env={"CSTORE_METRICS_SERVICE_HOST": "10.0.0.1", name: value})
+
+
+def test_cstore_config_starts_beside_service_links_and_refuses_a_typo():
+    import os
+    import subprocess
+    import sys
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}
+    cmd = [sys.executable, "-c", "from cstore.cli import main; main()", "config"]
+    ok = subprocess.run(cmd, env={**base, "CSTORE_METRICS_SERVICE_HOST": "10.0.0.1",
+                                  "CSTORE_PORT": "tcp://10.0.0.1:9042"}, capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "Kubernetes service links" in ok.stderr and '"port": 9042' in ok.stdout
+    bad = subprocess.run(cmd, env={**base, "CSTORE_KEYSAPCE": "x"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown environment variable(s) CSTORE_KEYSAPCE" in bad.stderr

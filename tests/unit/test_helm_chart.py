@@ -89,12 +89,13 @@ def test_default_worker_deployment(rendered, tmp_path):
     spec, pod = dep["spec"], dep["spec"]["template"]
     c = container(dep)
     assert spec["replicas"] == 2
-    assert c["args"] == ["worker", "--model", "fraud", "--processes", "1", "--batch-size", "1000",
+    assert c["args"] == ["worker", "--model", "fraud", "--processes", "1", "--batch-size", "5000",
                          "--max-wait-ms", "200", "--metrics-port", "9108"]
     assert c["ports"] == [{"name": "metrics", "containerPort": 9108, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert pod["spec"]["terminationGracePeriodSeconds"] == 60
+    assert pod["spec"]["enableServiceLinks"] is False  # no CSTORE_* service-link variables in the pod
     assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9108"
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
