@@ -45,3 +45,22 @@ def test_every_room_declares_its_public_names():
 def test_the_version_comes_from_the_package_metadata():
     from importlib.metadata import version
     assert cstore.__version__ == version("cstore")
+
+
+def test_one_version_everywhere():
+    """pyproject.toml is the one version source: the installed metadata, ``cstore --version`` and the
+    chart's appVersion (the image tag it deploys by default) agree with it."""
+    import re
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    version = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["version"]
+    assert cstore.__version__ == version
+    out = subprocess.run([sys.executable, "-c", "from cstore.cli import main; main()", "--version"],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert version in out
+    chart = (repo / "helm" / "cstore" / "Chart.yaml").read_text()
+    assert re.search(r'^appVersion: "?([^"\n]+)"?$', chart, re.M).group(1) == version
