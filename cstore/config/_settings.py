@@ -54,7 +54,9 @@ class Config:
     # re-reads chunk versions from the chunks themselves, and the prediction log's lifetime and buffer.
     refresh_interval_s: float = 0.02  # a head-counter read: cheap enough to poll at 50 Hz
     full_check_s: float = 30.0
-    prediction_log_ttl_s: int = 30 * 24 * 3600
+    # 120 days: the filing window of most card chargeback reasons (Visa, Mastercard), so that a chargeback
+    # arriving late still finds the features its transaction was scored with (raise it for longer ones).
+    prediction_log_ttl_s: int = 120 * 24 * 3600
     prediction_log_queue: int = 10_000
     history_bucket_s: int = 3600
     history_ttl_s: int = 7 * 24 * 3600
