@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -57,6 +58,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CstoreError as exc:
+            if ctx.meta.get("cstore.verbose", 0):  # -v: where it came from, for a bug report
+                traceback.print_exc(file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             sys.exit(1)
 
@@ -83,8 +86,9 @@ def main(ctx: click.Context, config_file: str | None, verbose: int, **overrides:
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if verbose < 2:
-        logging.getLogger("cassandra").setLevel(logging.ERROR)
+    if verbose < 2:  # the driver logs its connection failures with a traceback; ours is one clear line
+        logging.getLogger("cassandra").setLevel(logging.CRITICAL if verbose == 0 else logging.ERROR)
+    ctx.meta["cstore.verbose"] = verbose
     ctx.obj = CliContext({k: v for k, v in overrides.items() if v is not None}, config_file)
 
 

@@ -79,3 +79,18 @@ def test_cli_input_errors_are_clear(run):
     assert r.exit_code != 0 and ("ISO time" in r.output or "unknown model" in r.output)
     r = CliRunner().invoke(main, ["model", "list"], env={"CSTORE_PROFILE": "strnog"})
     assert r.exit_code == 1 and "unknown consistency profile 'strnog'" in r.output
+
+
+def test_an_expected_error_is_one_line_without_a_traceback_unless_verbose():
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}
+    cmd = [sys.executable, "-c", "from cstore.cli import main; main()"]
+    quiet = subprocess.run(cmd + ["--port", "9", "model", "list"], env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert quiet.returncode == 1
+    assert len(quiet.stderr.strip().splitlines()) == 1 and quiet.stderr.startswith("error: no Cassandra")
+    loud = subprocess.run(cmd + ["-v", "--port", "9", "model", "list"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "error: no Cassandra" in loud.stderr
