@@ -7,7 +7,7 @@ turns cstore errors into one clear line. Installed packages may add commands thr
 from importlib.metadata import entry_points
 
 from cstore.cli import _bench, _feedback, _model, _schema, _security, _status, _worker
-from cstore.cli._app import CliContext, echo_json, log_format_option, main
+from cstore.cli._app import CliContext, echo_json, json_option, log_format_option, main
 
 for _module in (_schema, _model, _feedback, _worker, _status, _security, _bench):
     for _command in _module.COMMANDS:
@@ -15,4 +15,4 @@ for _module in (_schema, _model, _feedback, _worker, _status, _security, _bench)
 for _plugin in entry_points(group="cstore.cli"):
     main.add_command(_plugin.load())
 
-__all__ = ["CliContext", "echo_json", "log_format_option", "main"]
+__all__ = ["CliContext", "echo_json", "json_option", "log_format_option", "main"]

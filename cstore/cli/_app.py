@@ -93,11 +93,18 @@ def main(ctx: click.Context, config_file: str | None, verbose: int, **overrides:
 
 
 @main.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Accepted for symmetry: the output is always one JSON object.")
 @click.pass_obj
-def config_cmd(obj: CliContext) -> None:
-    """Show the effective configuration and where each value came from (password hidden)."""
+def config_cmd(obj: CliContext, as_json: bool) -> None:
+    """Show the effective configuration and where each value came from (password hidden), as JSON."""
     cfg = obj.config
     echo_json({"config": cfg.redacted(), "source": dict(cfg.source)})
+
+
+def json_option(func: Any) -> Any:
+    """The ``--json`` flag of every command that reports: one JSON object on stdout instead of text."""
+    return click.option("--json", "as_json", is_flag=True,
+                        help="Print one JSON object (stdout) instead of text.")(func)
 
 
 def log_format_option(func: Any) -> Any:

@@ -18,12 +18,13 @@ from typing import Any
 import click
 import msgpack
 
-from cstore.cli._app import CliContext, echo_json
+from cstore.cli._app import CliContext, json_option, echo_json
 from cstore.errors import CstoreError, ValidationError
 from cstore.feedback import FeedbackWriter
 
 FIELDS = {"model", "entity_id", "label", "kind", "confidence", "event_time", "features", "metadata"}
 _MAX_REPORTED = 20
+EXIT_SKIPPED = 2  # exit status when the good records were written but some were skipped (--on-error skip)
 
 
 def _records(path: str, fmt: str) -> Iterator[tuple[int, int, Any]]:
@@ -95,11 +96,15 @@ def feedback() -> None:
               help="fail: validate everything first, write nothing if a record is bad; skip: write the good ones.")
 @click.option("--linger-ms", type=click.FloatRange(0), default=20.0, show_default=True)
 @click.option("--max-batch", type=click.IntRange(1), default=500, show_default=True, help="Events per segment.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+@json_option
 @click.pass_obj
 def ingest(obj: CliContext, file: str, model: str | None, fmt: str, on_error: str, linger_ms: float, max_batch: int,
            as_json: bool) -> None:
-    """Ingest feedback records from FILE (JSON lines or msgpack; '-' for stdin)."""
+    """Ingest feedback records from FILE (JSON lines or msgpack; '-' for stdin).
+
+    Exit status: 0 everything written; 1 nothing written (a bad record with --on-error fail, or an
+    error); 2 the good records written and some skipped (--on-error skip).
+    """
     if file != "-" and not os.path.isfile(file):
         raise click.BadParameter(f"{file} does not exist", param_hint="FILE")
     if fmt == "auto":
@@ -127,6 +132,8 @@ def ingest(obj: CliContext, file: str, model: str | None, fmt: str, on_error: st
     else:
         click.echo(f"wrote {written} event(s) in {elapsed:.1f} s ({summary['events_per_s']}/s); "
                    f"skipped {len(errors)} bad {unit}(s)")
+    if errors:  # the good records are written, but the run was not clean: say so to scripts
+        sys.exit(EXIT_SKIPPED)
 
 
 def _validate(store, file: str, fmt: str, model: str | None) -> Iterator[tuple[int, str]]:

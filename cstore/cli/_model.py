@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import click
 import numpy as np
 
-from cstore.cli._app import CliContext, echo_json
+from cstore.cli._app import CliContext, json_option, echo_json
 
 
 def _parse_param(text: str) -> tuple[str, tuple[int, ...]]:
@@ -53,7 +53,7 @@ def model() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--init", type=click.Choice(["zeros", "normal"]), default="zeros", show_default=True)
 @click.option("--metadata", help="JSON object stored with the model.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def create(obj: CliContext, name, params, chunk_size, dtype, init, metadata, as_json) -> None:
     """Create model NAME with the given parameters."""
@@ -72,7 +72,7 @@ def create(obj: CliContext, name, params, chunk_size, dtype, init, metadata, as_
 
 
 @model.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def list_cmd(obj: CliContext, as_json: bool) -> None:
     """List models."""
@@ -88,7 +88,7 @@ def list_cmd(obj: CliContext, as_json: bool) -> None:
 
 @model.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def show(obj: CliContext, name: str, as_json: bool) -> None:
     """Show a model: parameters, chunks, head version, snapshots."""
@@ -110,7 +110,7 @@ def show(obj: CliContext, name: str, as_json: bool) -> None:
 @click.option("--lr", type=float, default=1.0, show_default=True)
 @click.option("--type", "update_type", type=click.Choice(["gradient", "direct", "batch", "federated"]),
               default="gradient", show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def update(obj: CliContext, name, param, indices, values, lr, update_type, as_json) -> None:
     """Apply an update: new = old - lr * value at each --index (or set it with --type direct)."""
@@ -126,17 +126,18 @@ def update(obj: CliContext, name, param, indices, values, lr, update_type, as_js
 @model.command()
 @click.argument("name")
 @click.option("--confirm", help="Repeat the model name to confirm; without it nothing is deleted.")
+@json_option
 @click.pass_obj
-def drop(obj: CliContext, name: str, confirm: str | None) -> None:
+def drop(obj: CliContext, name: str, confirm: str | None, as_json: bool) -> None:
     """Delete a model, its parameters and snapshots (needs --confirm NAME)."""
     obj.store().drop_model(name, confirm=confirm)
-    click.echo(f"dropped {name}")
+    echo_json({"model": name, "dropped": True}) if as_json else click.echo(f"dropped {name}")
 
 
 @model.command()
 @click.argument("name")
 @click.option("--reason", required=True, help="Why this snapshot exists (stored as provenance).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def snapshot(obj: CliContext, name: str, reason: str, as_json: bool) -> None:
     """Take an immutable snapshot of the current parameters."""
@@ -146,7 +147,7 @@ def snapshot(obj: CliContext, name: str, reason: str, as_json: bool) -> None:
 
 @model.command()
 @click.argument("name")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def versions(obj: CliContext, name: str, as_json: bool) -> None:
     """List snapshots with provenance, newest first."""
@@ -164,7 +165,7 @@ def versions(obj: CliContext, name: str, as_json: bool) -> None:
 @click.argument("name")
 @click.argument("version", type=int)
 @click.option("--reason", required=True, help="Why roll back (recorded in history).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def rollback(obj: CliContext, name: str, version: int, reason: str, as_json: bool) -> None:
     """Write snapshot VERSION back as a new head version."""
@@ -179,7 +180,7 @@ def rollback(obj: CliContext, name: str, version: int, reason: str, as_json: boo
 @click.option("--until", help="Same formats as --since.")
 @click.option("--param", help="Only this parameter.")
 @click.option("--limit", type=int, default=50, show_default=True, help="Most recent N rows (0: all).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def history(obj: CliContext, name, since, until, param, limit, as_json) -> None:
     """Committed chunk updates of model NAME, oldest first."""
@@ -197,7 +198,7 @@ def history(obj: CliContext, name, since, until, param, limit, as_json) -> None:
 @click.command()
 @click.argument("name")
 @click.option("--since", default="1h", show_default=True, help="ISO time, epoch seconds or relative (15m, 2h).")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def stats(obj: CliContext, name: str, since: str, as_json: bool) -> None:
     """Update statistics per time bucket: updates, learning rate mean/std, conflicts, retries, bytes."""

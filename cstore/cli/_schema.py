@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from cstore.backend import apply_schema, replication_map, schema_status
-from cstore.cli._app import CliContext, echo_json
+from cstore.cli._app import CliContext, json_option, echo_json
 
 
 def _parse_dcs(values: tuple[str, ...]) -> dict[str, int]:
@@ -27,18 +27,23 @@ def schema() -> None:
               help="SimpleStrategy replication factor [$CSTORE_REPLICATION_FACTOR, 1].")
 @click.option("--dc", "dcs", multiple=True, metavar="NAME:RF",
               help="NetworkTopologyStrategy replication per data centre (repeatable).")
+@json_option
 @click.pass_obj
-def apply(obj: CliContext, replication_factor: int | None, dcs: tuple[str, ...]) -> None:
+def apply(obj: CliContext, replication_factor: int | None, dcs: tuple[str, ...], as_json: bool) -> None:
     """Create the keyspace if needed and apply pending migrations (re-running is a no-op)."""
     cfg = obj.config
     rep = replication_map(cfg, replication_factor, _parse_dcs(dcs))
-    done = apply_schema(obj.backend(), cfg.keyspace, rep, log=click.echo)
+    done = apply_schema(obj.backend(), cfg.keyspace, rep, log=(lambda m: click.echo(m, err=True)) if as_json
+                        else click.echo)
+    if as_json:
+        echo_json({"keyspace": cfg.keyspace, "replication": rep, "applied": list(done)})
+        return
     click.echo(f"keyspace {cfg.keyspace}: {len(done)} migration(s) applied" if done
                else f"keyspace {cfg.keyspace}: up to date")
 
 
 @schema.command("status")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def status_cmd(obj: CliContext, as_json: bool) -> None:
     """Show each migration file and whether it is applied, pending or changed."""

@@ -14,7 +14,7 @@ import time
 
 import click
 
-from cstore.cli._app import CliContext, echo_json, log_format_option
+from cstore.cli._app import CliContext, json_option, echo_json, log_format_option
 from cstore.cli._model import model
 from cstore.ops import setup_logging
 
@@ -72,7 +72,7 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
               show_default=True)
 @click.option("--drift-response", type=click.Choice(["boost", "snapshot", "both", "none"]), default="boost",
               show_default=True, help="On drift: raise the learning rate, snapshot first, both, or only record.")
-@click.option("--json", "as_json", is_flag=True)
+@json_option
 @click.pass_obj
 def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, l1, l2, lr, hash_seed, chunk_size,
                        partitions, bucket_s, ttl_s, lateness_s, half_life_s, kind_weights, priorities, drift,

@@ -60,6 +60,7 @@ def test_worker_learns_everything_and_checkpoints(base_config, store):
     res = run_cli(base_config, "status", name, "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
+    assert out["healthy"] is True and out["problems"] == []
     assert {"head_version", "lag_events", "partitions", "workers", "last_commit", "drift"} <= set(out)
     assert out["lag_events"] == 0 and out["head_version"] == st["head_version"] > 0
     assert {"owner", "lag_events"} <= set(out["partitions"][0]) and out["last_commit"] is not None
@@ -254,6 +255,18 @@ def test_a_critical_label_is_learned_by_the_critical_lane_beside_a_bulk_backlog(
     assert set(counts.values()) == {1}  # every segment learned exactly once
     st = fleet_status(store, name)
     assert all(p["owner"] is None for p in st["partitions"])  # the critical lease was released too
+
+
+def test_status_exits_3_when_feedback_waits_and_no_worker_is_alive(base_config, store):
+    name = new_name("stuck")
+    create_learner(store, name, n_features=2**10, chunk_size=1024, partitions=2)
+    send_feedback(store, name, "tx-1", 1, features={"a": 1.0})
+    res = run_cli(base_config, "status", name, "--json")
+    assert res.returncode == 3 and "no worker is alive" in res.stderr
+    out = json.loads(res.stdout)
+    assert out["healthy"] is False and out["lag_events"] == 1
+    Worker(store, name, batch_size=100, **FAST).run(until_idle=True)
+    assert run_cli(base_config, "status", name).returncode == 0
 
 
 def test_a_bad_critical_flag_is_refused_and_nothing_written(store):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from cstore.cli import CliContext, echo_json
+from cstore.cli import CliContext, json_option, echo_json
 from cstore_dev.evaluation.datasets import DATASETS  # names only: River is imported when a stream is built
 
 
@@ -16,7 +16,7 @@ from cstore_dev.evaluation.datasets import DATASETS  # names only: River is impo
               help="Events scored before their labels are sent and learned (the bounded micro-batch delay).")
 @click.option("--alpha", type=float, default=0.3, show_default=True, help="FTRL alpha (cstore and River).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the synthetic streams.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@json_option
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), help="Write a PNG of windowed AUC here.")
 @click.pass_obj
 def eval_cmd(obj: CliContext, dataset: str, events: int | None, workers: int, processes: bool, block: int,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cstore.cli import CliContext, echo_json
+from cstore.cli import CliContext, echo_json, json_option
 
 
 def _cluster(obj: CliContext, **kw):
@@ -30,13 +30,19 @@ def local() -> None:
               help="C1-only JIT: faster (re)starts on a small machine, slower steady state; for throw-away "
                    "test clusters, not for benchmarks (default off, or the existing cluster's).")
 @click.option("--timeout", type=float, default=None, help="Seconds to wait for each node [240].")
+@json_option
 @click.pass_obj
 def up(obj: CliContext, n_nodes: int | None, heap: str | None, auth: bool | None, tls_dir: str | None,
-       quick_start: bool | None, timeout: float | None) -> None:
+       quick_start: bool | None, timeout: float | None, as_json: bool) -> None:
     """Start the local cluster (idempotent: restarts only nodes that are down)."""
     t0 = time.monotonic()
     cluster = _cluster(obj, n_nodes=n_nodes, heap=heap, auth=auth, tls=tls_dir, quick_start=quick_start)
     statuses = cluster.up(**({"timeout": timeout} if timeout else {}))
+    if as_json:
+        echo_json({"nodes": [{"name": s.name, "address": s.address, "pid": s.pid, "state": s.state, "log": s.log}
+                             for s in statuses], "contact_points": list(cluster.contact_points),
+                   "seconds": round(time.monotonic() - t0, 1)})
+        return
     for s in statuses:
         click.echo(f"{s.name}  {s.address}:9042  pid {s.pid}  {s.state}  log {s.log}")
     click.echo(f"ready in {time.monotonic() - t0:.1f}s; contact points: {','.join(cluster.contact_points)}")
@@ -55,7 +61,7 @@ def certs(directory: str, n_nodes: int) -> None:
 
 
 @local.command()
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@json_option
 @click.pass_obj
 def status(obj: CliContext, as_json: bool) -> None:
     """Show each node's address, pid and state."""
