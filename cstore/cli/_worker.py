@@ -114,16 +114,19 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               help="Serve /metrics, /healthz and /readyz on this port (0: any free port; default: off).")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Address for the metrics server.")
+@click.option("--stuck-after", type=click.FloatRange(10), default=300.0, show_default=True,
+              help="/healthz fails (503) when the learning loop has not advanced for this many seconds.")
 @log_format_option
 @click.pass_obj
 def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max_wait_ms, lease_ttl, heartbeat,
-           poll_ms, critical, critical_poll_ms, max_batches, until_idle, metrics_port, metrics_host,
+           poll_ms, critical, critical_poll_ms, max_batches, until_idle, metrics_port, metrics_host, stuck_after,
            log_format) -> None:
     """Learn from feedback: lease partitions, learn micro-batches, checkpoint. SIGTERM exits cleanly.
 
     With --metrics-port the worker exposes Prometheus metrics (events learned, commits, conflicts,
     retries, per-partition lag, commit latency, drift, lease changes), /healthz (alive) and /readyz
-    (connected and holding leases or waiting for them; unready while draining or when no node answers).
+    (connected and holding leases or waiting for them; unready while draining or when no node answers);
+    /healthz fails once the learning loop has not advanced for --stuck-after seconds.
     """
     redactor = setup_logging(log_format)
     redactor.add_secret(obj.config.password)
@@ -144,7 +147,9 @@ def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max
         metrics = WorkerMetrics(models[0])
         observer = WorkerObserver(w, metrics, readiness).start()
         if metrics_port is not None:  # a supervised child reports through its supervisor's server instead
-            server = serve(metrics_port, metrics_host, readiness, registry=metrics.registry)
+            server = serve(metrics_port, metrics_host, readiness, registry=metrics.registry,
+                           live_check=lambda: (w.loop_age_s < stuck_after,
+                                               f"learning loop last advanced {w.loop_age_s:.0f} s ago"))
             click.echo(f"metrics on http://{metrics_host}:{server.port}/metrics", err=True)
 
     def stop(*args) -> None:

@@ -1,6 +1,8 @@
 """The health endpoints: ``/metrics``, ``/healthz`` and ``/readyz`` from a daemon thread.
 
-``/healthz`` answers 200 while the process runs (its HTTP thread answers); ``/readyz`` answers
+``/healthz`` answers 200 while the process runs and its ``live_check`` passes (a worker: its loop
+advanced within ``--stuck-after`` seconds), 503 otherwise, so Kubernetes restarts a stuck process;
+``/readyz`` answers
 200 when ``ready_check()`` returns ``(True, reason)`` and 503 with the reason otherwise, so
 Kubernetes stops routing to, and counting on, a pod that lost Cassandra or is draining.
 """
@@ -103,7 +105,8 @@ class MetricsServer:
         self.close()
 
 
-def _handler(registry: CollectorRegistry, ready_check: ReadyCheck | None) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, ready_check: ReadyCheck | None,
+             live_check: ReadyCheck | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "cstore-metrics"
 
@@ -118,7 +121,8 @@ def _handler(registry: CollectorRegistry, ready_check: ReadyCheck | None) -> typ
                     return
                 self._reply(200, body, CONTENT_TYPE_LATEST)
             elif path == "/healthz":
-                self._reply(200, "ok\n")
+                ok, reason = self._check(live_check, "no liveness check configured")
+                self._reply(200 if ok else 503, f"{'ok' if ok else 'stuck'}: {reason}\n")
             elif path == "/readyz":
                 ok, reason = self._ready()
                 self._reply(200 if ok else 503, f"{'ready' if ok else 'not ready'}: {reason}\n")
@@ -128,13 +132,16 @@ def _handler(registry: CollectorRegistry, ready_check: ReadyCheck | None) -> typ
         do_HEAD = do_GET  # noqa: N815
 
         def _ready(self) -> tuple[bool, str]:
-            if ready_check is None:
-                return True, "no readiness check configured"
+            return self._check(ready_check, "no readiness check configured")
+
+        def _check(self, check: ReadyCheck | None, absent: str) -> tuple[bool, str]:
+            if check is None:
+                return True, absent
             try:
-                ok, reason = ready_check()
+                ok, reason = check()
                 return bool(ok), str(reason)
             except Exception as exc:
-                return False, f"readiness check failed: {type(exc).__name__}: {exc}"
+                return False, f"check failed: {type(exc).__name__}: {exc}"
 
         def _reply(self, status: int, body: bytes | str, ctype: str = "text/plain; charset=utf-8") -> None:
             data = body.encode() if isinstance(body, str) else body
@@ -153,10 +160,14 @@ def _handler(registry: CollectorRegistry, ready_check: ReadyCheck | None) -> typ
 
 
 def serve(port: int = DEFAULT_PORT, host: str = "0.0.0.0", ready_check: ReadyCheck | None = None, *,
-          registry: CollectorRegistry) -> MetricsServer:
+          registry: CollectorRegistry, live_check: ReadyCheck | None = None) -> MetricsServer:
     """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on ``host:port`` (``port=0`` picks a free
-    one) from a daemon thread; returns at once. Raises ``OSError`` when the port is taken."""
-    httpd = ThreadingHTTPServer((host, port), _handler(registry, ready_check))
+    one) from a daemon thread; returns at once. Raises ``OSError`` when the port is taken.
+
+    ``live_check`` decides ``/healthz`` (503 when it fails: the process should be restarted, e.g. a
+    worker whose loop has not advanced); without one, ``/healthz`` answers 200 while the process runs.
+    """
+    httpd = ThreadingHTTPServer((host, port), _handler(registry, ready_check, live_check))
     httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.2},
                               name="cstore-metrics", daemon=True)

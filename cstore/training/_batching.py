@@ -6,7 +6,9 @@ Pure, no I/O: :func:`select_segments` is tested on its own (``tests/unit/test_fe
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import uuid
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,7 +20,7 @@ from cstore.feedback import Event, LaneListing, SegmentRef
 from cstore.learn import FeatureHasher, age_weights
 from cstore.training._learner import LearnerConfig
 
-__all__ = ["FeatureLookup", "WorkerOptions", "hash_rows", "sample_weights", "select_segments"]
+__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "hash_rows", "sample_weights", "select_segments"]
 
 log = logging.getLogger("cstore.worker")
 
@@ -118,3 +120,17 @@ def sample_weights(cfg: LearnerConfig, events: Sequence[Event]) -> np.ndarray:
     if cfg.half_life_s:
         s *= age_weights(np.array([ev.event_time for ev in events]), time.time(), cfg.half_life_s)
     return s
+
+
+def batch_metadata(batch_id: uuid.UUID, worker: str, group: str, chosen: Sequence[SegmentRef], learned: int,
+                   skipped: int, weight_sum: float, loss: float, score: float, drift: bool, lr_scale: float) -> str:
+    """The history metadata of a batch's commit: what it learned from where (``offsets``: per
+    ``part.lane`` the first and last segment time, segments and events), and how it went."""
+    offsets: dict[str, list[int]] = {}
+    for r in chosen:
+        o = offsets.setdefault(f"{r.part}.{r.lane}", [r.ticks, r.ticks, 0, 0])
+        o[0], o[1], o[2], o[3] = min(o[0], r.ticks), max(o[1], r.ticks), o[2] + 1, o[3] + r.n_events
+    return json.dumps({"batch": str(batch_id), "worker": worker, "group": group, "samples": learned,
+                       "skipped": skipped, "weight_sum": round(weight_sum, 6), "loss": round(loss, 6),
+                       "drift_score": score, "drift": drift, "lr_scale": round(lr_scale, 6), "offsets": offsets},
+                      sort_keys=True)

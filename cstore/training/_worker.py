@@ -23,7 +23,6 @@ batches, so releasing a partition never duplicates anything.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import sys
 import threading
@@ -42,7 +41,7 @@ from cstore.learn import batch_gradient, log_loss, predict_proba_batch
 from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
-from cstore.training._batching import WorkerOptions, hash_rows, sample_weights, select_segments
+from cstore.training._batching import WorkerOptions, batch_metadata, hash_rows, sample_weights, select_segments
 from cstore.training._critical import CriticalLane, new_committer
 from cstore.training._shared_state import SharedLearnerState
 
@@ -52,7 +51,6 @@ log = logging.getLogger("cstore.worker")
 CRITICAL_SWITCH_S = 0.0005
 
 Cursors = dict[int, dict[int, LaneCursor]]
-Listings = dict[tuple[int, int], LaneListing]
 
 
 class Worker:
@@ -86,6 +84,7 @@ class Worker:
                       "lost_checkpoints": 0, "aborted_batches": 0, "errors": 0, "rate": 0.0, "last_batch_s": 0.0,
                       "batch_s_total": 0.0}
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
+        self._loop_at = time.monotonic()
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
         self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
         self._committer = new_committer(store)
@@ -97,6 +96,11 @@ class Worker:
         self._stop.set()
 
     @property
+    def loop_age_s(self) -> float:
+        """Seconds since the learning loop last began an iteration (for a liveness probe)."""
+        return time.monotonic() - self._loop_at
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
@@ -105,6 +109,7 @@ class Worker:
 
         Always releases the leases and unregisters on the way out.
         """
+        self._loop_at = time.monotonic()
         self.leases.register(self.stats)
         hb = threading.Thread(target=self._heartbeat, name="cstore-heartbeat", daemon=True)
         hb.start()
@@ -118,6 +123,7 @@ class Worker:
         try:
             failures = 0
             while not self._stop.is_set():
+                self._loop_at = time.monotonic()
                 try:
                     self.maintain()
                     consumed = self.step()
@@ -277,8 +283,8 @@ class Worker:
                 if drift:
                     self._on_drift(batch_id)
             self._trace(batch_id, chosen, len(events), len(keep), grad.weight_sum, loss, score, lr_scale)
-            meta = self._metadata(batch_id, chosen, len(keep), len(events) - len(keep), grad.weight_sum, loss,
-                                  score, drift, lr_scale)
+            meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
+                                  len(events) - len(keep), grad.weight_sum, loss, score, drift, lr_scale)
             transform = learner.gradient_transform(grad.indices, grad.values, grad.bias, lr_scale)
             self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
@@ -330,16 +336,6 @@ class Worker:
     def _trace(self, batch_id, chosen, n_events, n_learned, weight_sum, loss, score, lr_scale) -> None:
         self.shared.write_trace(batch_id, self.worker_id, [(r.part, r.lane, r.seg_id, r.n_events) for r in chosen],
                                 n_events, n_learned, n_events - n_learned, weight_sum, loss, score, lr_scale)
-
-    def _metadata(self, batch_id, chosen, learned, skipped, weight_sum, loss, score, drift, lr_scale) -> str:
-        offsets: dict[str, list[int]] = {}
-        for r in chosen:
-            o = offsets.setdefault(f"{r.part}.{r.lane}", [r.ticks, r.ticks, 0, 0])
-            o[0], o[1], o[2], o[3] = min(o[0], r.ticks), max(o[1], r.ticks), o[2] + 1, o[3] + r.n_events
-        return json.dumps({"batch": str(batch_id), "worker": self.worker_id, "group": self.opts.group,
-                           "samples": learned, "skipped": skipped, "weight_sum": round(weight_sum, 6),
-                           "loss": round(loss, 6), "drift_score": score, "drift": drift,
-                           "lr_scale": round(lr_scale, 6), "offsets": offsets}, sort_keys=True)
 
     def _commit(self, chunks: list[int], transform: Transform, meta_json: str,
                 current: Mapping[int, Mapping[str, ChunkRow]], lr_scale: float, committer: Committer | None) -> None:

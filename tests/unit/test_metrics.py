@@ -203,3 +203,17 @@ def test_several_processes_are_summed_by_the_parent(tmp_path):
     assert s[("cstore_partition_lag_seconds", m + (("partition", "0"),))] == 5.0
     assert s[("cstore_partition_lag_seconds", m + (("partition", "1"),))] == 10.0
     assert s[("cstore_drift_score", m)] == pytest.approx(0.2)
+
+
+def test_healthz_fails_when_the_liveness_check_does():
+    from prometheus_client import CollectorRegistry
+    from cstore.ops import serve
+    stuck = {"age": 1.0}
+    server = serve(0, "127.0.0.1", registry=CollectorRegistry(),
+                   live_check=lambda: (stuck["age"] < 300, f"learning loop last advanced {stuck['age']:.0f} s ago"))
+    try:
+        assert get(server.url + "/healthz")[:3:2] == (200, "ok: learning loop last advanced 1 s ago\n")
+        stuck["age"] = 301.0
+        assert get(server.url + "/healthz")[:3:2] == (503, "stuck: learning loop last advanced 301 s ago\n")
+    finally:
+        server.close()
