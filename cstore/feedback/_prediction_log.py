@@ -85,14 +85,21 @@ class LogCounters:
         self._lock = threading.Lock()
         self._totals: dict[tuple[uuid.UUID, int], dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
         self._dirty: set[tuple[uuid.UUID, int]] = set()
+        self._lifetime: dict[uuid.UUID, dict[str, int]] = defaultdict(lambda: dict.fromkeys(COUNTERS, 0))
 
     def record(self, model_id: uuid.UUID, **deltas: int) -> None:
         key = (model_id, int(time.time()) // STATS_BUCKET_S * STATS_BUCKET_S)
         with self._lock:
-            t = self._totals[key]
+            t, life = self._totals[key], self._lifetime[model_id]
             for name, n in deltas.items():
                 t[name] += n
+                life[name] += n
             self._dirty.add(key)
+
+    def lifetime(self, model_id: uuid.UUID) -> dict[str, int]:
+        """What this process counted for a model since it started (never decreases: Prometheus counters)."""
+        with self._lock:
+            return dict(self._lifetime.get(model_id) or dict.fromkeys(COUNTERS, 0))
 
     def totals(self, model_id: uuid.UUID) -> dict[str, int]:
         """What this process counted for a model (all buckets still in memory)."""

@@ -26,6 +26,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, values
 
+from cstore.ops._build import BuildInfo
+
 __all__ = ["COMMIT_LATENCY_BUCKETS", "DEFAULT_PORT", "LEASE_CHANGES", "WorkerMetrics", "enable_multiprocess",
            "mark_process_dead", "multiprocess_dir", "multiprocess_registry"]
 
@@ -51,6 +53,8 @@ class WorkerMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         if own and process_metrics and not multiprocess_dir():
             ProcessCollector(registry=self.registry)  # cpu, memory, fds (Linux /proc)
+        if own and not multiprocess_dir():  # a supervisor's aggregated registry carries it once
+            self.registry.register(BuildInfo())
         reg = self.registry
         m = ["model"]
         self.events_learned = Counter(
@@ -212,6 +216,7 @@ def multiprocess_registry(directory: str | os.PathLike[str] | None = None) -> Co
     from prometheus_client import multiprocess
     reg = CollectorRegistry()
     multiprocess.MultiProcessCollector(reg, path=str(directory or multiprocess_dir()))
+    reg.register(BuildInfo())
     return reg
 
 

@@ -21,6 +21,7 @@ keeps predicting from the inherited copy meanwhile.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -154,6 +155,19 @@ class Client:
         handle._cache.start()
         return handle
 
+    def models(self) -> dict[str, ModelHandle]:
+        """The model handles this client has opened, by name."""
+        return dict(self._models)
+
+    def log_counters(self, model_id: Any) -> dict[str, int]:
+        """This process's prediction-log counters for a model since it started (logged, dropped, …)."""
+        return self._counters.lifetime(model_id)
+
+    @property
+    def log_queue(self) -> int:
+        """Predictions queued for the prediction log and not yet written."""
+        return int(self._writer.queued)
+
     @property
     def feature_lookup(self) -> PredictionLog:
         """The prediction log's ``feature_lookup(model, entity_ids)`` for a worker in this process."""
@@ -220,6 +234,7 @@ class ModelHandle:
         self._cache = ModelCache(name, client.backend, interval_s=cfg.refresh_interval_s,
                                  full_check_s=cfg.full_check_s)
         self._bad_entity_log = -math.inf
+        self._predictions = itertools.count()  # next() is atomic under the GIL: a lock-free counter
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -255,7 +270,19 @@ class ModelHandle:
             idx, val = s.hasher.transform_one(features)
         except ValueError as exc:
             raise ValidationError(f"model {self.name!r}: {exc}") from None
+        next(self._predictions)
         return predict_proba(s.weights, s.bias, idx, val), s
+
+    @property
+    def model_id(self) -> Any:
+        """The model's id (``None`` before the first load)."""
+        s = self._cache.current
+        return None if s is None else s.info.model_id
+
+    @property
+    def predictions(self) -> int:
+        """Predictions made with this handle in this process (one per row of a batch)."""
+        return int(repr(self._predictions)[len("count("):-1])  # count(n): the next value, i.e. how many so far
 
     def predict_proba(self, features: Mapping[str, float | int | bool | str]) -> float:
         """P(fraud) of one transaction (feature name → number, bool or string), from the cached copy."""
@@ -268,6 +295,8 @@ class ModelHandle:
             indptr, idx, val = s.hasher.transform_many(rows)
         except ValueError as exc:
             raise ValidationError(f"model {self.name!r}: {exc}") from None
+        for _ in range(len(indptr) - 1):
+            next(self._predictions)
         return predict_proba_batch(s.weights, s.bias, indptr, idx, val)
 
     def score(self, entity_id: str | int, features: Mapping[str, Any], *, log: bool = True) -> float:

@@ -1,11 +1,13 @@
 """The scoring client survives Cassandra going away: predictions continue from the cache, staleness grows
-visibly, logging never fails a prediction, a never-loaded model says so, and everything recovers.
+visibly (also in the process's /metrics), logging never fails a prediction, a never-loaded model says so,
+and everything recovers.
 
 Runs on a private single-node cluster (127.0.0.21): the shared test node is never stopped.
 """
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import numpy as np
 import pytest
@@ -15,9 +17,19 @@ from cstore.backend import apply_schema, replication_map
 from cstore.config import load_config
 from cstore.errors import ConnectionFailed, NotLoaded
 from cstore.backend import connect
+from cstore.ops import serve_scorer_metrics
 from cstore.store import Store
 from feedback_helpers import wait_for
 from private_cluster import private_cluster, retrying
+
+
+def scraped(server, name: str, model: str = "fraud") -> float:
+    """One series of the scorer's /metrics, as Prometheus would read it."""
+    body = urllib.request.urlopen(server.url + "/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(f'{name}{{model="{model}"}} '):
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} for {model} not in /metrics:\n{body}")
 
 
 def _connecting(fn):
@@ -47,6 +59,10 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
             f = {"amount": 0.7, "country": "FR", "hour": 3.0}
             p0 = model.predict_proba(f)
             assert p0 != 0.5 and model.staleness < 1.0
+            server = serve_scorer_metrics(client, port=0, host="127.0.0.1")  # what the service would expose
+            assert scraped(server, "cstore_scorer_staleness_seconds") < 1.0
+            assert scraped(server, "cstore_scorer_predictions_total") == 1
+            assert scraped(server, "cstore_scorer_model_loaded") == 1
 
             cluster.stop("node1")
             wait_for(lambda: model.status()["refresh_errors"] > 0, 10, "a failed refresh", every=0.1)
@@ -57,6 +73,8 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
                 samples.append(model.staleness)
                 time.sleep(0.1)
             assert samples == sorted(samples) and samples[-1] > samples[0] + 3.5
+            assert scraped(server, "cstore_scorer_staleness_seconds") > 3.5  # the SLO is visible from outside
+            assert scraped(server, "cstore_scorer_refresh_errors_total") > 0
             status = model.status()
             assert status["loaded"] and status["failing_streak"] > 0 and status["last_error"]
             print(f"\nwhile down: staleness {samples[0]:.1f} → {samples[-1]:.1f} s, {status['refresh_errors']} "
@@ -72,6 +90,8 @@ def test_predictions_continue_while_the_node_is_down_and_staleness_grows():
             cluster.up()
             t_up = time.monotonic()
             wait_for(lambda: model.staleness < 1.0 and later.loaded, 60, "both models fresh again", every=0.1)
+            assert scraped(server, "cstore_scorer_staleness_seconds") < 1.0  # and its recovery
+            server.close()
             print(f"fresh again {time.monotonic() - t_up:.1f} s after the node accepted CQL again")
             assert later.predict_proba(f) == 0.5  # all-zero model
             store = client.store  # the client's own, reconnected session

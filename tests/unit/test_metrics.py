@@ -217,3 +217,12 @@ def test_healthz_fails_when_the_liveness_check_does():
         assert get(server.url + "/healthz")[:3:2] == (503, "stuck: learning loop last advanced 301 s ago\n")
     finally:
         server.close()
+
+
+def test_build_info_names_the_running_version():
+    import cstore
+    from prometheus_client import generate_latest
+    from cstore.ops import WorkerMetrics
+    text = generate_latest(WorkerMetrics("fraud").registry).decode()
+    line = next(x for x in text.splitlines() if x.startswith("cstore_build_info{"))
+    assert f'version="{cstore.__version__}"' in line and line.endswith(" 1.0")
