@@ -36,7 +36,7 @@ test: $(STAMP)
 # mypy at default settings on the package (strict on cstore.core, cstore.learn and cstore.errors,
 # see pyproject.toml) and ruff on everything in the repository that is Python.
 lint: $(STAMP)
-	$(PY) -m ruff check cstore dev tests benchmarks locustfiles scripts
+	$(PY) -m ruff check cstore dev tests benchmarks locustfiles scripts helm
 	$(PY) -m mypy
 	$(PY) -m mypy --strict --follow-imports=silent -p cstore.core -p cstore.learn -p cstore.errors
 

@@ -98,6 +98,12 @@ class WorkerMetrics:
         self.leases_held = Gauge(
             "cstore_leases_held", "Partition leases this process holds now.",
             m, multiprocess_mode="livesum", registry=reg)
+        self.worker_ready = Gauge(
+            "cstore_worker_ready", "1 while the worker is ready (/readyz): connected, holding leases or waiting.",
+            m, multiprocess_mode="livemin", registry=reg)
+        self.batch_errors = Counter(
+            "cstore_batch_errors", "Batches that failed (an outage, a failing feature lookup) and are read again.",
+            m, registry=reg)
         # Create the label children up front, so every series exists (at 0) from the first scrape.
         self._learned = self.events_learned.labels(model)
         self._poisoned = self.events_poisoned.labels(model)
@@ -109,6 +115,8 @@ class WorkerMetrics:
         self._drift = self.drift_score.labels(model)
         self._drifts = self.drifts.labels(model)
         self._leases = self.leases_held.labels(model)
+        self._batch_errors = self.batch_errors.labels(model)
+        self._ready = self.worker_ready.labels(model)
         self._lease_changes = {c: self.lease_changes.labels(model, c) for c in LEASE_CHANGES}
         self._partitions: set[str] = set()
 
@@ -118,6 +126,15 @@ class WorkerMetrics:
         if events < 0:
             raise ValueError(f"events must be >= 0, got {events}")
         self._learned.inc(events)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1.0 if ready else 0.0)
+
+    def record_batch_errors(self, n: int) -> None:
+        """``n`` batches failed and will be read again."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        self._batch_errors.inc(n)
 
     def record_poisoned(self, events: int) -> None:
         """``events`` stored feedback events were set aside as unusable."""

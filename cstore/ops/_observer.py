@@ -63,6 +63,7 @@ class WorkerObserver:
         w, m = self.worker, self.metrics
         m.record_learned(self._delta("learned"))
         m.record_poisoned(self._delta("poisoned"))
+        m.record_batch_errors(self._delta("errors"))
         for _ in range(self._delta("drifts")):
             m.record_drift()
         held = set(w.leases.held())
@@ -75,6 +76,7 @@ class WorkerObserver:
         m.set_leases_held(len(held))
         if not w.stopping:
             self.readiness.set_ready(f"holding {len(held)} lease(s)" if held else "waiting for leases")
+        m.set_ready(self.readiness()[0])
         if held and time.monotonic() - self._last_lag > self.lag_every_s:
             self._last_lag = time.monotonic()
             for p, row in w.reader.lag(sorted(held)).items():

@@ -77,10 +77,12 @@ def test_check_script_lints_renders_and_validates(rendered):
     for name in ("default", "ci", "multidc"):
         assert f"ok: {name} values: lint, template" in log
     assert "all chart checks passed (helm v3." in log
-    assert kinds(rendered["default"]) == ["ConfigMap", "ConfigMap", "Deployment", "Job", "PodDisruptionBudget",
-                                          "ServiceAccount"]
-    assert kinds(rendered["ci"]) == ["ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Job", "Job",
-                                     "PodDisruptionBudget", "ServiceAccount"]
+    assert kinds(rendered["default"]) == ["ConfigMap", "ConfigMap", "Deployment", "Job", "Pod", "PodDisruptionBudget",
+                                          "Service", "ServiceAccount"]
+    assert kinds(rendered["ci"]) == ["ConfigMap", "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+                                     "Job", "Job",
+                                     "Pod", "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceAccount",
+                                     "ServiceMonitor"]
 
 
 def test_default_worker_deployment(rendered, tmp_path):
@@ -90,7 +92,7 @@ def test_default_worker_deployment(rendered, tmp_path):
     c = container(dep)
     assert spec["replicas"] == 2
     assert c["args"] == ["worker", "--model", "fraud", "--processes", "1", "--batch-size", "5000",
-                         "--max-wait-ms", "200", "--metrics-port", "9108"]
+                         "--max-wait-ms", "200", "--critical", "--stuck-after", "300", "--metrics-port", "9108"]
     assert c["ports"] == [{"name": "metrics", "containerPort": 9108, "protocol": "TCP"}]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -208,7 +210,7 @@ def test_worker_flags_used_by_the_chart_exist(rendered):
     """Every option the chart passes to the worker must be an option of `cstore worker`."""
     from cstore.cli import main
     worker = main.commands["worker"]
-    known = {opt for p in worker.params for opt in p.opts}
+    known = {opt for p in worker.params for opt in (*p.opts, *p.secondary_opts)}
     args = container(one(rendered["ci"], "Deployment"))["args"]
     used = [a for a in args[args.index("worker"):] if re.match(r"^--[a-z]", a)]
     missing = sorted(set(used) - known)
@@ -246,3 +248,99 @@ def test_install_notes_render(rendered, tmp_path):
     assert "no Cassandra credentials are configured" in texts["default"]
     assert "fraud_v2, fraud_v2_shadow" in texts["ci"] and "3–12 pods, autoscaled" in texts["ci"]
     assert "logs -f job/cstore-ci-locust-1" in texts["ci"] and "local DC dc1" in texts["ci"]
+
+
+
+def test_metrics_service_and_helm_test_by_default(rendered):
+    objs = rendered["default"]
+    dep = one(objs, "Deployment")
+    svc = one(objs, "Service")
+    assert svc["metadata"]["name"].endswith("-metrics") and svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9108, "targetPort": "metrics", "protocol": "TCP"}]
+    test = one(objs, "Pod")
+    assert test["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert test["spec"]["containers"][0]["args"] == ["schema", "status", "--json"]
+    assert "ServiceMonitor" not in kinds(objs) and "PrometheusRule" not in kinds(objs)  # need the CRDs: opt-in
+
+
+def test_monitoring_objects_credentials_per_role_and_the_key_ring(rendered):
+    objs = rendered["ci"]
+    svc, sm = one(objs, "Service"), one(objs, "ServiceMonitor")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s",
+                                        "scrapeTimeout": "10s"}]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = {r["alert"]: r for r in one(objs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert {"CstorePartitionLag", "CstoreNoLeasesHeld", "CstoreWorkerNotReady", "CstoreCommitConflicts",
+            "CstoreBatchErrors", "CstoreDriftDetected", "CstoreScorerStale"} == set(rules)
+    assert rules["CstorePartitionLag"]["expr"].endswith("> 120") and rules["CstorePartitionLag"]["for"] == "5m"
+
+    def secrets(obj):
+        return {e["valueFrom"]["secretKeyRef"]["name"] for e in container(obj)["env"] if "valueFrom" in e}
+
+    def env(obj):
+        return {e["name"]: e.get("value") for e in container(obj)["env"]}
+    dep, schema_job = one(objs, "Deployment"), one(objs, "Job", "schema")
+    locust = one(objs, "Job", "loadtest")
+    assert (secrets(dep), secrets(schema_job), secrets(locust)) == (
+        {"cassandra-credentials"}, {"cassandra-admin"}, {"cassandra-scorer"})
+    for obj in (dep, locust):  # they read chunks: the key ring is mounted where the variable points
+        path = env(obj)["CSTORE_ENCRYPTION_KEY_FILE"]
+        vol = next(v for v in obj["spec"]["template"]["spec"]["volumes"] if v["name"] == "encryption-keys")
+        mount = next(m for m in container(obj)["volumeMounts"] if m["name"] == "encryption-keys")
+        assert vol["secret"]["secretName"] == "cstore-keys" and path == f"{mount['mountPath']}/keys"
+    assert "CSTORE_ENCRYPTION_KEY_FILE" not in env(schema_job)
+    args = container(dep)["args"]
+    assert "--no-critical" in args and args[args.index("--min-batch") + 1] == "500"
+
+
+@pytest.mark.parametrize("sets, reason", [
+    (["worker.replcas=5"], "additional properties 'replcas' not allowed"),
+    (["metrics.port=abc"], "got string, want integer"),
+    (["cassandra.contactPoints=cass1", "worker.processes=0"], "minimum"),
+])
+def test_the_values_schema_refuses_unknown_keys_and_wrong_types(rendered, sets, reason):
+    for cmd in (["lint", "--strict", str(CHART)], ["template", "x", str(CHART)]):
+        args = [rendered["helm"], *cmd]
+        for s in sets:
+            args += ["--set", s]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0, cmd
+        assert reason in proc.stdout + proc.stderr, (cmd, proc.stdout[-800:], proc.stderr[-800:])
+
+
+def test_the_manifest_validator_catches_bad_monitoring_objects(rendered, tmp_path):
+    sys.path.insert(0, str(REPO / "helm"))
+    from validate_manifests import validate
+    rule = one(rendered["ci"], "PrometheusRule")
+    bad = copy.deepcopy(rule)
+    bad["spec"]["groups"][0]["rules"][0]["expr"] = "cstore_no_such_series > 1"
+    bad["spec"]["groups"][0]["rules"][1]["for"] = "ten minutes"
+    monitor = copy.deepcopy(one(rendered["ci"], "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml.safe_dump_all([bad, monitor]))
+    found = "\n".join(validate(f, "1.37.0"))
+    assert "uses cstore_no_such_series, which cstore does not export" in found
+    assert "'ten minutes' does not match" in found
+    assert "'intervall' was unexpected" in found
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump_all([rule]))
+    assert validate(good, "1.37.0") == []
+
+
+
+def test_the_dashboard_queries_only_series_cstore_exports(rendered):
+    """Every metric a panel queries is one the workers or scorers export; the chart ships the same file."""
+    import json
+    sys.path.insert(0, str(REPO / "helm"))
+    from validate_manifests import exported_metric_names
+    path = CHART / "dashboards" / "cstore.json"
+    dash = json.loads(path.read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    used = {m for e in exprs for m in re.findall(r"\b(cstore_[a-z0-9_]+)\b", e)}
+    assert len(exprs) >= 15 and not used - exported_metric_names(), sorted(used - exported_metric_names())
+    assert {"cstore_scorer_staleness_seconds", "cstore_partition_lag_seconds", "cstore_commit_conflicts_total"} <= used
+    cm = next(o for o in rendered["ci"] if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard"))
+    assert json.loads(cm["data"]["cstore.json"]) == dash and cm["metadata"]["labels"]["grafana_dashboard"] == "1"

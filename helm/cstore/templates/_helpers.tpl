@@ -109,25 +109,38 @@ ssl_key = {{ printf "%s/%s" $c.tls.mountPath $c.tls.keyKey | toJson }}
 {{- end }}
 {{- end }}
 
-{{/* Environment shared by the worker, schema and Locust containers. */}}
+{{/* The login of one role: its own auth values when they name a Secret, else cassandra.auth. */}}
+{{- define "cstore.auth" -}}
+{{- $own := index . 1 -}}
+{{- toJson (ternary $own (index . 0).Values.cassandra.auth (and (kindIs "map" $own) (not (empty $own.existingSecret)))) -}}
+{{- end }}
+
+{{/* Environment shared by the worker, schema and Locust containers: (list . $auth $keys), where $auth
+     is the role's login (cstore.auth) and $keys whether the encryption key ring is mounted. */}}
 {{- define "cstore.env" -}}
+{{- $auth := index . 1 }}{{ $keys := index . 2 }}{{ with index . 0 -}}
 - name: CSTORE_CONFIG
   value: /etc/cstore/cstore.toml
 - name: CSTORE_LOG_FORMAT
   value: {{ .Values.worker.logFormat | quote }}
 - name: CSTORE_LOG_LEVEL
   value: {{ .Values.worker.logLevel | quote }}
-{{- with .Values.cassandra.auth.existingSecret }}
+{{- with $auth.existingSecret }}
 - name: CSTORE_USERNAME
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ $.Values.cassandra.auth.usernameKey }}
+      key: {{ $auth.usernameKey }}
 - name: CSTORE_PASSWORD
   valueFrom:
     secretKeyRef:
       name: {{ . }}
-      key: {{ $.Values.cassandra.auth.passwordKey }}
+      key: {{ $auth.passwordKey }}
+{{- end }}
+{{- if and $keys .Values.encryption.existingSecret }}
+- name: CSTORE_ENCRYPTION_KEY_FILE
+  value: {{ printf "%s/%s" .Values.encryption.mountPath .Values.encryption.key | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -145,6 +158,12 @@ ssl_key = {{ printf "%s/%s" $c.tls.mountPath $c.tls.keyKey | toJson }}
     secretName: {{ .Values.cassandra.tls.existingSecret }}
     defaultMode: 0440
 {{- end }}
+{{- if .Values.encryption.existingSecret }}
+- name: encryption-keys
+  secret:
+    secretName: {{ .Values.encryption.existingSecret }}
+    defaultMode: 0440
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -158,6 +177,11 @@ ssl_key = {{ printf "%s/%s" $c.tls.mountPath $c.tls.keyKey | toJson }}
 {{- if .Values.cassandra.tls.enabled }}
 - name: tls
   mountPath: {{ .Values.cassandra.tls.mountPath }}
+  readOnly: true
+{{- end }}
+{{- if .Values.encryption.existingSecret }}
+- name: encryption-keys
+  mountPath: {{ .Values.encryption.mountPath }}
   readOnly: true
 {{- end }}
 {{- end }}
