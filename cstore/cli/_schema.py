@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from cstore.backend import apply_schema, replication_map, schema_status
+from cstore.backend import apply_schema, migrations, replication_map, schema_status
+from cstore.errors import CstoreError
 from cstore.cli._app import CliContext, json_option, echo_json
 
 
@@ -53,6 +54,31 @@ def status_cmd(obj: CliContext, as_json: bool) -> None:
         return
     for r in rows:
         click.echo(f"{r['state']:8} {r['name']}  {r['applied_at'] or ''}")
+
+
+@schema.command("plan")
+@json_option
+@click.pass_obj
+def plan_cmd(obj: CliContext, as_json: bool) -> None:
+    """Print the CQL that `cstore schema apply` would run now (pending migrations, in order), for review.
+
+    Nothing is written. A keyspace that does not exist yet is shown with every migration pending
+    (apply also creates the keyspace with the replication of the configuration and its flags).
+    """
+    try:
+        state = {r["name"]: r["state"] for r in schema_status(obj.backend(), obj.config.keyspace)}
+    except CstoreError:  # no keyspace (or no migrations table) yet: everything is pending
+        state = {}
+    pending = [m for m in migrations() if state.get(m.name, "pending") == "pending"]
+    if as_json:
+        echo_json([{"name": m.name, "statements": m.statements} for m in pending])
+        return
+    if not pending:
+        click.echo(f"-- keyspace {obj.config.keyspace}: up to date, nothing to run")
+    for m in pending:
+        click.echo(f"-- {m.name} (keyspace {obj.config.keyspace})")
+        for stmt in m.statements:
+            click.echo(f"{stmt};\n")
 
 
 COMMANDS = [schema]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from click.testing import CliRunner
@@ -94,3 +95,14 @@ def test_an_expected_error_is_one_line_without_a_traceback_unless_verbose():
     loud = subprocess.run(cmd + ["-v", "--port", "9", "model", "list"], env=env, capture_output=True, text=True,
                           timeout=120)
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "error: no Cassandra" in loud.stderr
+
+
+def test_schema_plan_prints_the_pending_cql_and_writes_nothing(run, base_config, session):
+    assert "up to date, nothing to run" in run("schema", "plan").output
+    fresh = f"plan_{uuid.uuid4().hex[:8]}"
+    out = json.loads(run("--keyspace", fresh, "schema", "plan", "--json").output)
+    assert [m["name"] for m in out][:5] == ["001_parameters.cql", "002_feedback.cql", "003_prediction_log.cql",
+                                             "004_model_history_bucket.cql", "005_deltas_and_heads.cql"]
+    assert any(s.startswith("CREATE TABLE IF NOT EXISTS chunks") for s in out[0]["statements"])
+    assert session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                           (fresh,)).one() is None  # a plan creates nothing
