@@ -4,6 +4,8 @@ Measured figures are printed (run with ``-s`` to see them).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import os
 import signal
 import threading
@@ -155,6 +157,12 @@ def test_the_fleet_demo_learns_while_it_scores(store):
     from cstore_dev.fleet_demo import run
     lines: list[str] = []
     figures = run(store, seconds=10, rate=1500, n_features=2**14, echo=lines.append)
-    assert lines[1].split() == ["t", "sent", "events/s", "lag", "version", "accuracy", "log", "loss"]
+    assert lines[1].split() == ["t", "sent", "events/s", "lag", "version", "accuracy", "log", "loss", "critical",
+                                "label", "->", "scorer"]
     assert figures["sent"] >= 5000 and figures["version"] > 15  # the workers committed while it ran
-    assert lines[-1].startswith("done:") and "learned" in lines[-1]
+    done = next(line for line in lines if line.startswith("done:"))
+    assert "learned" in done
+    assert figures["critical_fresh_ms"] and all(0 < ms < 10_000 for ms in figures["critical_fresh_ms"])
+    logs = [Path(p) for p in figures["worker_logs"]]
+    assert len(logs) == 2 and all(p.is_file() and p.stat().st_size > 0 for p in logs)  # the workers' logs, not ours
+    assert any(line.startswith("worker logs:") for line in lines)
