@@ -61,5 +61,15 @@ def test_the_wheel_installed_alone_applies_the_schema(wheel, tmp_path, base_conf
         tables = {r["table_name"] for r in session.execute(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = %s", (keyspace,))}
         assert {"models", "chunks", "history", "feedback_segments", "prediction_log"} <= tables
+        # A consumer's type checker sees cstore's annotations (py.typed): a wrong use is an error.
+        app = tmp_path / "app.py"
+        app.write_text("import cstore\n\nstore: cstore.Store = cstore.connect()\n"
+                       "version: int = store.head_version('fraud')\nwrong: str = store.head_version('fraud')\n")
+        mypy = subprocess.run([sys.executable, "-m", "mypy", "--python-executable", str(venv / "bin" / "python"),
+                               "--no-incremental", str(app)], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300)
+        assert mypy.returncode == 1 and "app.py:5: error: Incompatible types in assignment" in mypy.stdout, \
+            mypy.stdout[-2000:]
+        assert "app.py:3" not in mypy.stdout and "missing library stubs" not in mypy.stdout
     finally:
         session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
