@@ -16,7 +16,9 @@ from cstore.errors import CstoreError
 _MODEL = "SELECT * FROM models WHERE name = ?"
 _MODELS = "SELECT * FROM models"
 _MODEL_CREATE = ("INSERT INTO models (name, model_id, created_at, created_by, chunk_size, dtype, params, metadata, "
-                 "history_bucket_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+                 "history_bucket_s, history_indexed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, true) IF NOT EXISTS")
+_HISTORY_BUCKET_ADD = "INSERT INTO history_buckets (model_id, day, bucket) VALUES (?, ?, ?) USING TTL ?"
+_HISTORY_BUCKETS = "SELECT bucket FROM history_buckets WHERE model_id = ? AND day = ?"
 _MODEL_DROP = "DELETE FROM models WHERE name = ? IF model_id = ?"
 # -- chunks (a row is `data` at `base_version`, plus the delta entries above it: migration 005) ----------
 _CHUNK_COLUMNS = "param, data, version, op_id, base_version, deltas"
@@ -201,6 +203,15 @@ class ParamTables:
     def write_history(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Pending history rows of one commit (one ``(model, bucket)`` partition: a single request)."""
         self._r.write_partition([(_HISTORY_WRITE, r) for r in rows], op="write_history")
+
+    def announce_history_bucket(self, model_id: uuid.UUID, day: int, bucket: int, ttl_s: int) -> None:
+        """Record that ``bucket`` holds history of the model (before its first row is written)."""
+        self._r.write(_HISTORY_BUCKET_ADD, (model_id, day, bucket, ttl_s), op="write_history")
+
+    def history_buckets(self, model_id: uuid.UUID, days: Iterable[int]) -> list[int]:
+        """The buckets recorded for the given days, in order."""
+        per = self._r.many(_HISTORY_BUCKETS, [(model_id, d) for d in days], op="read_history")
+        return sorted(r["bucket"] for rows in per for r in rows)
 
     def abort_history(self, ttl_s: int, model_id: uuid.UUID, bucket: int, op_id: uuid.UUID,
                       params: Iterable[str]) -> None:

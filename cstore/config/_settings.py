@@ -58,7 +58,9 @@ class Config:
     # arriving late still finds the features its transaction was scored with (raise it for longer ones).
     prediction_log_ttl_s: int = 120 * 24 * 3600
     prediction_log_queue: int = 10_000
-    history_bucket_s: int = 3600
+    # One minute per history partition: bounded at any commit rate (a worker writes MB/s of history);
+    # readers list a model's buckets in history_buckets (migration 006) instead of scanning them all.
+    history_bucket_s: int = 60
     history_ttl_s: int = 7 * 24 * 3600
     stats_bucket_s: int = 300
     max_retries: int = 12

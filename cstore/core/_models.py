@@ -41,6 +41,7 @@ class ModelInfo:
     created_at: datetime | None = None
     created_by: str | None = None
     history_bucket_s: int | None = None   # None: a model older than migration 004 (use the configuration)
+    history_indexed: bool = False         # its history buckets are listed in history_buckets (migration 006)
 
     def history_bucket_seconds(self, default_s: int) -> int:
         """Seconds per ``history`` partition: the model's own, or ``default_s`` (the configured one)
@@ -100,7 +101,7 @@ class ModelInfo:
         bucket = row.get("history_bucket_s")
         return cls(row["name"], row["model_id"], row["chunk_size"], row["dtype"], params,
                    meta, row.get("created_at"), row.get("created_by"),
-                   bucket if isinstance(bucket, int) and bucket > 0 else None)
+                   bucket if isinstance(bucket, int) and bucket > 0 else None, row.get("history_indexed") is True)
 
 
 def validate_name(name: Any) -> str:

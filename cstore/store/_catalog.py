@@ -69,7 +69,7 @@ class Catalog:
         if self._tables.model(name):
             raise ModelExists(f"model {name!r} already exists; pick another name or drop it first", model=name)
         info = ModelInfo(name, uuid.uuid4(), chunk_size, dtype, shapes, json.loads(meta_json),
-                         history_bucket_s=history_bucket_s)
+                         history_bucket_s=history_bucket_s, history_indexed=True)
         rng = np.random.default_rng(seed)
         op_id = uuid_now()
         now = datetime.now(UTC)

@@ -259,7 +259,7 @@ class Committer:
         ready = set(changes)
         for per_chunk in history.values():  # the round's history rows: one request per (model, bucket)
             try:
-                self._tables.write_history([r for rs in per_chunk.values() for r in rs])
+                self._engine.write_history(info, [r for rs in per_chunk.values() for r in rs])
             except CstoreError as exc:  # nothing of these chunks was written: retry them (or give up) later
                 ready.difference_update(per_chunk)
                 for k in per_chunk:

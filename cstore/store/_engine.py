@@ -60,6 +60,7 @@ class ChunkEngine:
         self._pool: ThreadPoolExecutor | None = None
         self._last_stats_flush = time.monotonic()
         self.announcer = Announcer(self._tables)
+        self._buckets_announced: set[tuple[uuid.UUID, int]] = set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -168,7 +169,7 @@ class ChunkEngine:
             plans = {p: plan_write(self.codec, info, chunk, rows[p], new, touched, conditional=self._lwt)
                      for p, (new, touched) in changes.items()}
             writes = {p: w for p, (w, _) in plans.items()}
-            self._tables.write_history([self.history_row(info, chunk, rows[p], sparse, meta, op_id, bucket)
+            self.write_history(info, [self.history_row(info, chunk, rows[p], sparse, meta, op_id, bucket)
                                         for p, (_, sparse) in plans.items()])  # one (model, bucket): one request
             t_cas = time.perf_counter()
             cas = self._tables.write_chunk(info.model_id, chunk, writes, op_id, datetime.now(UTC),
@@ -197,6 +198,21 @@ class ChunkEngine:
             retries += 1
             time.sleep(random.uniform(0, min(0.2, 0.004 * 2 ** retries)))  # full jitter
             rows = self.read_chunk(info, chunk)
+
+    def write_history(self, info: ModelInfo, rows: list[tuple[Any, ...]]) -> None:
+        """History rows of one ``(model, bucket)`` partition (one request); for an indexed model the
+        bucket is recorded in ``history_buckets`` first, once per bucket and process, so that a reader
+        who lists the buckets finds every row."""
+        bucket = rows[0][1]
+        key = (info.model_id, bucket)
+        if info.history_indexed and key not in self._buckets_announced:
+            seconds = info.history_bucket_seconds(self.bucket_s)
+            self._tables.announce_history_bucket(info.model_id, bucket * seconds // 86400, bucket,
+                                                 self.history_ttl_s + 2 * seconds)
+            if len(self._buckets_announced) > 10_000:  # re-announcing is idempotent: forgetting is safe
+                self._buckets_announced.clear()
+            self._buckets_announced.add(key)
+        self._tables.write_history(rows)
 
     def history_row(self, info: ModelInfo, chunk: int, row: ChunkRow, sparse: bytes, meta: CommitMeta,
                     op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:

@@ -73,7 +73,11 @@ class HistoryReader:
         until = time.time() + 1 if until is None else until
         since = max(until - self.ttl_s, 0) if since is None else since
         bucket_s = info.history_bucket_seconds(self.bucket_s)
-        buckets = range(int(since) // bucket_s, int(until) // bucket_s + 1)
+        first, last = int(since) // bucket_s, int(until) // bucket_s
+        buckets: Iterable[int] = range(first, last + 1)
+        if info.history_indexed:  # only the buckets writers recorded (migration 006), not every minute of a week
+            days = range(first * bucket_s // 86400, last * bucket_s // 86400 + 1)
+            buckets = [b for b in self._tables.history_buckets(info.model_id, days) if first <= b <= last]
         lo, hi = min_uuid_at(int(since * TICKS_PER_S)), max_uuid_at(int(until * TICKS_PER_S))
         out = [HistoryRow.from_row(r, self.codec) for r in self._tables.history(info.model_id, buckets, lo, hi)]
         out.sort(key=lambda h: (op_time(h.op_id), h.op_id.bytes, h.param))

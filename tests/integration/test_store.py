@@ -156,3 +156,24 @@ def test_a_model_keeps_its_history_bucket_when_the_configuration_changes(base_co
         finally:
             small.close()
             large.close()
+
+
+def test_history_buckets_are_recorded_and_listed_not_scanned(store, session, unique_name):
+    """Models are created with one-minute history partitions (bounded at any commit rate); each bucket a
+    writer uses is recorded first, and a history query reads the recorded ones only."""
+    store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    info = store.model_info(unique_name)
+    assert info.history_indexed and info.history_bucket_s == store.config.history_bucket_s == 60
+    for i in range(3):
+        store.apply_update(unique_name, "w", [1.0], indices=[i * 20], lr=1.0)
+    hist = store.history(unique_name)
+    assert len(hist) == 3
+    used = {info.history_bucket_of(h.op_id, 60) for h in hist}
+    day = next(iter(used)) * 60 // 86400
+    recorded = {r["bucket"] for r in session.execute(
+        "SELECT bucket FROM history_buckets WHERE model_id = %s AND day IN (%s, %s)", (info.model_id, day, day + 1))}
+    assert used <= recorded and len(recorded) <= len(used) + 1  # one row per bucket written, none invented
+    session.execute("DELETE FROM history_buckets WHERE model_id = %s AND day IN (%s, %s)",
+                    (info.model_id, day, day + 1))
+    assert store.history(unique_name) == []  # the reader lists, it does not scan a week of minutes
+    store.drop_model(unique_name, confirm=unique_name)
