@@ -33,9 +33,8 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -84,12 +83,14 @@ class _Round:
 class Committer:
     """Commits the atomic updates of one process in rounds (see the module docstring)."""
 
-    def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float, urgent: bool = False) -> None:
+    def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float, urgent: bool = False,
+                 known_bytes: int | None = None) -> None:
         """``urgent``: retry a refused chunk at once instead of after a jittered back-off (a critical
-        lane: its commits are small and rare, and the bulk writer it lost to backs off itself)."""
+        lane: its commits are small and rare, and the bulk writer it lost to backs off itself).
+        ``known_bytes``: the budget of rows kept between commits (default 256 MiB)."""
         self._engine, self._tables = engine, tables
         self._timeout_s, self._urgent = timeout_s, urgent
-        self._known = KnownRows()
+        self._known = KnownRows() if known_bytes is None else KnownRows(known_bytes)
         self._pending: list[_Request] = []
         self._claimed: set[tuple[uuid.UUID, int]] = set()
         self._not_before: dict[tuple[uuid.UUID, int], float] = {}
@@ -193,11 +194,6 @@ class Committer:
             self._claimed.update((work.info.model_id, k) for k in work.chunks)
         return work
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        with self._cond:
-            yield
-
     def _finish(self, req: _Request, error: BaseException | None = None) -> None:
         """Complete an update (lock held): its result, or ``error`` (a PartialCommit if chunks committed)."""
         if req.future.done():
@@ -240,7 +236,7 @@ class Committer:
             todo = [k for k in changes if any(r.future.done() for r in work.chunks[k])]
         for k in rows:
             if k not in changes:  # nothing to change in this chunk (or every update of it failed)
-                with self._locked():
+                with self._cond:
                     for req in work.chunks[k]:
                         self._chunk_done(req, k, None)
         if not changes:
@@ -272,7 +268,7 @@ class Committer:
                     outcome = Cas(engine.resolve(info, k, rows[k], changes[k], op_ids[k]))
                 except UnknownOutcome as exc:
                     self._known.drop((info.model_id, k))
-                    with self._locked():
+                    with self._cond:
                         for req in work.chunks[k]:
                             self._finish(req, exc)
                     continue
@@ -286,7 +282,7 @@ class Committer:
             else:
                 commit = self._applied(info, k, rows[k], final[k], writes[k], changes[k], op_ids[k])
                 done.append(commit)
-                with self._locked():
+                with self._cond:
                     for req in work.chunks[k]:
                         self._chunk_done(req, k, commit)
         if done:  # acknowledged already: the index rows and the doorbell follow without holding the round up
@@ -349,13 +345,13 @@ class Committer:
     def _fail(self, req: _Request, k: int, group: list[_Request], exc: BaseException) -> None:
         self._known.drop((req.info.model_id, k))
         group.remove(req)
-        with self._locked():
+        with self._cond:
             self._finish(req, exc)
 
     def _applied(self, info: ModelInfo, k: int, before: dict[str, ChunkRow], after: dict[str, ChunkRow],
                  writes: dict[str, ChunkWrite], change: Change, op_id: uuid.UUID) -> ChunkCommit:
         key = (info.model_id, k)
-        with self._locked():
+        with self._cond:
             self._streak.pop(key, None)
             self._not_before.pop(key, None)
             refused = self._refused.pop(key, 0)
@@ -379,7 +375,7 @@ class Committer:
         self._known.drop(key)
         self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
                                    op_id, change)
-        with self._locked():
+        with self._cond:
             self._contended[info.model_id] = time.monotonic()
             self._streak[key] += 1
             self._refused[key] += 1
@@ -389,7 +385,7 @@ class Committer:
                 req.conflicts += 1
 
     def _retry_later(self, info: ModelInfo, k: int, reqs: list[_Request], exc: CstoreError) -> None:
-        with self._locked():
+        with self._cond:
             if not isinstance(exc, TransientError):
                 for req in list(reqs):
                     self._finish(req, exc)
