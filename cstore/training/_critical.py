@@ -19,6 +19,7 @@ lease TTL. Critical events are never lost meanwhile; they wait in their partitio
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +34,7 @@ from cstore.training._batching import WorkerOptions
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager
 
-__all__ = ["CriticalLane", "LaneHost", "new_committer"]
+__all__ = ["CriticalLane", "Lane", "LaneHost", "new_committer"]
 
 log = logging.getLogger("cstore.worker")
 
@@ -48,6 +49,21 @@ def new_committer(store: Store, *, urgent: bool = False) -> Committer | None:
     # The lane reads its rows fresh each batch, so it keeps only a few between a read and its commit.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
                      known_bytes=16 << 20 if urgent else None) if store.profile.lwt else None
+
+
+@dataclasses.dataclass(eq=False)
+class Lane:
+    """What a batch is learned with: the bulk loop's (this) or the critical lane's (:class:`CriticalLane`,
+    the same fields): its learner (its own hasher cache), weight scratch, stats, cursors, leases and
+    committer. ``critical`` lanes defer their losses to the bulk loop's next shared-state update."""
+
+    learner: Learner
+    w: np.ndarray
+    stats: dict[str, Any]
+    cursors: dict[int, dict[int, LaneCursor]]
+    leases: LeaseManager
+    committer: Committer | None
+    critical: bool = False
 
 
 class LaneHost(Protocol):
@@ -69,20 +85,19 @@ class LaneHost(Protocol):
     def critical_step(self, lane: CriticalLane) -> int: ...
 
 
-class CriticalLane:
+class CriticalLane(Lane):
     """One worker's side of its group's critical partition: the lease, the cursors, the polling thread."""
 
     def __init__(self, worker: LaneHost) -> None:
+        learner = Learner(worker.info, learner_config(worker.info))  # its own hasher cache: not shared
+        super().__init__(learner, np.zeros(learner.cfg.n_features, np.float32),
+                         {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0, "last_batch_s": 0.0,
+                          "batch_s_total": 0.0}, {},
+                         LeaseManager(worker.store.backend.fleet, worker.info.model_id, worker.opts.group,
+                                      worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s),
+                         new_committer(worker.store, urgent=True), critical=True)
         self.worker = worker
         self.part = worker.fcfg.critical_part
-        self.leases = LeaseManager(worker.store.backend.fleet, worker.info.model_id, worker.opts.group,
-                                   worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s)
-        self.learner = Learner(worker.info, learner_config(worker.info))  # its own hasher cache: not shared
-        self.w = np.zeros(self.learner.cfg.n_features, np.float32)
-        self.committer = new_committer(worker.store, urgent=True)
-        self.cursors: dict[int, dict[int, LaneCursor]] = {}
-        self.stats: dict[str, Any] = {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0,
-                                      "last_batch_s": 0.0, "batch_s_total": 0.0}
         self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)
         self._lost = False
         self._next_try = 0.0

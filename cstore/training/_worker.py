@@ -42,7 +42,7 @@ from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
 from cstore.training._batching import WorkerOptions, batch_metadata, hash_rows, sample_weights, select_segments
-from cstore.training._critical import CriticalLane, new_committer
+from cstore.training._critical import CriticalLane, Lane, new_committer
 from cstore.training._shared_state import SharedLearnerState
 
 __all__ = ["Worker"]
@@ -87,7 +87,7 @@ class Worker:
         self._loop_at = time.monotonic()
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
         self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
-        self._committer = new_committer(store)
+        self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, new_committer(store))
         self.critical = CriticalLane(self) if self.opts.critical else None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -146,8 +146,8 @@ class Worker:
                 if self.critical is not None:
                     self.critical.stop()
                 self._flush_deferred()
-                if self._committer is not None:
-                    self._committer.close()
+                if self._bulk.committer is not None:
+                    self._bulk.committer.close()
                 self.leases.release_all()
                 self.leases.register(self.stats, unregister=True)
             except Exception as exc:  # Cassandra unreachable at shutdown: the TTLs free the leases anyway
@@ -241,8 +241,8 @@ class Worker:
         """Learn ``chosen`` and checkpoint it. The critical lane's thread calls this too, with its own
         learner (hasher cache), weight scratch, cursors and stats; it defers its losses to the bulk
         loop's next shared-state update instead of taking that compare-and-set on its own path."""
-        lane = self.critical if critical and self.critical is not None else None
-        learner, w, stats = (lane.learner, lane.w, lane.stats) if lane else (self.learner, self._w, self.stats)
+        lane: Lane = self.critical if critical and self.critical is not None else self._bulk
+        learner, w, stats = lane.learner, lane.w, lane.stats
         t0 = time.monotonic()
         payloads = self.reader.fetch(chosen)
         events = [ev for r in chosen for ev in payloads.get(r.seg_id, [])]
@@ -258,9 +258,9 @@ class Worker:
             y = np.array([events[i].label for i in keep], np.float64)
             s = sample_weights(learner.cfg, [events[i] for i in keep])
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
-            committer = lane.committer if lane else self._committer
+            committer = lane.committer
             # The critical lane reads its few chunks fresh: the bulk loop has moved most of them since.
-            current = committer.rows(self.info, touched, fresh=lane is not None) if committer else \
+            current = committer.rows(self.info, touched, fresh=lane.critical) if committer else \
                 self.store.chunks.read(self.info, touched)
             for k, rows in current.items():
                 lo, hi = self.info.chunk_bounds("weights", k)
@@ -268,11 +268,11 @@ class Worker:
             bias = float(current[0]["bias"].data[0])
             losses = np.asarray(log_loss(predict_proba_batch(w, bias, indptr, idx, val), y), np.float64)
             grad = batch_gradient(w, bias, indptr, idx, val, y, s)
-            if set(parts) - set((lane.leases if lane else self.leases).held(self.margin_s)):
+            if set(parts) - set(lane.leases.held(self.margin_s)):
                 stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
                 return 0                                                        # leave the batch to its next owner
             loss, drift = float(losses.mean()), False
-            if lane:
+            if lane.critical:
                 with self._lock:
                     self._deferred.append(losses)
                 score = self.shared.last_drift_score()
@@ -289,7 +289,7 @@ class Worker:
             self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
             self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)
-        self._checkpoint(cursors, listings, chosen, batch_id, into=lane.cursors if lane else self.cursors)
+        self._checkpoint(cursors, listings, chosen, batch_id, into=lane)
         n = sum(r.n_events for r in chosen)
         with self._lock:
             stats.update(events=stats["events"] + n, batches=stats["batches"] + 1,
@@ -298,7 +298,7 @@ class Worker:
                          batch_s_total=round(stats["batch_s_total"] + time.monotonic() - t0, 4))
             self.stats["poisoned"] = self.reader.poison_events
         log.info("%s batch %s: %d events (%d learned) from partitions %s, loss %.4f, drift score %.3f, %.0f ms",
-                 "critical" if lane else "bulk", batch_id, n, len(keep), parts, loss, score,
+                 "critical" if lane.critical else "bulk", batch_id, n, len(keep), parts, loss, score,
                  1000 * (time.monotonic() - t0))
         return n
 
@@ -374,7 +374,7 @@ class Worker:
             log.warning("commit of chunks %s failed (%s); retrying them", remaining, cause)
             time.sleep(min(2.0, 0.05 * 2 ** attempt))
 
-    def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id, *, into: Cursors) -> None:
+    def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id, *, into: Lane) -> None:
         learned: dict[tuple[int, int], list[SegmentRef]] = {}
         for r in chosen:
             learned.setdefault((r.part, r.lane), []).append(r)
@@ -393,16 +393,16 @@ class Worker:
                 raise outcome
             applied = self._saved_anyway(part, batch_id) if outcome.applied is None else outcome.applied
             if applied:
-                into[part] = {c.lane: c for c in updates[part]}
+                into.cursors[part] = {c.lane: c for c in updates[part]}
             else:  # the lease is gone: whoever has it now re-learns this batch (the duplicate we allow)
                 self.stats["lost_checkpoints"] += 1
                 log.warning("checkpoint of partition %d refused: lease lost; batch %s may be learned twice",
                             part, batch_id)
-                (self.critical.leases if into is not self.cursors and self.critical else self.leases).release([part])
-                into.pop(part, None)
+                into.leases.release([part])
+                into.cursors.pop(part, None)
         for (part, lane), listing in listings.items():
-            if part not in updates and part in into:
-                into[part][lane].advance([], listing, self.fcfg.lateness_s)
+            if part not in updates and part in into.cursors:
+                into.cursors[part][lane].advance([], listing, self.fcfg.lateness_s)
 
     def _saved_anyway(self, part: int, batch_id: uuid.UUID) -> bool:
         """After a timed-out checkpoint LWT: did it apply? (SERIAL read, never a blind retry)."""
