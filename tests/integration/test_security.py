@@ -143,7 +143,12 @@ def test_credentials_are_never_printed_or_logged(sec1, caplog):
         assert p.returncode == code, (args, p.stdout[-500:], p.stderr[-1500:])
         outputs.append(p.stdout + p.stderr)
     assert '"password": "***"' in outputs[0]
-    assert "PermissionDenied" not in outputs[2] and "may not do this" in outputs[2]
+    assert "error: write_history: the logged-in role may not do this" in outputs[2]  # (-vv adds the traceback)
+    quiet = subprocess.run(cli[:1] + runs[2][0], env={**env, **runs[2][1]}, capture_output=True, text=True,
+                           timeout=120)
+    assert quiet.returncode == 1 and "Traceback" not in quiet.stderr and "PermissionDenied" not in quiet.stderr
+    assert quiet.stderr.strip().splitlines() == [quiet.stderr.strip()] and "may not do this" in quiet.stderr
+    outputs.append(quiet.stdout + quiet.stderr)
     assert "login refused" in outputs[3]
     assert "grant(s) applied" in outputs[4]
     caplog.set_level(logging.DEBUG)
