@@ -55,7 +55,7 @@ class BaselineTables:
         if first is not None:
             raise first
 
-    def insert_events(self, rows: Sequence[tuple[Any, ...]]) -> int:
-        """``(run, part, event_id, entity_id, label, kind, features)`` each; returns how many were written."""
-        errors = self._r.many_outcomes(_RAW_EVENT, rows, op="ingest_feedback", concurrency=self.concurrency)
-        return sum(1 for e in errors if e is None)
+    def insert_events(self, rows: Sequence[tuple[Any, ...]]) -> list[BaseException | None]:
+        """``(run, part, event_id, entity_id, label, kind, features)`` each; per row None once written,
+        else the (translated) error."""
+        return self._r.many_outcomes(_RAW_EVENT, rows, op="ingest_feedback", concurrency=self.concurrency)
