@@ -18,9 +18,9 @@ from cstore.config import Config, load_config
 from cstore.core import UpdateResult
 from cstore.errors import (Closed, ClusterUnreachable, ConfigError, ConflictError, ConnectionFailed,
                            ConsistencyUnavailable, CoordinatorTimeout, CorruptData, CstoreError, FeedbackBackPressure,
-                           FeedbackWriteFailed, InvalidFeedback, MissingChunk, ModelExists, NotLoaded, PartialCommit,
-                           PayloadTooLarge, PermissionDenied, ReplicaTimeout, SchemaError, TransientError, UnknownModel,
-                           UnknownOutcome, ValidationError)
+                           FeedbackWriteFailed, GuardFailing, InvalidFeedback, MissingChunk, ModelExists, NotLoaded,
+                           PartialCommit, PayloadTooLarge, PermissionDenied, ReplicaTimeout, SchemaError,
+                           TransientError, UnknownAlias, UnknownModel, UnknownOutcome, ValidationError)
 from cstore.feedback import FeedbackWriter, send_feedback
 from cstore.scoring import Client, ModelHandle
 from cstore.store import ModelState, Store, connect
@@ -40,7 +40,8 @@ __all__ = [
     "FeedbackWriter", "send_feedback", "Worker", "Client", "ModelHandle",
     # errors
     "CstoreError", "ConfigError", "ConnectionFailed", "SchemaError", "PermissionDenied", "ValidationError",
-    "UnknownModel", "ModelExists", "PayloadTooLarge", "InvalidFeedback", "CorruptData", "MissingChunk",
+    "UnknownModel", "UnknownAlias", "GuardFailing", "ModelExists", "PayloadTooLarge", "InvalidFeedback",
+    "CorruptData", "MissingChunk",
     "TransientError", "ConflictError", "ConsistencyUnavailable", "ReplicaTimeout", "CoordinatorTimeout",
     "ClusterUnreachable", "UnknownOutcome", "PartialCommit", "NotLoaded", "Closed", "FeedbackBackPressure",
     "FeedbackWriteFailed",

@@ -14,6 +14,8 @@ Driver exceptions never escape: ``cstore.backend`` translates them at one place.
     ├── PermissionDenied         the logged-in role lacks a permission
     ├── ValidationError          bad input, rejected before anything was written (also a ValueError)
     │   ├── UnknownModel             (also a KeyError)
+    │   ├── UnknownAlias             (also a KeyError)
+    │   ├── GuardFailing             a promotion the alias's guard refuses (force it with a reason)
     │   ├── ModelExists
     │   ├── PayloadTooLarge
     │   └── InvalidFeedback
@@ -39,10 +41,10 @@ from typing import Any
 
 __all__ = [
     "Closed", "ClusterUnreachable", "ConfigError", "ConflictError", "ConnectionFailed", "ConsistencyUnavailable",
-    "CoordinatorTimeout", "CorruptData", "CstoreError", "FeedbackBackPressure", "FeedbackWriteFailed",
+    "CoordinatorTimeout", "CorruptData", "CstoreError", "FeedbackBackPressure", "FeedbackWriteFailed", "GuardFailing",
     "InvalidFeedback", "MissingChunk", "ModelExists", "NotLoaded", "PartialCommit", "PayloadTooLarge",
-    "PermissionDenied", "ReplicaTimeout", "SchemaError", "TransientError", "UnknownModel", "UnknownOutcome",
-    "ValidationError",
+    "PermissionDenied", "ReplicaTimeout", "SchemaError", "TransientError", "UnknownAlias", "UnknownModel",
+    "UnknownOutcome", "ValidationError",
 ]
 
 
@@ -83,6 +85,31 @@ class UnknownModel(ValidationError, KeyError):
 
     def __str__(self) -> str:  # KeyError would otherwise quote the message
         return str(self.args[0]) if self.args else "unknown model"
+
+
+class UnknownAlias(ValidationError, KeyError):
+    """The model has no alias of that name (``cstore model aliases NAME`` lists them)."""
+
+    def __init__(self, message: str, *, model: str | None = None, alias: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.alias = alias
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown alias"
+
+
+class GuardFailing(ValidationError):
+    """A promotion was refused: the alias's guard sees the head worse than its baseline (``regression``
+    nats of log loss per label over ``labels`` labels). Nothing was moved."""
+
+    def __init__(self, message: str, *, model: str | None = None, alias: str | None = None,
+                 regression: float | None = None, labels: int | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+        self.alias = alias
+        self.regression = regression
+        self.labels = labels
 
 
 class ModelExists(ValidationError):

@@ -22,6 +22,7 @@ from cassandra.query import dict_factory
 from cstore.backend._baselines import BaselineTables
 from cstore.backend._feedback import FeedbackTables
 from cstore.backend._fleet import FleetTables
+from cstore.backend._governance import GovernanceTables
 from cstore.backend._params import ParamTables
 from cstore.backend._predictions import PredictionTables
 from cstore.backend._statements import Runner
@@ -39,9 +40,9 @@ _REACTORS = {"libev": ("cassandra.io.libevreactor", "LibevConnection"),
 class Backend(Runner):
     """A connected cluster, seen through cstore's tables: the storage boundary.
 
-    The table gateways — :attr:`params`, :attr:`feedback`, :attr:`fleet`, :attr:`predictions`,
-    :attr:`baselines` — hold every CQL statement cstore runs; nothing outside this package builds
-    a statement or sees a driver object.
+    The table gateways — :attr:`params`, :attr:`feedback`, :attr:`fleet`, :attr:`governance`,
+    :attr:`predictions`, :attr:`baselines` — hold every CQL statement cstore runs; nothing outside
+    this package builds a statement or sees a driver object.
     """
 
     def __init__(self, cluster: Cluster, session: Any, profile: Profile, config: Config) -> None:
@@ -59,6 +60,10 @@ class Backend(Runner):
     @cached_property
     def fleet(self) -> FleetTables:
         return FleetTables(self)
+
+    @cached_property
+    def governance(self) -> GovernanceTables:
+        return GovernanceTables(self)
 
     @cached_property
     def predictions(self) -> PredictionTables:

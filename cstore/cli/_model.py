@@ -42,7 +42,7 @@ def _when(text: str | None) -> float | None:
 
 @click.group()
 def model() -> None:
-    """Create, inspect, update, snapshot and roll back models."""
+    """Create, inspect, update, snapshot, roll back and govern models (aliases, promotion, audit)."""
 
 
 @model.command()

@@ -12,8 +12,10 @@ these records and rules; ``backend`` stores the bytes they produce.
 * codec — :class:`CodecPipeline` (msgpack arrays, dense or sparse, then bytes stages such as
   :class:`AesGcmStage`); every blob is bound to its place by :func:`chunk_context` /
   :func:`history_context`.
+* aliases — :func:`parse_model_ref` (``fraud@champion``), :func:`parse_target`, :class:`Alias`.
 * time-based UUIDs at 100 ns resolution (:func:`uuid_now`, :func:`ticks_of`, …).
 """
+from cstore.core._aliases import HEAD, Alias, parse_model_ref, parse_target, validate_alias
 from cstore.core._codec import (ALLOWED_DTYPES, ENCRYPTED_MAGIC, SPARSE_MIN_SIZE, BytesCodec, CodecPipeline,
                                 chunk_context, decode_array, decode_sparse, delta_context, encode_array,
                                 encode_sparse, history_context)
@@ -28,10 +30,11 @@ from cstore.core._updates import (SOURCES, UPDATE_TYPES, ChunkChange, check_kind
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_CHUNK_SIZE", "DTYPES", "ENCRYPTED_MAGIC", "ENV_ALLOW_PLAINTEXT", "ENV_KEY",
-    "ENV_KEY_FILE", "MAX_CHUNK", "MIN_CHUNK", "SOURCES", "SPARSE_MIN_SIZE", "TICKS_PER_S", "UPDATE_TYPES",
-    "UUID_EPOCH_TICKS", "AesGcmStage", "BytesCodec", "ChunkChange", "ChunkCommit", "ChunkRow", "CodecPipeline",
-    "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult", "check_kind", "check_learning_rate",
-    "chunk_context", "decode_array", "decode_sparse", "delta_context", "encode_array", "encode_metadata",
-    "encode_sparse", "history_context", "make_transform", "max_uuid_at", "min_uuid_at", "new_key", "op_time",
-    "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now", "validate_name", "validate_spec",
+    "ENV_KEY_FILE", "HEAD", "MAX_CHUNK", "MIN_CHUNK", "SOURCES", "SPARSE_MIN_SIZE", "TICKS_PER_S", "UPDATE_TYPES",
+    "UUID_EPOCH_TICKS", "AesGcmStage", "Alias", "BytesCodec", "ChunkChange", "ChunkCommit", "ChunkRow",
+    "CodecPipeline", "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult", "check_kind",
+    "check_learning_rate", "chunk_context", "decode_array", "decode_sparse", "delta_context", "encode_array",
+    "encode_metadata", "encode_sparse", "history_context", "make_transform", "max_uuid_at", "min_uuid_at", "new_key",
+    "op_time", "parse_model_ref", "parse_target", "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now",
+    "validate_alias", "validate_name", "validate_spec",
 ]

@@ -20,6 +20,7 @@ import numpy as np  # noqa: F401  (the docstring's example uses it)
 from cstore.learn.adwin import ADWIN
 from cstore.learn.drift import DriftConfirmer, PageHinkley, detector_from_state
 from cstore.learn.federated import fedavg, fedavg_sparse
+from cstore.learn.guard import GuardRule, GuardWindow, auc
 from cstore.learn.hashing import FeatureHasher
 from cstore.learn.logistic import (
     SparseGradient,
@@ -41,9 +42,12 @@ __all__ = [
     "DriftConfirmer",
     "FTRLProximal",
     "FeatureHasher",
+    "GuardRule",
+    "GuardWindow",
     "PageHinkley",
     "SparseGradient",
     "age_weights",
+    "auc",
     "batch_gradient",
     "detector_from_state",
     "fedavg",

@@ -104,6 +104,19 @@ class WorkerMetrics:
         self.batch_errors = Counter(
             "cstore_batch_errors", "Batches that failed (an outage, a failing feature lookup) and are read again.",
             m, registry=reg)
+        self.guard_regression = Gauge(
+            "cstore_guard_regression", "A guarded alias: the head's windowed log loss minus its baseline's "
+            "on the same trusted labels (this worker's window; > max_regression trips the guard).",
+            m + ["alias"], multiprocess_mode="livemax", registry=reg)
+        self.guard_labels = Gauge(
+            "cstore_guard_labels", "Labels in this worker's guard window of an alias.",
+            m + ["alias"], multiprocess_mode="livesum", registry=reg)
+        self.guard_failing = Gauge(
+            "cstore_guard_failing", "1 while an alias's guard sees the head worse than its baseline.",
+            m + ["alias"], multiprocess_mode="livemax", registry=reg)
+        self.guard_trips = Counter(
+            "cstore_guard_trips", "Times a guard pinned an alias back to its baseline.",
+            m + ["alias"], registry=reg)
         # Create the label children up front, so every series exists (at 0) from the first scrape.
         self._learned = self.events_learned.labels(model)
         self._poisoned = self.events_poisoned.labels(model)
@@ -205,6 +218,16 @@ class WorkerMetrics:
     def record_drift(self) -> None:
         """A drift was detected (and its response triggered)."""
         self._drifts.inc()
+
+    # -- guards ---------------------------------------------------------------------------
+    def set_guard(self, alias: str, regression: float | None, labels: int, failing: bool) -> None:
+        if regression is not None:
+            self.guard_regression.labels(self.model, alias).set(regression)
+        self.guard_labels.labels(self.model, alias).set(labels)
+        self.guard_failing.labels(self.model, alias).set(1 if failing else 0)
+
+    def record_guard_trip(self, alias: str, n: int = 1) -> None:
+        self.guard_trips.labels(self.model, alias).inc(n)
 
     def scrape(self) -> str:
         """The registry in the Prometheus text format (what ``/metrics`` returns)."""

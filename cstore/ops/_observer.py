@@ -31,6 +31,7 @@ class WorkerObserver:
         self.lag_every_s = lag_every_s
         self._seen: dict[str, int] = {}
         self._held: set[int] = set()
+        self._trips: dict[str, int] = {}
         self._last_lag = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cstore-observer", daemon=True)
@@ -74,6 +75,12 @@ class WorkerObserver:
             m.forget_partition(p)
         self._held = held
         m.set_leases_held(len(held))
+        for alias, watched in list(w.guard.watched.items()):
+            m.set_guard(alias, watched.window.regression(), watched.window.labels, watched.window.failing())
+        for alias, n in list(w.guard.trips.items()):
+            if n > self._trips.get(alias, 0):
+                m.record_guard_trip(alias, n - self._trips.get(alias, 0))
+                self._trips[alias] = n
         if not w.stopping:
             self.readiness.set_ready(f"holding {len(held)} lease(s)" if held else "waiting for leases")
         m.set_ready(self.readiness()[0])

@@ -91,6 +91,7 @@ class CachedModel:
     held: Mapping[tuple[str, int], int]       # (param, chunk) -> version of the data held
     version: int                              # head version this copy is at least as new as
     loaded_at: float                          # wall clock of the refresh that built it
+    pinned: int | None = None                 # the snapshot version an alias pins it to (None: the head)
 
 
 # A backend is anything with ``.store`` (a cstore Store): the client's per-process connection.
@@ -100,15 +101,17 @@ BackendFn = Callable[[], Any]
 class ModelCache:
     """Keeps :attr:`current` fresh; see the module docstring."""
 
-    def __init__(self, name: str, backend_fn: BackendFn, *, interval_s: float, full_check_s: float) -> None:
+    def __init__(self, name: str, backend_fn: BackendFn, *, interval_s: float, full_check_s: float,
+                 alias: str | None = None) -> None:
         self.name = name
+        self.alias = alias
         self.backend_fn = backend_fn
         self.interval_s = interval_s
         self.full_check_s = full_check_s
         self.current: CachedModel | None = None
         self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
         self.counters = {"polls": 0, "index_reads": 0, "full_checks": 0, "chunks_fetched": 0, "swaps": 0,
-                         "stale_index_rows": 0}
+                         "stale_index_rows": 0, "alias_reads": 0}
         self._head: int | None = None             # the head counter the current copy was built from
         self.index_grace_s = INDEX_GRACE_S
         self._behind: dict[tuple[str, int], float] = {}  # index row below the chunk we hold: since when
@@ -173,6 +176,13 @@ class ModelCache:
                 info = cur.info
             head = b.store.backend.params.head(info.model_id, timeout=_INDEX_TIMEOUT_S)  # before the index
             self.counters["polls"] += 1
+            if self.alias is not None:  # an alias move bumps the head counter too: look only when it moved
+                pinned = self._alias_target(b, info) if cur is None or full or head != self._head else \
+                    (cur.pinned if cur is not None else None)
+                if pinned is not None:
+                    return self._serve_snapshot(b, info, cur, pinned, head)
+                if cur is not None and cur.pinned is not None:
+                    cur = None  # the alias follows the head again: load it whole
             # Nothing announced since the last poll: nothing to read (unless an index row is known to
             # trail its chunk, which is watched until it catches up or is reported).
             if cur is not None and not full and head == self._head and not self._behind:
@@ -193,6 +203,29 @@ class ModelCache:
             self._watch_index(new, index)
             self.last_ok = time.monotonic()
             return new
+
+    def _alias_target(self, b: Any, info: ModelInfo) -> int | None:
+        a = b.store.governance.alias(info, self.alias)
+        self.counters["alias_reads"] += 1
+        return a.pinned
+
+    def _serve_snapshot(self, b: Any, info: ModelInfo, cur: CachedModel | None, version: int,
+                        head: int) -> CachedModel:
+        """The alias is pinned: serve that snapshot (immutable, so it is loaded once per move)."""
+        self._head = head
+        if cur is None or cur.pinned != version:
+            state = b.store.read_snapshot(info.name, version, params=PREDICT_PARAMS)
+            weights = state.params["weights"].reshape(-1)
+            weights.flags.writeable = False
+            n_features, seed = hashing_config(info)
+            hasher = cur.hasher if cur is not None else SharedHasher(n_features, seed)
+            cur = CachedModel(info, hasher, weights, float(state.params["bias"].reshape(-1)[0]), {}, version,
+                              time.time(), pinned=version)
+            self.current = cur  # the swap: one reference assignment, atomic for readers
+            self.counters["swaps"] += 1
+            self.counters["chunks_fetched"] += info.n_chunks("weights")
+        self.last_ok = time.monotonic()
+        return cur
 
     def _watch_index(self, state: CachedModel, index: Mapping[tuple[str, int], int]) -> None:
         """Report index rows that stay behind the chunk rows: a writer died between its commit and its

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from cstore.config import Config, load_config
+from cstore.core import parse_model_ref
 from cstore.errors import Closed, CorruptData, NotLoaded, ValidationError
 from cstore.feedback import LogCounters, PredictionLog, PredictionLogWriter, ReviewCandidate, send_feedback
 from cstore.learn import predict_proba, predict_proba_batch
@@ -133,10 +134,14 @@ class Client:
     def model(self, name: str) -> ModelHandle:
         """The handle of ``name`` (one per client), loaded now if Cassandra answers.
 
-        Raises :class:`~cstore.errors.UnknownModel` for a model that does not exist and
-        :class:`~cstore.errors.ValidationError` for one without ``weights`` and ``bias``. If
-        Cassandra cannot be reached, the handle is returned unloaded and loads in the background.
+        ``name`` is a model (``"fraud"``: its head) or an alias (``"fraud@champion"``: whatever the
+        alias points to, the head or a pinned snapshot, followed as it moves). Raises
+        :class:`~cstore.errors.UnknownModel` / :class:`~cstore.errors.UnknownAlias` for one that does
+        not exist and :class:`~cstore.errors.ValidationError` for a model without ``weights`` and
+        ``bias``. If Cassandra cannot be reached, the handle is returned unloaded and loads in the
+        background.
         """
+        parse_model_ref(name)
         if self._owner_pid != os.getpid():
             self._adopt()
         with self._lock:
@@ -229,10 +234,11 @@ class ModelHandle:
 
     def __init__(self, client: Client, name: str) -> None:
         self._client = client
-        self.name = name
+        self.name = name  # as asked for: "fraud" or "fraud@champion"
+        self.model_name, self.alias = parse_model_ref(name)
         cfg = client.config
-        self._cache = ModelCache(name, client.backend, interval_s=cfg.refresh_interval_s,
-                                 full_check_s=cfg.full_check_s)
+        self._cache = ModelCache(self.model_name, client.backend, interval_s=cfg.refresh_interval_s,
+                                 full_check_s=cfg.full_check_s, alias=self.alias)
         self._bad_entity_log = -math.inf
         self._predictions = itertools.count()  # next() is atomic under the GIL: a lock-free counter
 
@@ -243,7 +249,8 @@ class ModelHandle:
 
     @property
     def version(self) -> int | None:
-        """Head version the cached copy is at least as new as (``None`` before the first load)."""
+        """Head version the cached copy is at least as new as, or the snapshot version an alias pins it
+        to (``None`` before the first load)."""
         s = self._cache.current
         return None if s is None else s.version
 
@@ -323,11 +330,11 @@ class ModelHandle:
     # -- the rest ------------------------------------------------------------------------------------
     def review_candidates(self, n: int = 20, *, since: Any = None) -> list[ReviewCandidate]:
         """Recent logged predictions this model was least sure about (for analysts to label)."""
-        return self._client.backend().log.review_candidates(self.name, n, since=since)
+        return self._client.backend().log.review_candidates(self.model_name, n, since=since)
 
     def feedback(self, entity_id: str | int, label: float, **kwargs: Any) -> None:
         """:meth:`Client.feedback` for this model."""
-        self._client.feedback(entity_id, label, model=self.name, **kwargs)
+        self._client.feedback(entity_id, label, model=self.model_name, **kwargs)
 
     def refresh(self, *, full: bool = False) -> int:
         """Refresh now (normally the background thread does); returns the version held."""
@@ -346,6 +353,7 @@ class ModelHandle:
         """What an operator needs: version, staleness, refresh errors, fetch and log counters."""
         c, s = self._cache, self._cache.current
         return {"model": self.name, "loaded": s is not None, "version": None if s is None else s.version,
+                "pinned": None if s is None else s.pinned,
                 "staleness_s": round(c.staleness, 3) if s is not None else None,
                 "refresh_errors": c.backoff.errors, "failing_streak": c.backoff.streak,
                 "last_error": c.backoff.last_error, **c.counters, "log_queue": self._client._writer.queued,

@@ -9,16 +9,19 @@
   compare-and-set at once, delta entries for small changes, known rows instead of a read, alike
   updates combined, exactly once across chunks (``update_id``). ``Store.apply_update(s)`` and the
   learners (``cstore.training``) commit through one.
+* :class:`Governance` (``store.governance``) — aliases (``fraud@champion``) with their guards, the
+  guards' online metrics and the audit trail of every governance and admin action.
 * the history (:class:`HistoryRow`: each chunk's commit chain, replayable bit for bit), snapshots
   (immutable copies with provenance) and per-writer statistics buckets.
 """
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._facade import ModelState, Store, assemble, connect
+from cstore.store._governance import KEEP as KEEP_GUARD
+from cstore.store._governance import Governance
 from cstore.store._history import HistoryRow
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["ChunkEngine", "Committer", "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble",
-           "connect",
-           "missing_chunk"]
+__all__ = ["KEEP_GUARD", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState", "Snapshot", "Store",
+           "Totals", "actor", "assemble", "connect", "missing_chunk"]

@@ -25,13 +25,14 @@ import numpy as np
 from cstore.backend import Backend
 from cstore.backend import connect as connect_backend
 from cstore.config import Config, Profile, codec_from_env, load_config
-from cstore.core import (DEFAULT_CHUNK_SIZE, ChunkRow, CodecPipeline, CommitMeta, ModelInfo, UpdateResult, check_kind,
-                         check_learning_rate, encode_metadata, make_transform, split_update, validate_name,
-                         validate_spec)
+from cstore.core import (DEFAULT_CHUNK_SIZE, HEAD, Alias, ChunkRow, CodecPipeline, CommitMeta, ModelInfo,
+                         UpdateResult, check_kind, check_learning_rate, encode_metadata, make_transform, split_update,
+                         validate_name, validate_spec)
 from cstore.errors import Closed, ValidationError
 from cstore.store._catalog import Catalog
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._governance import KEEP, Governance
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
 from cstore.store._stats import StatsRecorder, Totals
@@ -67,6 +68,8 @@ class Store:
         self._catalog = Catalog(backend.params)
         self._history = HistoryReader(backend.params, cfg.history_bucket_s, cfg.history_ttl_s, self._codec)
         self._snapshots = Snapshots(backend.params, self.chunks)
+        self.governance = Governance(backend, self._take_snapshot,
+                                     lambda info, v: backend.params.snapshot(info.model_id, v) is not None)
         self._closed = False
 
     @classmethod
@@ -118,9 +121,13 @@ class Store:
         shapes, initial = validate_spec(params, chunk_size, dtype)
         if init not in ("zeros", "normal"):
             raise ValidationError(f"init must be 'zeros' or 'normal', got {init!r}")
-        return self._catalog.create(name, shapes, initial, chunk_size=chunk_size, dtype=dtype, init=init, seed=seed,
+        info = self._catalog.create(name, shapes, initial, chunk_size=chunk_size, dtype=dtype, init=init, seed=seed,
                                     meta_json=encode_metadata(metadata), history_bucket_s=self.chunks.bucket_s,
                                     codec=self._codec)
+        self.governance.record(name, "create", after=str(info.model_id),
+                               details={"params": {p: list(s) for p, s in shapes.items()}, "chunk_size": chunk_size,
+                                        "dtype": dtype})
+        return info
 
     def model_info(self, name: str, *, refresh: bool = False) -> ModelInfo:
         """What the ``models`` table says about ``name`` (cached for a few seconds unless ``refresh``)."""
@@ -138,13 +145,16 @@ class Store:
         return {**info.to_dict(), "head_version": sum(v for v, _ in heads.values()),
                 "snapshots": [s.to_dict() for s in self._snapshots.list(info)]}
 
-    def drop_model(self, name: str, *, confirm: str | None = None) -> None:
-        """Delete a model; ``confirm`` must repeat its name (it cannot be undone)."""
+    def drop_model(self, name: str, *, confirm: str | None = None, reason: str | None = None) -> None:
+        """Delete a model; ``confirm`` must repeat its name (it cannot be undone). The audit trail of the
+        name stays (``reason`` is recorded in it)."""
         if confirm != name:
             raise ValidationError(f"dropping {name!r} deletes its parameters and snapshots; confirm by "
                                   f"repeating its name (confirm={name!r}, or --confirm {name} on the CLI)")
         self._open()
-        self._catalog.drop(name)
+        info = self._catalog.drop(name)
+        self.governance.drop(info)
+        self.governance.record(name, "drop", before=str(info.model_id), reason=reason)
 
     # -- reading -----------------------------------------------------------------------------------
     def read_model(self, name: str, *, params: Iterable[str] | None = None) -> ModelState:
@@ -222,8 +232,17 @@ class Store:
         """An immutable copy of the current parameters; returns its version (the head it captured)."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError("a snapshot needs a reason (who will read it later wants to know why)")
+        return self._take_snapshot(self.model_info(name), reason)
+
+    def _take_snapshot(self, info: ModelInfo, reason: str) -> int:
+        version = self._snapshots.create(info, self.chunks.read(info, range(info.max_chunks)), reason)
+        self.governance.record(info.name, "snapshot", after=version, reason=reason)
+        return version
+
+    def read_snapshot(self, name: str, version: int, *, params: Iterable[str] | None = None) -> ModelState:
+        """The arrays of snapshot ``version`` (as :meth:`read_model` reads the head)."""
         info = self.model_info(name)
-        return self._snapshots.create(info, self.chunks.read(info, range(info.max_chunks)), reason)
+        return assemble(info, self._snapshots.load(info, int(version)), params)
 
     def versions(self, name: str) -> list[dict[str, Any]]:
         return [s.to_dict() for s in self._snapshots.list(self.model_info(name))]
@@ -236,7 +255,34 @@ class Store:
         snap = self._snapshots.load(info, int(to_version))
         meta = rollback_meta(int(to_version), reason, encode_metadata)
         self.chunks.commit(info, sorted(snap), rollback_transform(snap), meta)
-        return self.head_version(name)
+        head = self.head_version(name)
+        self.governance.record(name, "rollback", before=to_version, after=head, reason=reason)
+        return head
+
+    # -- governance (see cstore/store/_governance.py) -----------------------------------------------
+    def set_alias(self, name: str, alias: str, target: int | str = HEAD, *, reason: str, guard: Any = KEEP,
+                  force: bool = False, actor: str | None = None) -> Alias:
+        """Point ``name@alias`` at ``"head"`` or a snapshot version (creating the alias); ``guard``: a
+        :class:`~cstore.learn.GuardRule` (or its mapping) to watch it, None to remove it, or kept."""
+        return self.governance.set_alias(self.model_info(name), alias, target, reason=reason, guard=guard,
+                                         force=force, actor=actor)
+
+    def promote(self, name: str, alias: str, target: int | str = HEAD, *, reason: str, force: bool = False,
+                actor: str | None = None) -> Alias:
+        """Move an existing alias forward after review; :class:`~cstore.errors.GuardFailing` while its
+        guard fails, unless ``force`` (the reason is recorded)."""
+        return self.governance.promote(self.model_info(name), alias, target, reason=reason, force=force, actor=actor)
+
+    def alias(self, name: str, alias: str) -> Alias:
+        return self.governance.alias(self.model_info(name), alias)
+
+    def aliases(self, name: str) -> list[Alias]:
+        return self.governance.aliases(self.model_info(name))
+
+    def audit(self, name: str, *, limit: int = 100) -> list[dict[str, Any]]:
+        """Who did what to ``name``, newest first (kept after a drop)."""
+        validate_name(name)
+        return self.governance.audit(name, limit)
 
     # -- history & stats ---------------------------------------------------------------------------
     def history(self, name: str, *, since: float | datetime | None = None, until: float | datetime | None = None,

@@ -43,6 +43,7 @@ from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
 from cstore.training._batching import WorkerOptions, batch_metadata, hash_rows, sample_weights, select_segments
 from cstore.training._critical import CriticalLane, Lane, new_committer
+from cstore.training._guard import GuardWatch
 from cstore.training._shared_state import SharedLearnerState
 
 __all__ = ["Worker"]
@@ -89,6 +90,7 @@ class Worker:
         self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
         self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, new_committer(store))
         self.critical = CriticalLane(self) if self.opts.critical else None
+        self.guard = GuardWatch(store, self.info, self.worker_id)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -266,7 +268,8 @@ class Worker:
                 lo, hi = self.info.chunk_bounds("weights", k)
                 w[lo:hi] = rows["weights"].data
             bias = float(current[0]["bias"].data[0])
-            losses = np.asarray(log_loss(predict_proba_batch(w, bias, indptr, idx, val), y), np.float64)
+            p_head = predict_proba_batch(w, bias, indptr, idx, val)
+            losses = np.asarray(log_loss(p_head, y), np.float64)
             grad = batch_gradient(w, bias, indptr, idx, val, y, s)
             if set(parts) - set(lane.leases.held(self.margin_s)):
                 stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
@@ -282,6 +285,7 @@ class Worker:
                 score, lr_scale, drift = outcome.drift_score, outcome.lr_scale, outcome.drift
                 if drift:
                     self._on_drift(batch_id)
+                self.guard.observe(p_head, indptr, idx, val, y, np.array([events[i].kind for i in keep]))
             self._trace(batch_id, chosen, len(events), len(keep), grad.weight_sum, loss, score, lr_scale)
             meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
                                   len(events) - len(keep), grad.weight_sum, loss, score, drift, lr_scale)

@@ -60,7 +60,8 @@ def test_predictions_match_the_stored_parameters_single_and_batch(store, client,
                                "bias": np.array([-0.3], "float32")}, update_type="direct")
     model = client.model(name)
     assert model is client.model(name)  # one handle per model and client
-    assert model.version == store.head_version(name)
+    # the version index is announced just after the commit is acknowledged: the handle catches up in ms
+    assert model.wait_for_version(store.head_version(name)) and model.version == store.head_version(name)
     rows = [transaction(i) for i in range(25)]
     single = [model.predict_proba(r) for r in rows]
     assert single == [expected(store, name, r) for r in rows]

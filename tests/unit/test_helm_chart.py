@@ -273,7 +273,8 @@ def test_monitoring_objects_credentials_per_role_and_the_key_ring(rendered):
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     rules = {r["alert"]: r for r in one(objs, "PrometheusRule")["spec"]["groups"][0]["rules"]}
     assert {"CstorePartitionLag", "CstoreNoLeasesHeld", "CstoreWorkerNotReady", "CstoreCommitConflicts",
-            "CstoreBatchErrors", "CstoreDriftDetected", "CstoreScorerStale"} == set(rules)
+            "CstoreBatchErrors", "CstoreDriftDetected", "CstoreGuardTripped", "CstoreGuardFailing",
+            "CstoreScorerStale"} == set(rules)
     assert rules["CstorePartitionLag"]["expr"].endswith("> 120") and rules["CstorePartitionLag"]["for"] == "5m"
 
     def secrets(obj):
