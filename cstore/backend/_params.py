@@ -60,8 +60,8 @@ _HISTORY_LINK = ("SELECT new_version, prev_op_id FROM history "
 # -- snapshots ------------------------------------------------------------------------------------------
 _SNAP_CHUNK_PUT = ("INSERT INTO snapshot_chunks (model_id, version, chunk, param, data, chunk_version, op_id) "
                    "VALUES (?, ?, ?, ?, ?, ?, ?)")
-_SNAP_PUT = ("INSERT INTO snapshots (model_id, version, created_at, created_by, reason, n_chunks) "
-             "VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS")
+_SNAP_PUT = ("INSERT INTO snapshots (model_id, version, created_at, created_by, reason, n_chunks, lineage) "
+             "VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS")
 _SNAPS = "SELECT * FROM snapshots WHERE model_id = ?"
 _SNAP = "SELECT * FROM snapshots WHERE model_id = ? AND version = ?"
 _SNAP_CHUNK = ("SELECT param, data, chunk_version, op_id FROM snapshot_chunks "
@@ -243,9 +243,9 @@ class ParamTables:
         self._r.many(_SNAP_CHUNK_PUT, rows, op="commit_chunk")
 
     def put_snapshot(self, model_id: uuid.UUID, version: int, created_at: datetime, created_by: str, reason: str,
-                     n_chunks: int) -> Cas:
+                     n_chunks: int, lineage_json: str | None = None) -> Cas:
         """The header, written last: a snapshot exists once all its chunks do."""
-        return self._r.lwt_cql(_SNAP_PUT, (model_id, version, created_at, created_by, reason, n_chunks),
+        return self._r.lwt_cql(_SNAP_PUT, (model_id, version, created_at, created_by, reason, n_chunks, lineage_json),
                                op="coordination")
 
     def snapshot_chunks(self, model_id: uuid.UUID, version: int, chunks: Sequence[int]) -> list[list[Row]]:

@@ -93,7 +93,11 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
 
 @click.command()
 @click.option("--model", "models", multiple=True, required=True, help="Model to learn (repeatable: an ensemble).")
-@click.option("--group", default="default", show_default=True, help="Consumer group.")
+@click.option("--group", default="default", show_default=True,
+              help="Consumer group (with --feedback-of: the model's own name unless given).")
+@click.option("--feedback-of", metavar="MODEL",
+              help="Learn MODEL's feedback instead of the model's own: a challenger beside its champion, in a "
+                   "consumer group of its own, every event learned by both.")
 @click.option("--processes", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Worker processes per model (supervised children).")
 @click.option("--batch-size", type=click.IntRange(1), default=5000, show_default=True,
@@ -118,9 +122,9 @@ def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, 
               help="/healthz fails (503) when the learning loop has not advanced for this many seconds.")
 @log_format_option
 @click.pass_obj
-def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max_wait_ms, lease_ttl, heartbeat,
-           poll_ms, critical, critical_poll_ms, max_batches, until_idle, metrics_port, metrics_host, stuck_after,
-           log_format) -> None:
+def worker(obj: CliContext, models, group, feedback_of, processes, batch_size, min_batch, max_wait_ms, lease_ttl,
+           heartbeat, poll_ms, critical, critical_poll_ms, max_batches, until_idle, metrics_port, metrics_host,
+           stuck_after, log_format) -> None:
     """Learn from feedback: lease partitions, learn micro-batches, checkpoint. SIGTERM exits cleanly.
 
     With --metrics-port the worker exposes Prometheus metrics (events learned, commits, conflicts,
@@ -132,7 +136,7 @@ def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max
     redactor.add_secret(obj.config.password)
     opts = {"group": group, "batch_size": batch_size, "min_batch": min_batch, "max_wait_ms": max_wait_ms,
             "lease_ttl_s": lease_ttl, "heartbeat_s": heartbeat, "poll_ms": poll_ms, "critical": critical,
-            "critical_poll_ms": critical_poll_ms, "until_idle": until_idle}
+            "critical_poll_ms": critical_poll_ms, "until_idle": until_idle, "feedback_of": feedback_of}
     if processes > 1 or len(models) > 1:
         sys.exit(_supervise(obj, models, processes, opts, max_batches, metrics_port, metrics_host, log_format))
     from cstore.ops import Readiness, WorkerMetrics, WorkerObserver, cluster_check, multiprocess_dir, serve
@@ -158,7 +162,8 @@ def worker(obj: CliContext, models, group, processes, batch_size, min_batch, max
         w.stop(*args)
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("worker %s learning %s (group %s)", w.worker_id, models[0], group)
+    log.info("worker %s learning %s from the feedback of %s (group %s)", w.worker_id, models[0], w.source,
+             w.opts.group)
     try:
         stats = w.run(max_batches=max_batches, until_idle=until_idle)
     finally:
@@ -187,6 +192,8 @@ def _child_args(obj: CliContext, model_name: str, opts: dict, max_batches: int |
         args += ["--max-batches", str(max_batches)]
     if opts["until_idle"]:
         args += ["--until-idle"]
+    if opts.get("feedback_of"):
+        args += ["--feedback-of", opts["feedback_of"]]
     return args
 
 

@@ -22,6 +22,7 @@ most recent value per partition from the live processes and the drift score the 
 from __future__ import annotations
 
 import os
+from typing import Any
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest, values
@@ -108,6 +109,10 @@ class WorkerMetrics:
             "cstore_guard_regression", "A guarded alias: the head's windowed log loss minus its baseline's "
             "on the same trusted labels (this worker's window; > max_regression trips the guard).",
             m + ["alias"], multiprocess_mode="livemax", registry=reg)
+        self.guard_log_loss = Gauge(
+            "cstore_guard_log_loss", "Windowed log loss on a guarded alias's trusted labels, of the head and "
+            "of the baseline (label side), test-then-train.", m + ["alias", "side"], multiprocess_mode="livemax",
+            registry=reg)
         self.guard_labels = Gauge(
             "cstore_guard_labels", "Labels in this worker's guard window of an alias.",
             m + ["alias"], multiprocess_mode="livesum", registry=reg)
@@ -220,9 +225,15 @@ class WorkerMetrics:
         self._drifts.inc()
 
     # -- guards ---------------------------------------------------------------------------
-    def set_guard(self, alias: str, regression: float | None, labels: int, failing: bool) -> None:
+    def set_guard(self, alias: str, summary: dict[str, Any], regression: float | None, failing: bool) -> None:
+        """One guarded alias's window (a :meth:`cstore.learn.GuardWindow.summary`)."""
+        labels = int(summary["labels"])
         if regression is not None:
             self.guard_regression.labels(self.model, alias).set(regression)
+        for side in ("head", "base"):
+            if summary[f"{side}_log_loss"] is not None:
+                self.guard_log_loss.labels(self.model, alias, "head" if side == "head" else "baseline").set(
+                    summary[f"{side}_log_loss"])
         self.guard_labels.labels(self.model, alias).set(labels)
         self.guard_failing.labels(self.model, alias).set(1 if failing else 0)
 

@@ -76,7 +76,8 @@ class WorkerObserver:
         self._held = held
         m.set_leases_held(len(held))
         for alias, watched in list(w.guard.watched.items()):
-            m.set_guard(alias, watched.window.regression(), watched.window.labels, watched.window.failing())
+            window = watched.window
+            m.set_guard(alias, window.summary(), window.regression(), window.failing())
         for alias, n in list(w.guard.trips.items()):
             if n > self._trips.get(alias, 0):
                 m.record_guard_trip(alias, n - self._trips.get(alias, 0))

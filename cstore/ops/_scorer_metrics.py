@@ -13,7 +13,9 @@ Series (label ``model``): ``cstore_scorer_staleness_seconds``, ``cstore_scorer_m
 ``cstore_scorer_model_loaded``, ``cstore_scorer_refresh_errors_total``, ``cstore_scorer_polls_total``,
 ``cstore_scorer_chunks_fetched_total``, ``cstore_scorer_predictions_total``,
 ``cstore_scorer_log_events_total`` (label ``outcome``: logged, dropped, write_errors), and
-``cstore_scorer_log_queue`` (process-wide). Plus ``cstore_build_info``.
+``cstore_scorer_log_queue`` (process-wide); for shadow scoring (labels ``model``, ``shadow``):
+``cstore_scorer_shadow_predictions_total``, ``cstore_scorer_shadow_disagreements_total`` and
+``cstore_scorer_shadow_mean_abs_diff``. Plus ``cstore_build_info``.
 """
 from __future__ import annotations
 
@@ -53,8 +55,20 @@ class ScorerCollector(Collector):
             ("predictions", "Predictions made from the cached model (one per row of a batch)."))}
         log_events = CounterMetricFamily("cstore_scorer_log_events", "Prediction-log entries, by outcome.",
                                          labels=["model", "outcome"])
+        shadow_scored = CounterMetricFamily("cstore_scorer_shadow_predictions", "Shadow predictions made beside a "
+                                            "model's (challenger scored, answer unchanged).",
+                                            labels=["model", "shadow"])
+        shadow_disagree = CounterMetricFamily("cstore_scorer_shadow_disagreements", "Shadow predictions on the "
+                                              "other side of 0.5 from the model's.", labels=["model", "shadow"])
+        shadow_diff = GaugeMetricFamily("cstore_scorer_shadow_mean_abs_diff", "Mean |model - shadow| probability.",
+                                        labels=["model", "shadow"])
         for name, handle in sorted(self.client.models().items()):
             st: dict[str, Any] = handle.status()
+            for shadow, sh in st["shadows"].items():
+                shadow_scored.add_metric([name, shadow], float(sh["scored"]))
+                shadow_disagree.add_metric([name, shadow], float(sh["disagreements"]))
+                if sh["mean_abs_diff"] is not None:
+                    shadow_diff.add_metric([name, shadow], float(sh["mean_abs_diff"]))
             gauges["staleness_seconds"].add_metric([name], st["staleness_s"] if st["loaded"] else math.inf)
             gauges["model_version"].add_metric([name], float(st["version"] or 0))
             gauges["model_loaded"].add_metric([name], 1.0 if st["loaded"] else 0.0)
@@ -71,6 +85,7 @@ class ScorerCollector(Collector):
         yield from gauges.values()
         yield from counters.values()
         yield log_events
+        yield from (shadow_scored, shadow_disagree, shadow_diff)
         yield queue
 
 

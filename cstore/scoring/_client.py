@@ -241,6 +241,8 @@ class ModelHandle:
                                  full_check_s=cfg.full_check_s, alias=self.alias)
         self._bad_entity_log = -math.inf
         self._predictions = itertools.count()  # next() is atomic under the GIL: a lock-free counter
+        self._shadows: tuple[ModelHandle, ...] = ()
+        self.shadow_stats: dict[str, dict[str, float]] = {}
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -313,12 +315,44 @@ class ModelHandle:
         are counted (:meth:`Client.log_stats`) and logged with back-off.
         """
         p, s = self._predict(features)
+        loggable = (type(entity_id) is str and 0 < len(entity_id) <= _MAX_ENTITY_CHARS) or type(entity_id) is int
         if log:
-            if (type(entity_id) is str and 0 < len(entity_id) <= _MAX_ENTITY_CHARS) or type(entity_id) is int:
+            if loggable:
                 self._client._writer.submit(s.info.model_id, str(entity_id), dict(features), p, s.version)
             else:
                 self._reject_entity(s, entity_id)
+        for shadow in self._shadows:
+            self._score_shadow(shadow, entity_id, features, p, log and loggable)
         return p
+
+    # -- shadow scoring ------------------------------------------------------------------------------
+    def shadow(self, *names: str) -> list[ModelHandle]:
+        """Also score every :meth:`score` with these models or aliases (challengers), logging their
+        predictions under their own model, without changing the answer: a failing or unloaded shadow
+        only counts an error. Call with no names to stop. Returns the shadow handles."""
+        handles = [self._client.model(n) for n in names]
+        if any(h is self for h in handles):
+            raise ValidationError(f"model {self.name!r} cannot shadow itself")
+        self.shadow_stats = {h.name: {"scored": 0, "errors": 0, "abs_diff_sum": 0.0, "disagreements": 0}
+                             for h in handles}
+        self._shadows = tuple(handles)
+        return handles
+
+    def _score_shadow(self, shadow: ModelHandle, entity_id: Any, features: Mapping[str, Any], p: float,
+                      log: bool) -> None:
+        st = self.shadow_stats.get(shadow.name)
+        if st is None:
+            return
+        try:
+            ps, ss = shadow._predict(features)
+        except Exception:  # noqa: BLE001 - a shadow never changes or fails the answer
+            st["errors"] += 1
+            return
+        st["scored"] += 1
+        st["abs_diff_sum"] += abs(ps - p)
+        st["disagreements"] += (ps >= 0.5) != (p >= 0.5)
+        if log:
+            self._client._writer.submit(ss.info.model_id, str(entity_id), dict(features), ps, ss.version)
 
     def _reject_entity(self, s: CachedModel, entity_id: Any) -> None:
         self._client._counters.record(s.info.model_id, write_errors=1)
@@ -357,7 +391,11 @@ class ModelHandle:
                 "staleness_s": round(c.staleness, 3) if s is not None else None,
                 "refresh_errors": c.backoff.errors, "failing_streak": c.backoff.streak,
                 "last_error": c.backoff.last_error, **c.counters, "log_queue": self._client._writer.queued,
-                "log": self._client._counters.totals(s.info.model_id) if s is not None else {}}
+                "log": self._client._counters.totals(s.info.model_id) if s is not None else {},
+                "shadows": {n: {"scored": int(v["scored"]), "errors": int(v["errors"]),
+                                "disagreements": int(v["disagreements"]),
+                                "mean_abs_diff": v["abs_diff_sum"] / v["scored"] if v["scored"] else None}
+                            for n, v in self.shadow_stats.items()}}
 
 
 def _after_fork_in_child() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +33,7 @@ from cstore.store._catalog import Catalog
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._governance import KEEP, Governance
+from cstore.store._lineage import DEFAULT_GROUPS, collect_lineage
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
 from cstore.store._stats import StatsRecorder, Totals
@@ -228,14 +229,19 @@ class Store:
         self._stats.flush()
 
     # -- versions ----------------------------------------------------------------------------------
-    def snapshot(self, name: str, *, reason: str) -> int:
-        """An immutable copy of the current parameters; returns its version (the head it captured)."""
+    def snapshot(self, name: str, *, reason: str, groups: Sequence[str] = DEFAULT_GROUPS) -> int:
+        """An immutable copy of the current parameters; returns its version (the head it captured). Its
+        lineage records the cstore version, the learner configuration and, per consumer group of
+        ``groups``, the feedback checkpoints it covers and the workers (see ``_lineage.py``)."""
         if not isinstance(reason, str) or not reason.strip():
             raise ValidationError("a snapshot needs a reason (who will read it later wants to know why)")
-        return self._take_snapshot(self.model_info(name), reason)
+        if isinstance(groups, str) or not all(isinstance(g, str) and g for g in groups):
+            raise ValidationError(f"groups must be a list of consumer group names, got {groups!r}")
+        return self._take_snapshot(self.model_info(name), reason, groups)
 
-    def _take_snapshot(self, info: ModelInfo, reason: str) -> int:
-        version = self._snapshots.create(info, self.chunks.read(info, range(info.max_chunks)), reason)
+    def _take_snapshot(self, info: ModelInfo, reason: str, groups: Sequence[str] = DEFAULT_GROUPS) -> int:
+        lineage = collect_lineage(self.backend, info, groups)  # before the read: the checkpoints it covers
+        version = self._snapshots.create(info, self.chunks.read(info, range(info.max_chunks)), reason, lineage)
         self.governance.record(info.name, "snapshot", after=version, reason=reason)
         return version
 

@@ -6,6 +6,7 @@ history as ``rollback``, so scorers pick it up like any other update.
 from __future__ import annotations
 
 import getpass
+import json
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ class Snapshot:
     created_by: str
     reason: str
     n_chunks: int
+    lineage: Mapping[str, Any] | None = None  # what produced it (see _lineage.py); None before migration 007
 
     def to_dict(self) -> dict[str, Any]:
         return {"version": self.version, "created_at": self.created_at.isoformat() if self.created_at else None,
-                "created_by": self.created_by, "reason": self.reason, "chunks": self.n_chunks}
+                "created_by": self.created_by, "reason": self.reason, "chunks": self.n_chunks,
+                "lineage": self.lineage}
 
 
 class Snapshots:
@@ -49,7 +52,8 @@ class Snapshots:
         self._tables = tables
         self._engine = engine
 
-    def create(self, info: ModelInfo, chunks: Mapping[int, Mapping[str, ChunkRow]], reason: str) -> int:
+    def create(self, info: ModelInfo, chunks: Mapping[int, Mapping[str, ChunkRow]], reason: str,
+               lineage: Mapping[str, Any] | None = None) -> int:
         """Persist ``chunks`` (as read) as a snapshot; its id is the head version they add up to."""
         head = sum(r.version for rows in chunks.values() for r in rows.values())
         if self._tables.snapshot(info.model_id, head):
@@ -59,11 +63,13 @@ class Snapshots:
                                            codec.encode(r.data, context=chunk_context(info.model_id, k, p)),
                                            r.version, r.op_id)
                                           for k, rows in chunks.items() for p, r in rows.items()])
-        self._tables.put_snapshot(info.model_id, head, datetime.now(UTC), actor(), reason, len(chunks))
+        self._tables.put_snapshot(info.model_id, head, datetime.now(UTC), actor(), reason, len(chunks),
+                                  json.dumps(lineage, sort_keys=True, default=str) if lineage is not None else None)
         return head
 
     def list(self, info: ModelInfo) -> list[Snapshot]:
-        return [Snapshot(r["version"], r["created_at"], r["created_by"], r["reason"], r["n_chunks"])
+        return [Snapshot(r["version"], r["created_at"], r["created_by"], r["reason"], r["n_chunks"],
+                         json.loads(r["lineage"]) if r.get("lineage") else None)
                 for r in self._tables.snapshots(info.model_id)]
 
     def load(self, info: ModelInfo, version: int) -> dict[int, dict[str, ChunkRow]]:

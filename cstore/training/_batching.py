@@ -51,6 +51,10 @@ class WorkerOptions:
     critical: bool = True             # also serve the critical partition (one worker of the group holds it)
     critical_poll_ms: float = 5.0
     critical_batch_size: int = 200
+    # Learn another model's feedback (a challenger beside its champion): read ``feedback_of``'s
+    # partitions in a consumer group of this model's own (the group defaults to this model's name), so
+    # both learn every event and neither disturbs the other's checkpoints.
+    feedback_of: str | None = None
 
     @property
     def go_at(self) -> int:

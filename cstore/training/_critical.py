@@ -93,7 +93,7 @@ class CriticalLane(Lane):
         super().__init__(learner, np.zeros(learner.cfg.n_features, np.float32),
                          {"events": 0, "batches": 0, "learned": 0, "skipped": 0, "errors": 0, "last_batch_s": 0.0,
                           "batch_s_total": 0.0}, {},
-                         LeaseManager(worker.store.backend.fleet, worker.info.model_id, worker.opts.group,
+                         LeaseManager(worker.store.backend.fleet, worker.fcfg.model_id, worker.opts.group,
                                       worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s),
                          new_committer(worker.store, urgent=True), critical=True)
         self.worker = worker

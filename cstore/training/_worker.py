@@ -64,12 +64,18 @@ class Worker:
             self.opts.feature_lookup = PredictionLog(store)
         self.store = store
         self.model = model
-        self.info, self.fcfg = context(store).layout(model)
+        self.source = self.opts.feedback_of or model  # whose feedback this worker learns
+        if self.source == model:
+            self.info, self.fcfg = context(store).layout(model)
+        else:
+            self.info, self.fcfg = store.model_info(model), context(store).layout(self.source, create=False)[1]
+            if self.opts.group == "default":
+                self.opts.group = model  # the source's own workers keep "default"
         self.learner = Learner(self.info, learner_config(self.info))
         self.worker_id = worker_id or new_worker_id()
         fleet = store.backend.fleet
         self.reader = FeedbackReader(store.backend.feedback, self.fcfg, self.opts.group)
-        self.leases = LeaseManager(fleet, self.info.model_id, self.opts.group, self.fcfg.partitions,
+        self.leases = LeaseManager(fleet, self.fcfg.model_id, self.opts.group, self.fcfg.partitions,
                                    self.worker_id, ttl_s=self.opts.lease_ttl_s)
         self.shared = SharedLearnerState(fleet, self.info.model_id, self.opts.group, self.learner.cfg.drift,
                                          self.learner.cfg.schedule, ttl_s=self.fcfg.ttl_s)
@@ -325,7 +331,7 @@ class Worker:
         feats: list[Mapping[str, Any] | None] = [ev.features for ev in events]
         missing = [i for i, f in enumerate(feats) if f is None]
         if missing and self.opts.feature_lookup is not None:
-            found = self.opts.feature_lookup(self.model, [events[i].entity_id for i in missing]) or {}
+            found = self.opts.feature_lookup(self.source, [events[i].entity_id for i in missing]) or {}
             for i in missing:
                 feats[i] = found.get(events[i].entity_id)
         return feats

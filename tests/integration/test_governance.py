@@ -11,6 +11,7 @@ import cstore
 from cstore import FeedbackWriter
 from cstore.errors import GuardFailing, UnknownAlias, UnknownModel, ValidationError
 from cstore.learn import FeatureHasher, predict_proba_batch
+from cstore.ops import Readiness, WorkerMetrics, WorkerObserver
 from cstore.training import Worker, create_learner
 from cstore_dev.fraudsim import FraudStream
 from feedback_helpers import new_name, run_cli, wait_for
@@ -166,6 +167,12 @@ def test_poisoned_source_trips_the_guard_and_a_reviewed_promotion_moves_on(base_
         champion = store.alias(name, "champion")
         baseline = champion.baseline
         assert champion.pinned is None and baseline == store.versions(name)[0]["version"]
+        lineage = store.versions(name)[0]["lineage"]  # what produced the baseline
+        assert lineage["cstore_version"] == cstore.__version__
+        assert lineage["learner"]["optimizer"]["name"] == "FTRLProximal"
+        group = lineage["groups"]["default"]
+        assert sum(c["events"] for c in group["checkpoints"].values()) == 6000
+        assert set(group["workers"]) == {w.worker_id for w in workers} and group["events"] == 6000
         wait_for(lambda: all(w.guard.watched for w in workers) or send(500, poisoned=False), 30,
                  "the workers to watch the alias")  # they look every 2 s
         while store.alias(name, "champion").pinned is None and sent[0] < 40_000:
@@ -180,6 +187,14 @@ def test_poisoned_source_trips_the_guard_and_a_reviewed_promotion_moves_on(base_
         with _client(base_config) as client:
             assert client.model(f"{name}@champion").version == baseline
         wait_for(lambda: (m := metrics())["labels"] >= 200 and m["failing"], 30, "failing metrics")
+        scrapes = []
+        for w in workers:  # what Prometheus sees of each worker
+            metrics_ = WorkerMetrics(name, process_metrics=False)
+            WorkerObserver(w, metrics_, Readiness()).sample()
+            scrapes.append(metrics_.scrape())
+        assert all('cstore_guard_failing{alias="champion"' in t for t in scrapes)
+        assert all('cstore_guard_log_loss{alias="champion"' in t for t in scrapes)
+        assert any(f'cstore_guard_trips_total{{alias="champion",model="{name}"}} 1.0' in t for t in scrapes)
         res = run_cli(base_config, "model", "metrics", name, "--json")
         assert res.returncode == 0 and '"failing": true' in res.stdout, res.stderr
         with pytest.raises(GuardFailing) as refused:
@@ -209,3 +224,39 @@ def _wait(predicate, timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
+def test_a_challenger_learns_the_champions_feedback_with_its_own_settings(base_config, store):
+    """Champion and challenger learn every event of the same feedback (the challenger in its own
+    consumer group, with a different learning rate), and shadow scoring compares them."""
+    champion, challenger = new_name("champ"), new_name("chall")
+    create_learner(store, champion, n_features=2**12, chunk_size=4096, partitions=2)
+    create_learner(store, challenger, n_features=2**12, chunk_size=4096, alpha=0.05)
+    with FeedbackWriter(store, champion, max_batch=500, linger_ms=5) as w:
+        for tx in FraudStream(seed=5).sample(4000):
+            w.send(tx["entity_id"], tx["label"], kind="explicit", features=tx["features"])
+    a = Worker(store, champion, batch_size=1000, **FAST).run(until_idle=True)
+    res = run_cli(base_config, "worker", "--model", challenger, "--feedback-of", champion, "--until-idle",
+                  "--lease-ttl", "6", "--max-wait-ms", "50", "--poll-ms", "20", timeout=180)
+    assert res.returncode == 0, res.stderr[-2000:]
+    b = __import__("json").loads(res.stdout.strip().splitlines()[-1])
+    assert a["learned"] == 4000 and b["learned"] == 4000  # each learned every event once
+    again = Worker(store, champion, batch_size=1000, **FAST).run(until_idle=True)
+    assert again["learned"] == 0  # the challenger did not move the champion's checkpoints
+    wa = store.read_model(champion).params["weights"]
+    wb = store.read_model(challenger).params["weights"]
+    assert np.count_nonzero(wa) > 0 and np.count_nonzero(wb) > 0 and not np.allclose(wa, wb)
+    with _client(base_config) as client:
+        champ = client.model(champion)
+        [shadow] = champ.shadow(challenger)
+        txs = FraudStream(seed=6).sample(50)
+        answers = [champ.score(tx["entity_id"], tx["features"]) for tx in txs]
+        assert answers == [champ.predict_proba(tx["features"]) for tx in txs]  # the shadow changes nothing
+        assert any(abs(a - shadow.predict_proba(tx["features"])) > 1e-6 for a, tx in zip(answers, txs))
+        st = champ.status()["shadows"][challenger]
+        assert st["scored"] == 50 and st["errors"] == 0 and st["mean_abs_diff"] > 0
+        assert client.flush_log()
+        logged = client.feature_lookup(challenger, [tx["entity_id"] for tx in txs])
+        assert len(logged) == 50  # the challenger's predictions are in its own prediction log
+        with pytest.raises(ValidationError):
+            champ.shadow(champion)
