@@ -126,11 +126,12 @@ def update(obj: CliContext, name, param, indices, values, lr, update_type, as_js
 @model.command()
 @click.argument("name")
 @click.option("--confirm", help="Repeat the model name to confirm; without it nothing is deleted.")
+@click.option("--reason", help="Why it is retired (recorded in its audit trail, which stays).")
 @json_option
 @click.pass_obj
-def drop(obj: CliContext, name: str, confirm: str | None, as_json: bool) -> None:
-    """Delete a model, its parameters and snapshots (needs --confirm NAME)."""
-    obj.store().drop_model(name, confirm=confirm)
+def drop(obj: CliContext, name: str, confirm: str | None, reason: str | None, as_json: bool) -> None:
+    """Delete a model, its parameters, snapshots and aliases (needs --confirm NAME)."""
+    obj.store().drop_model(name, confirm=confirm, reason=reason)
     echo_json({"model": name, "dropped": True}) if as_json else click.echo(f"dropped {name}")
 
 

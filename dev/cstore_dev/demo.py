@@ -48,6 +48,9 @@ def run() -> None:
         step("the main job: score a fraud-like stream, send labels as feedback, two workers learn")
         from cstore_dev.fleet_demo import run as fleet_run
         figures = fleet_run(store, seconds=float(os.environ.get("DEMO_SECONDS", "45")), echo=lambda m: print("  " + m))
+        step("governance: a guarded @champion alias, a feedback source that breaks, a reviewed promotion")
+        from cstore_dev.governance_demo import run as governance_run
+        gov = governance_run(store, echo=lambda m: print("  " + m))
     finally:
         store.close()
     step("what you saw")
@@ -57,9 +60,12 @@ def run() -> None:
           f"     feedback and learned by two worker processes (accuracy {figures.get('accuracy', float('nan')):.3f}, "
           f"log loss {figures.get('log_loss', float('nan')):.3f} at the end);\n"
           "  3. critical labels (confirmed chargebacks) learned at once by the critical lane, beside the bulk\n"
-          f"     micro-batches: visible to the scorer {_median_ms(figures)} after they were sent.")
+          f"     micro-batches: visible to the scorer {_median_ms(figures)} after they were sent;\n"
+          "  4. governance: scorers of model@champion followed a reviewed alias; when a feedback source broke,\n"
+          f"     the workers' guard pinned it back to the reviewed snapshot ({gov.get('tripped_after_s')} s after),\n"
+          "     a promotion was refused until the head recovered, and the audit trail says who did what, and why.")
     print("\ndemo finished: explore with `.venv/bin/cstore model list`, `cstore status <model>`, "
-          "`cstore model versions demo_fraud`; stop the node with `make down`.")
+          "`cstore model audit <model>`; stop the node with `make down`.")
 
 
 def parameter_store_tour(store: Store) -> None:

@@ -35,6 +35,22 @@ def _worker_cmd(store, name: str, lease_ttl: float) -> list[str]:
             "worker", "--model", name, "--lease-ttl", str(lease_ttl), "--log-format", "text"]
 
 
+def start_workers(store, name: str, n: int, prefix: str) -> tuple[list[Path], list[subprocess.Popen]]:
+    """``n`` `cstore worker` processes learning ``name``, each logging to .local/demo/<prefix>-<i>.log."""
+    logs = [Path(store.config.local_dir) / "demo" / f"{prefix}-{i + 1}.log" for i in range(n)]
+    logs[0].parent.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen(_worker_cmd(store, name, 5.0), stdout=log.open("w"), stderr=subprocess.STDOUT)
+             for log in logs]
+    return logs, procs
+
+
+def stop_workers(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        proc.wait(timeout=60)
+
+
 class CriticalProbe:
     """Sends a critical label carrying a feature of its own and times until the scorer has learned it."""
 
@@ -67,10 +83,7 @@ def run(store, *, seconds: float = 30.0, rate: float = 3000.0, workers: int = 2,
     name = f"fraud_demo_{int(time.time())}"
     create_learner(store, name, n_features=n_features, partitions=8)
     hasher, gen = FeatureHasher(n_features), FraudStream(seed=int(time.time()))
-    logs = [Path(store.config.local_dir) / "demo" / f"worker-{i + 1}.log" for i in range(workers)]
-    logs[0].parent.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen(_worker_cmd(store, name, 5.0), stdout=log.open("w"), stderr=subprocess.STDOUT)
-             for log in logs]
+    logs, procs = start_workers(store, name, workers, "worker")
     client = Client(config=store.config)
     probe = CriticalProbe(store, client, name, n_features)
     recent: deque = deque(maxlen=5000)  # (p, y) of the latest transactions, scored before learning from them
@@ -107,10 +120,7 @@ def run(store, *, seconds: float = 30.0, rate: float = 3000.0, workers: int = 2,
                     probe.poll()
                     time.sleep(0.005)
     finally:
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(timeout=60)
+        stop_workers(procs)
         client.close()
     st = fleet_status(store, name)
     fresh = probe.fresh_ms
