@@ -117,7 +117,7 @@ def aliases_cmd(obj: CliContext, name: str, as_json: bool) -> None:
 @click.pass_obj
 def audit_cmd(obj: CliContext, name: str, limit: int, as_json: bool) -> None:
     """Who did what to NAME (create, drop, snapshot, rollback, alias moves, promotions, guard actions),
-    newest first; kept after the model is dropped."""
+    newest first; kept after the model is dropped. NAME '*' lists keyspace-wide actions (roles)."""
     def echo(e: dict[str, Any]) -> None:
         change = f"{e['from'] or '-'} -> {e['to'] or '-'}"
         role = f" [{e['role']}]" if e["role"] else ""

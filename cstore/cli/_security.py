@@ -6,6 +6,7 @@ import click
 from cstore.backend import apply_roles, passwords_from_env
 from cstore.cli._app import CliContext
 from cstore.cli._schema import schema
+from cstore.store import KEYSPACE_AUDIT
 
 
 @schema.command("roles")
@@ -20,6 +21,9 @@ def roles_cmd(obj: CliContext) -> None:
     report = apply_roles(obj.backend(), obj.config.keyspace, passwords, log=lambda m: click.echo(m, err=True))
     click.echo(f"roles {', '.join(report.roles)}: {report.grants} grant(s) applied"
                + (f", {len(report.skipped)} skipped (tables not created yet)" if report.skipped else ""))
+    obj.store().governance.record(KEYSPACE_AUDIT, "roles", after=", ".join(report.roles),
+                                  reason="cstore schema roles (passwords set or rotated)",
+                                  details={"grants": report.grants, "skipped": len(report.skipped)})
 
 
 @click.group()

@@ -18,10 +18,10 @@ from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._facade import ModelState, Store, assemble, connect
 from cstore.store._governance import KEEP as KEEP_GUARD
-from cstore.store._governance import Governance
+from cstore.store._governance import KEYSPACE_AUDIT, Governance
 from cstore.store._history import HistoryRow
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["KEEP_GUARD", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState", "Snapshot", "Store",
+__all__ = ["KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState", "Snapshot", "Store",
            "Totals", "actor", "assemble", "connect", "missing_chunk"]

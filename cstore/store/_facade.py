@@ -32,7 +32,7 @@ from cstore.errors import Closed, ValidationError
 from cstore.store._catalog import Catalog
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
-from cstore.store._governance import KEEP, Governance
+from cstore.store._governance import KEEP, KEYSPACE_AUDIT, Governance
 from cstore.store._lineage import DEFAULT_GROUPS, collect_lineage
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
@@ -286,8 +286,9 @@ class Store:
         return self.governance.aliases(self.model_info(name))
 
     def audit(self, name: str, *, limit: int = 100) -> list[dict[str, Any]]:
-        """Who did what to ``name``, newest first (kept after a drop)."""
-        validate_name(name)
+        """Who did what to ``name``, newest first (kept after a drop); ``"*"``: keyspace-wide actions."""
+        if name != KEYSPACE_AUDIT:
+            validate_name(name)
         return self.governance.audit(name, limit)
 
     # -- history & stats ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from cstore.learn import GuardRule
 from cstore.store._snapshots import actor as default_actor
 
 KEEP = "keep"  # set_alias(guard=KEEP): leave the alias's guard as it is
+KEYSPACE_AUDIT = "*"  # the audit trail of keyspace-wide actions (roles); never a model name
 _MAX_AUDIT = 10_000
 
 

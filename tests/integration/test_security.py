@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
 import logging
 import os
 import secrets
@@ -136,6 +137,7 @@ def test_credentials_are_never_printed_or_logged(sec1, caplog):
         (["model", "list"], {"CSTORE_USERNAME": "sec_scorer", "CSTORE_PASSWORD": PASSWORDS["worker"]}, 1),
         (["schema", "roles"], {"CSTORE_USERNAME": "cassandra", "CSTORE_PASSWORD": "cassandra",
                                **{f"CSTORE_{r.upper()}_PASSWORD": p for r, p in PASSWORDS.items()}}, 0),
+        (["model", "audit", "*", "--json"], {"CSTORE_USERNAME": "cassandra", "CSTORE_PASSWORD": "cassandra"}, 0),
     ]
     outputs = []
     for args, extra, code in runs:
@@ -151,6 +153,8 @@ def test_credentials_are_never_printed_or_logged(sec1, caplog):
     outputs.append(quiet.stdout + quiet.stderr)
     assert "login refused" in outputs[3]
     assert "grant(s) applied" in outputs[4]
+    roles_entry = json.loads(outputs[5][:outputs[5].rindex("}") + 1])["entries"][0]  # the role change is audited
+    assert roles_entry["action"] == "roles" and roles_entry["role"] == "cassandra"
     caplog.set_level(logging.DEBUG)
     with pytest.raises(ConnectionFailed) as exc:
         connect(cfg(tls, "sec_admin", "wrong-" + PASSWORDS["admin"]))
