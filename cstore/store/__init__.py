@@ -23,5 +23,5 @@ from cstore.store._history import HistoryRow
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState", "Snapshot", "Store",
-           "Totals", "actor", "assemble", "connect", "missing_chunk"]
+__all__ = ["KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState",
+           "Snapshot", "Store", "Totals", "actor", "assemble", "connect", "missing_chunk"]
