@@ -294,6 +294,7 @@ def test_monitoring_objects_credentials_per_role_and_the_key_ring(rendered):
     assert "CSTORE_ENCRYPTION_KEY_FILE" not in env(schema_job)
     args = container(dep)["args"]
     assert "--no-critical" in args and args[args.index("--min-batch") + 1] == "500"
+    assert args[args.index("--feedback-of") + 1] == "fraud_v1"
 
 
 @pytest.mark.parametrize("sets, reason", [
