@@ -2,6 +2,7 @@
 a poisoned feedback source degrades the head, and a reviewed promotion afterwards."""
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -235,12 +236,12 @@ def test_a_challenger_learns_the_champions_feedback_with_its_own_settings(base_c
     with FeedbackWriter(store, champion, max_batch=500, linger_ms=5) as w:
         for tx in FraudStream(seed=5).sample(4000):
             w.send(tx["entity_id"], tx["label"], kind="explicit", features=tx["features"])
-    a = Worker(store, champion, batch_size=1000, **FAST).run(until_idle=True)
-    res = run_cli(base_config, "worker", "--model", challenger, "--feedback-of", champion, "--until-idle",
-                  "--lease-ttl", "6", "--max-wait-ms", "50", "--poll-ms", "20", timeout=180)
+    res = run_cli(base_config, "worker", "--model", champion, "--model", challenger, "--feedback-of", champion,
+                  "--until-idle", "--lease-ttl", "6", "--max-wait-ms", "50", "--poll-ms", "20", timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
-    b = __import__("json").loads(res.stdout.strip().splitlines()[-1])
-    assert a["learned"] == 4000 and b["learned"] == 4000  # each learned every event once
+    finals = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    learned = {f["model"]: f["learned"] for f in finals}
+    assert learned == {champion: 4000, challenger: 4000}, res.stdout[-2000:]  # each learned every event once
     again = Worker(store, champion, batch_size=1000, **FAST).run(until_idle=True)
     assert again["learned"] == 0  # the challenger did not move the champion's checkpoints
     wa = store.read_model(champion).params["weights"]
