@@ -13,8 +13,8 @@ from cstore.cli._app import CliContext, echo_json, json_option
 from cstore.errors import ValidationError
 from cstore.store import KEEP_GUARD
 
-_GUARD_HELP = ("Watch the alias: max_regression=NATS,min_labels=N,window=N,kinds=K1+K2 (any subset; defaults "
-               "0.05, 500, 5000, explicit). The head is compared with the version the alias was promoted to on "
+_GUARD_HELP = ("Watch the alias: max_regression=NATS,min_labels=N,window=N,kinds=K1+K2,on_drift=true|false "
+               "(any subset; defaults 0.05, 500, 5000, explicit, false). The head is compared with the version the alias was promoted to on "
                "the same labels of the trusted kinds; when worse by max_regression, workers pin the alias back "
                "to it.")
 
@@ -34,6 +34,11 @@ def _parse_guard(text: str | None, no_guard: bool) -> Any:
         key = key.strip()
         if key == "kinds":
             rule[key] = [k for k in value.split("+") if k]
+            continue
+        if key == "on_drift":
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValidationError(f"--guard on_drift={value!r}: use true or false")
+            rule[key] = value.lower() in ("true", "1", "yes")
             continue
         try:
             rule[key] = float(value) if key == "max_regression" else int(value)

@@ -47,6 +47,7 @@ class GuardRule:
     min_labels: int = 500
     window: int = 5000
     kinds: tuple[str, ...] = ("explicit",)
+    on_drift: bool = False  # also pin the alias back when the learning group's drift detector fires
 
     def __post_init__(self) -> None:
         kinds = self.kinds
@@ -54,6 +55,8 @@ class GuardRule:
                 or any(k not in KIND_WEIGHTS for k in kinds):
             raise ValidationError(f"guard kinds must be a non-empty list of {', '.join(KIND_WEIGHTS)}, got {kinds!r}")
         object.__setattr__(self, "kinds", tuple(sorted(set(kinds))))
+        if not isinstance(self.on_drift, bool):
+            raise ValidationError(f"guard on_drift must be true or false, got {self.on_drift!r}")
         r = self.max_regression
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < float(r) <= 10.0:
             raise ValidationError(f"guard max_regression must be a number in (0, 10] (nats of log loss per label), "
@@ -78,12 +81,12 @@ class GuardRule:
     @classmethod
     def from_dict(cls, raw: Any) -> GuardRule:
         if not isinstance(raw, dict):
-            raise ValidationError(f"a guard rule is a mapping of max_regression, min_labels, window, kinds; "
-                                  f"got {raw!r}")
-        unknown = sorted(set(raw) - {"max_regression", "min_labels", "window", "kinds"})
+            raise ValidationError(f"a guard rule is a mapping of max_regression, min_labels, window, kinds, "
+                                  f"on_drift; got {raw!r}")
+        unknown = sorted(set(raw) - {"max_regression", "min_labels", "window", "kinds", "on_drift"})
         if unknown:
             raise ValidationError(f"unknown guard setting(s) {', '.join(unknown)}; "
-                                  f"use max_regression, min_labels, window and kinds")
+                                  f"use max_regression, min_labels, window, kinds and on_drift")
         return cls(**raw)
 
 

@@ -111,12 +111,25 @@ class GuardWatch:
                     self.info.model_id, name, self.worker_id, w.alias.baseline or 0, s["labels"], s["positives"],
                     s["head_log_loss"], s["base_log_loss"], s["head_auc"], s["base_auc"], at)
 
-    def _trip(self, name: str, w: _Watched) -> None:
+    def drift(self, batch_id: str) -> None:
+        """The group's drift detector fired before ``batch_id``: pin the aliases whose rule says so."""
+        try:
+            if not self.watched:
+                self._refresh()
+            for name, w in list(self.watched.items()):
+                a = w.alias
+                if w.window.rule.on_drift and a.guard_state == "passing" and a.pinned != a.baseline:
+                    self._trip(name, w, why=f"guard: drift detected before batch {batch_id} (on_drift)")
+        except CstoreError as exc:
+            self.errors += 1
+            self.backoff.failure(exc)
+
+    def _trip(self, name: str, w: _Watched, why: str | None = None) -> None:
         a, s = w.alias, w.window.summary()
         regression = w.window.regression() or 0.0
-        why = (f"guard: over the last {s['labels']} labels the head's log loss {s['head_log_loss']:.4f} is worse "
-               f"than baseline version {a.baseline}'s {s['base_log_loss']:.4f} by {regression:.4f} "
-               f"(> {w.window.rule.max_regression})")
+        why = why or (f"guard: over the last {s['labels']} labels the head's log loss {s['head_log_loss']:.4f} is "
+                      f"worse than baseline version {a.baseline}'s {s['base_log_loss']:.4f} by {regression:.4f} "
+                      f"(> {w.window.rule.max_regression})")
         details = {**s, "regression": regression, "worker": self.worker_id}
         if self.store.governance.trip(self.info, a, why=why, details=details, actor=f"worker {self.worker_id}"):
             log.warning("%s@%s pinned to version %s: %s", self.info.name, name, a.baseline, why)

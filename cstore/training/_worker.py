@@ -340,6 +340,7 @@ class Worker:
         self.stats["drifts"] += 1
         log.warning("drift detected on %s (batch %s)", self.model, batch_id)
         self.store.record_drift(self.model)
+        self.guard.drift(str(batch_id))  # aliases whose guard trips on a drift alarm are pinned back
         if self.learner.cfg.drift_response in ("snapshot", "both"):
             self.store.snapshot(self.model, reason=f"drift detected by worker {self.worker_id} before batch {batch_id}")
 

@@ -261,3 +261,18 @@ def test_a_challenger_learns_the_champions_feedback_with_its_own_settings(base_c
         assert len(logged) == 50  # the challenger's predictions are in its own prediction log
         with pytest.raises(ValidationError):
             champ.shadow(champion)
+
+
+def test_a_guard_with_on_drift_pins_the_alias_when_the_detector_fires(store):
+    name = new_name("govdrift")
+    create_learner(store, name, n_features=2**10, chunk_size=1024)
+    store.set_alias(name, "champion", "head", reason="live", guard={"on_drift": True, "min_labels": 10_000,
+                                                                    "window": 10_000})
+    store.set_alias(name, "shadowed", "head", reason="live", guard={"min_labels": 10_000, "window": 10_000})
+    worker = Worker(store, name, **FAST)
+    worker.guard.drift("batch-7")  # what Worker._on_drift calls when the group's detector fires
+    champion, other = store.alias(name, "champion"), store.alias(name, "shadowed")
+    assert champion.pinned == champion.baseline and champion.guard_state == "tripped"
+    assert other.pinned is None and other.guard_state == "passing"  # its rule does not follow drift
+    entry = store.audit(name)[0]
+    assert entry["action"] == "guard" and "drift detected before batch batch-7" in entry["reason"]
