@@ -14,9 +14,9 @@ from cstore.errors import ValidationError
 from cstore.store import KEEP_GUARD
 
 _GUARD_HELP = ("Watch the alias: max_regression=NATS,min_labels=N,window=N,kinds=K1+K2,on_drift=true|false "
-               "(any subset; defaults 0.05, 500, 5000, explicit, false). The head is compared with the version the alias was promoted to on "
-               "the same labels of the trusted kinds; when worse by max_regression, workers pin the alias back "
-               "to it.")
+               "(any subset; defaults 0.05, 500, 5000, explicit, false). The head is compared with the version "
+               "the alias was promoted to on the same labels of the trusted kinds; when worse by "
+               "max_regression (or on a drift alarm with on_drift), workers pin the alias back to it.")
 
 
 def _parse_guard(text: str | None, no_guard: bool) -> Any:
