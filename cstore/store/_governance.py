@@ -92,8 +92,9 @@ class Governance:
         if current is None and action == "promote":
             raise self._unknown(info, alias)
         guard_json = (current.guard_json if current else None) if guard == KEEP else (rule.to_json() if rule else None)
-        if current is not None and current.guard_json and not force:
-            self._refuse_if_failing(info, current)
+        forward = pinned is None or current is None or current.baseline is None or pinned > current.baseline
+        if current is not None and current.guard_json and forward and not force:
+            self._refuse_if_failing(info, current)  # moving back to the baseline or older is always allowed
         # The baseline a guard compares with: the version promoted to (a snapshot of the head, now).
         baseline = None
         if guard_json:

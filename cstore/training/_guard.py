@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -44,12 +43,10 @@ class _Watched:
 class GuardWatch:
     """The guarded aliases of one model, as one worker sees them."""
 
-    def __init__(self, store: Store, info: ModelInfo, worker_id: str, *,
-                 on_trip: Callable[[str], None] | None = None) -> None:
+    def __init__(self, store: Store, info: ModelInfo, worker_id: str) -> None:
         self.store = store
         self.info = info
         self.worker_id = worker_id
-        self.on_trip = on_trip
         self.watched: dict[str, _Watched] = {}
         self.trips: dict[str, int] = {}  # alias -> times this worker's guard pinned it
         self.errors = 0
@@ -75,7 +72,7 @@ class GuardWatch:
             self._refresh()
             self._report()
             self.backoff.success()
-        for name, w in self.watched.items():
+        for name, w in list(self.watched.items()):  # a trip re-reads the aliases
             judged = np.isin(kinds, w.window.rule.kinds)
             if not judged.any():
                 continue
@@ -134,8 +131,6 @@ class GuardWatch:
         if self.store.governance.trip(self.info, a, why=why, details=details, actor=f"worker {self.worker_id}"):
             log.warning("%s@%s pinned to version %s: %s", self.info.name, name, a.baseline, why)
             self.trips[name] = self.trips.get(name, 0) + 1
-            if self.on_trip is not None:
-                self.on_trip(name)
         self._refresh()  # read the alias again now (tripped here or by another worker)
         self._report()
         self._next = time.monotonic() + REFRESH_S

@@ -64,13 +64,11 @@ class Worker:
             self.opts.feature_lookup = PredictionLog(store)
         self.store = store
         self.model = model
-        self.source = self.opts.feedback_of or model  # whose feedback this worker learns
-        if self.source == model:
-            self.info, self.fcfg = context(store).layout(model)
-        else:
-            self.info, self.fcfg = store.model_info(model), context(store).layout(self.source, create=False)[1]
-            if self.opts.group == "default":
-                self.opts.group = model  # the source's own workers keep "default"
+        self.source = self.opts.feedback_of or model  # whose feedback this worker learns (a challenger's: another's)
+        self.info, self.fcfg = context(store).layout(model) if self.source == model else \
+            (store.model_info(model), context(store).layout(self.source, create=False)[1])
+        if self.source != model and self.opts.group == "default":
+            self.opts.group = model  # the source's own workers keep "default"
         self.learner = Learner(self.info, learner_config(self.info))
         self.worker_id = worker_id or new_worker_id()
         fleet = store.backend.fleet

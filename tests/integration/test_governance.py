@@ -202,6 +202,8 @@ def test_poisoned_source_trips_the_guard_and_a_reviewed_promotion_moves_on(base_
             store.promote(name, "champion", reason="looks fine to me")
         assert refused.value.regression is not None and refused.value.regression > 0.02
         assert store.alias(name, "champion") == tripped  # refused: nothing moved
+        held = store.set_alias(name, "champion", baseline, reason="hold at the reviewed version")
+        assert held.pinned == baseline and held.rev == tripped.rev + 1  # moving back is never refused
 
         def recovered() -> bool:  # the source is fixed: clean labels until the head is no worse
             send(1000, poisoned=False)
