@@ -107,7 +107,12 @@ def _ssl_context(cfg: Config) -> ssl.SSLContext | None:
         return None
     try:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cfg.ssl_ca)
-        ctx.check_hostname = False  # nodes are addressed by IP; the CA pins trust
+        # On by default: the driver then checks each node's certificate against the address it dials
+        # (an IP address needs an IP entry in the certificate's subjectAltName).
+        ctx.check_hostname = not cfg.ssl_insecure_skip_hostname_check
+        if cfg.ssl_insecure_skip_hostname_check:
+            log.warning("TLS hostname verification is OFF (ssl_insecure_skip_hostname_check): any certificate "
+                        "the CA signed is accepted for any node")
         if cfg.ssl_cert:
             ctx.load_cert_chain(cfg.ssl_cert, cfg.ssl_key)
     except (OSError, ssl.SSLError) as exc:  # never echo key material, only which file failed
@@ -191,7 +196,11 @@ def _connect_error(exc: NoHostAvailable, cfg: Config) -> ConnectionFailed:
     hint = ("start a local node with `cstore local up`" if cfg.uses_local_cluster
             else "check CSTORE_CONTACT_POINTS / CSTORE_PORT and that the cluster is up")
     if cfg.ssl_ca or cfg.ssl_cert:
-        if any(m in reasons.lower() for m in ("ssl", "certificate", "tls")):
+        if "mismatch" in reasons.lower() or "not valid for" in reasons.lower():
+            hint = ("the node's TLS certificate does not name the address it was reached at: reissue it with "
+                    "that address (or DNS name) in its subjectAltName, or contact the node by a name it carries "
+                    "(CSTORE_CONTACT_POINTS); only for a test rig, CSTORE_SSL_INSECURE_SKIP_HOSTNAME_CHECK=true")
+        elif any(m in reasons.lower() for m in ("ssl", "certificate", "tls")):
             hint = ("the TLS handshake failed: check that CSTORE_SSL_CA is the CA that signed the nodes' "
                     "certificate and, when the cluster requires client certificates, CSTORE_SSL_CERT / "
                     "CSTORE_SSL_KEY")

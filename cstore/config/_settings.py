@@ -41,6 +41,10 @@ class Config:
     ssl_ca: str | None = None
     ssl_cert: str | None = None
     ssl_key: str | None = None
+    # Hostname verification is on: a node must present a certificate naming the address it was reached
+    # at, or any certificate the CA ever signed (a decommissioned node's, a test rig's) would be accepted
+    # for any node. Turning it off is an explicit, loudly named choice.
+    ssl_insecure_skip_hostname_check: bool = False
     profile: str = "strong"
     profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     replication_factor: int = 1
@@ -130,6 +134,8 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
             return {str(k): int(v) for k, v in dict(value).items()}
         if name == "profiles":
             return {str(k): dict(v) for k, v in dict(value).items()}
+        if name == "ssl_insecure_skip_hostname_check":
+            return _boolean(value)
         if name == "reactor":
             if str(value) not in REACTORS:
                 raise ValueError(f"use one of {', '.join(REACTORS)}")
@@ -141,6 +147,18 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
         return None if value in (None, "") else str(value)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid {name} from {origin}: {value!r} ({exc})") from None
+
+
+def _boolean(value: Any) -> bool:
+    """A TOML boolean, or the strings true/false/1/0/yes/no from the environment or a flag."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError("use true or false")
 
 
 def _parse_dc(text: str) -> tuple[str, int]:

@@ -111,6 +111,5 @@ def node_tls_options(directory: Path) -> dict:
 def client_ssl_context(directory: Path) -> ssl.SSLContext:
     """What a client of a ``--tls DIR`` cluster uses: trust the CA, present the client certificate."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(directory / "ca.pem"))
-    ctx.check_hostname = False
     ctx.load_cert_chain(str(directory / "client.pem"), str(directory / "client-key.pem"))
     return ctx
