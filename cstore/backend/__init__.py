@@ -7,8 +7,9 @@ Everything cstore stores goes through here, and nothing else imports the driver:
 * table gateways on the backend — ``params`` (models, chunks, the chunk-version index, history,
   snapshots, stats), ``feedback`` (layouts, segments, checkpoints), ``fleet`` (leases, the worker
   registry, shared learner state), ``governance`` (aliases and their guards, online metrics, the
-  audit trail), ``predictions`` (the prediction log), ``baselines`` (the
-  benchmarks' comparison designs) — hold every CQL statement, prepared once per connection.
+  audit trail), ``predictions`` (the prediction log), ``purge`` (everything a dropped model owns),
+  ``baselines`` (the benchmarks' comparison designs) — hold every CQL statement, prepared once per
+  connection.
 * the one translation point for driver errors (``_errors``): every call raises :mod:`cstore.errors`
   types only; a compare-and-set reports :class:`Cas` (applied, refused, or unknown) instead of
   raising on a timeout, so callers resolve unknown outcomes with a SERIAL read.
@@ -23,14 +24,16 @@ from cstore.backend._fleet import FleetTables
 from cstore.backend._governance import GovernanceTables
 from cstore.backend._params import STATS_COLUMNS, ChunkWrite, ParamTables
 from cstore.backend._predictions import COUNTERS, PredictionTables
+from cstore.backend._purge import REVIEW_BANDS, REVIEW_BUCKET_S, DropPlan, PurgeReport, PurgeTables
 from cstore.backend._roles import PASSWORD_ENV, ROLES, RolesReport, apply_roles, passwords_from_env, role_name
 from cstore.backend._schema import (apply_schema, baseline_migrations, cql_dir, migrations, replication_map,
                                     schema_status, split_statements)
 from cstore.backend._statements import Cas, Row
 
 __all__ = [
-    "BASELINE_KEYSPACE", "COUNTERS", "PASSWORD_ENV", "ROLES", "STATS_COLUMNS", "Backend", "Backoff", "BaselineTables",
-    "Cas", "ChunkWrite", "FeedbackTables", "FleetTables", "GovernanceTables", "ParamTables", "PredictionTables",
-    "RolesReport", "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir", "migrations",
+    "BASELINE_KEYSPACE", "COUNTERS", "PASSWORD_ENV", "REVIEW_BANDS", "REVIEW_BUCKET_S", "ROLES", "STATS_COLUMNS",
+    "Backend", "Backoff", "BaselineTables", "Cas", "ChunkWrite", "DropPlan", "FeedbackTables", "FleetTables",
+    "GovernanceTables", "ParamTables", "PredictionTables", "PurgeReport", "PurgeTables", "RolesReport",
+    "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir", "migrations",
     "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements",
 ]

@@ -25,6 +25,7 @@ from cstore.backend._fleet import FleetTables
 from cstore.backend._governance import GovernanceTables
 from cstore.backend._params import ParamTables
 from cstore.backend._predictions import PredictionTables
+from cstore.backend._purge import PurgeTables
 from cstore.backend._statements import Runner
 from cstore.config import OPERATIONS, Config, Profile, resolve_profile
 from cstore.errors import ConfigError, ConnectionFailed
@@ -41,8 +42,8 @@ class Backend(Runner):
     """A connected cluster, seen through cstore's tables: the storage boundary.
 
     The table gateways — :attr:`params`, :attr:`feedback`, :attr:`fleet`, :attr:`governance`,
-    :attr:`predictions`, :attr:`baselines` — hold every CQL statement cstore runs; nothing outside
-    this package builds a statement or sees a driver object.
+    :attr:`predictions`, :attr:`purge`, :attr:`baselines` — hold every CQL statement cstore runs;
+    nothing outside this package builds a statement or sees a driver object.
     """
 
     def __init__(self, cluster: Cluster, session: Any, profile: Profile, config: Config) -> None:
@@ -68,6 +69,10 @@ class Backend(Runner):
     @cached_property
     def predictions(self) -> PredictionTables:
         return PredictionTables(self)
+
+    @cached_property
+    def purge(self) -> PurgeTables:
+        return PurgeTables(self)
 
     @cached_property
     def baselines(self) -> BaselineTables:

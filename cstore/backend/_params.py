@@ -35,7 +35,6 @@ _SET_DELTA = "UPDATE chunks SET version = ?, base_version = ?, op_id = ?, update
 _CHUNK_WRITES = {(shape, cond): set_clause + _WHERE_ROW + (" IF version = ?" if cond else "")
                  for shape, set_clause in (("full", _SET_FULL), ("fold", _SET_FOLD), ("delta", _SET_DELTA))
                  for cond in (True, False)}
-_CHUNK_DROP = "DELETE FROM chunks WHERE model_id = ? AND chunk = ?"
 # -- the chunk-version index: written with USING TIMESTAMP = version, so a late write of an older
 #    version can never overwrite a newer one ----------------------------------------------------------
 _INDEX = "SELECT param, chunk, version, op_id FROM chunk_versions WHERE model_id = ?"
@@ -43,7 +42,6 @@ _INDEX_WRITE = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op
                 "USING TIMESTAMP ?")
 _INDEX_INIT = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op_id) "
                "VALUES (?, ?, ?, 1, ?) USING TIMESTAMP 1")
-_INDEX_DROP = "DELETE FROM chunk_versions WHERE model_id = ?"
 # -- the doorbell scorers poll (a counter: increments never overwrite each other) -------------------------
 _HEAD_BUMP = "UPDATE model_heads SET commits = commits + 1 WHERE model_id = ?"
 _HEAD = "SELECT commits FROM model_heads WHERE model_id = ?"
@@ -66,7 +64,6 @@ _SNAPS = "SELECT * FROM snapshots WHERE model_id = ?"
 _SNAP = "SELECT * FROM snapshots WHERE model_id = ? AND version = ?"
 _SNAP_CHUNK = ("SELECT param, data, chunk_version, op_id FROM snapshot_chunks "
                "WHERE model_id = ? AND version = ? AND chunk = ?")
-_SNAPS_DROP = "DELETE FROM snapshots WHERE model_id = ?"
 # -- stats ----------------------------------------------------------------------------------------------
 STATS_COLUMNS = ("updates", "chunk_commits", "coords", "lr_updates", "lr_sum", "lr_sq_sum", "conflicts", "retries",
                  "overwrites", "bytes_written", "drift_events")
@@ -171,9 +168,6 @@ class ParamTables:
             stmts.append(rows[0] if len(rows) == 1 else self._r.batch(rows, logged=True))
         return dict(zip(chunks, self._r.lwt_many(stmts, op="commit_chunk")))
 
-    def drop_chunks(self, model_id: uuid.UUID, n_chunks: int) -> None:
-        self._r.many(_CHUNK_DROP, [(model_id, k) for k in range(n_chunks)], op="coordination")
-
     # -- the chunk-version index ---------------------------------------------------------------------------
     def index(self, model_id: uuid.UUID, *, timeout: float | None = None) -> list[Row]:
         """``param, chunk, version, op_id`` of every chunk: what a scorer polls."""
@@ -195,9 +189,6 @@ class ParamTables:
 
     def init_index(self, rows: Iterable[tuple[uuid.UUID, str, int, uuid.UUID]]) -> None:
         self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")
-
-    def drop_index(self, model_id: uuid.UUID) -> None:
-        self._r.write(_INDEX_DROP, (model_id,), op="coordination")
 
     # -- history ----------------------------------------------------------------------------------------------
     def write_history(self, rows: Sequence[tuple[Any, ...]]) -> None:
@@ -250,9 +241,6 @@ class ParamTables:
 
     def snapshot_chunks(self, model_id: uuid.UUID, version: int, chunks: Sequence[int]) -> list[list[Row]]:
         return self._r.many(_SNAP_CHUNK, [(model_id, version, k) for k in chunks], op="read_model")
-
-    def drop_snapshots(self, model_id: uuid.UUID) -> None:
-        self._r.write(_SNAPS_DROP, (model_id,), op="coordination")
 
     # -- stats ------------------------------------------------------------------------------------------------
     def write_stats(self, rows: Sequence[tuple[Any, ...]]) -> None:

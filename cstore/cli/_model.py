@@ -130,9 +130,18 @@ def update(obj: CliContext, name, param, indices, values, lr, update_type, as_js
 @json_option
 @click.pass_obj
 def drop(obj: CliContext, name: str, confirm: str | None, reason: str | None, as_json: bool) -> None:
-    """Delete a model, its parameters, snapshots and aliases (needs --confirm NAME)."""
-    obj.store().drop_model(name, confirm=confirm, reason=reason)
-    echo_json({"model": name, "dropped": True}) if as_json else click.echo(f"dropped {name}")
+    """Delete a model and everything it owns in every table (needs --confirm NAME).
+
+    Parameters, history, snapshots, stats, feedback, checkpoints, learner state, the prediction log,
+    aliases and online metrics all go; the audit trail stays and records the drop. Stop the model's
+    workers and scorers first. A drop cut short (a node down) is finished by running it again.
+    """
+    report = obj.store().drop_model(name, confirm=confirm, reason=reason)
+    if as_json:
+        echo_json({**report, "dropped": True, "incarnations": report["dropped"]})
+    else:
+        click.echo(f"dropped {name}: {report['partitions']} partitions deleted in "
+                   f"{sum(1 for n in report['tables'].values() if n)} tables")
 
 
 @model.command()

@@ -31,7 +31,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from cstore.backend import COUNTERS, PredictionTables
+from cstore.backend import COUNTERS, REVIEW_BANDS, REVIEW_BUCKET_S, PredictionTables
 from cstore.core import op_time
 from cstore.errors import ValidationError
 from cstore.store import Store
@@ -41,8 +41,6 @@ __all__ = ["COUNTERS", "REVIEW_BANDS", "REVIEW_BUCKET_S", "LogCounters", "Predic
 
 log = logging.getLogger("cstore.prediction_log")
 
-REVIEW_BUCKET_S = 600   # fixed for the table's life: writers and readers must agree
-REVIEW_BANDS = 10       # |score - 0.5| in steps of 0.05
 STATS_BUCKET_S = 300
 _DAY = 86400
 

@@ -12,10 +12,11 @@ import time
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 
-from cstore.backend import Cas, ParamTables
+from cstore.backend import Cas, DropPlan, ParamTables, PurgeTables
 from cstore.core import CodecPipeline, ModelInfo, chunk_context, uuid_now
 from cstore.errors import CorruptData, CstoreError, ModelExists, UnknownModel, ValidationError
 from cstore.store._snapshots import actor
@@ -27,8 +28,9 @@ _INFO_TTL_S = 5.0
 class Catalog:
     """Models by name, for one backend."""
 
-    def __init__(self, tables: ParamTables) -> None:
+    def __init__(self, tables: ParamTables, purge: PurgeTables) -> None:
         self._tables = tables
+        self._purge = purge
         self._cache: dict[str, tuple[float, ModelInfo]] = {}
 
     def info(self, name: str, *, refresh: bool = False) -> ModelInfo:
@@ -100,21 +102,46 @@ class Catalog:
             raise ModelExists(f"model {name!r} was created concurrently by someone else", model=name)
         return got
 
-    def drop(self, name: str) -> ModelInfo:
-        """Delete the models row (a compare-and-set on the incarnation), then the model's data."""
-        info = self.info(name, refresh=True)
-        cas = self._tables.drop_model(name, info.model_id)
+    def drop(self, name: str, *, history_bucket_s: int, history_ttl_s: int, max_age_s: int) -> dict[str, Any]:
+        """Delete the models row (a compare-and-set on the incarnation), then everything the model owns.
+
+        The drop is recorded first (``model_drops``) and the record deleted once the purge is complete,
+        so a drop cut short is finished by dropping the name again (also once the name is free or taken
+        by a new model: the purge only touches the recorded incarnation). Returns what was deleted.
+        """
+        pending = self._purge.unfinished(name)
+        try:
+            info = self.info(name, refresh=True)
+        except UnknownModel:
+            if not pending:
+                raise
+            info = None
+        plans = [p for p in pending if info is None or p.model_id != info.model_id]
+        if info is not None:
+            plan = DropPlan(name, info.model_id, info.created_at, info.max_chunks,
+                            info.history_bucket_seconds(history_bucket_s), info.history_indexed)
+            self._purge.begin(plan, datetime.now(UTC), actor())
+            self._delete_row(name, plan)
+            plans.append(plan)
+        tables: dict[str, int] = {}
+        for plan in plans:
+            report = self._purge.purge(plan, history_ttl_s=history_ttl_s, max_age_s=max_age_s)
+            self._purge.finish(plan)
+            for t, n in report.partitions.items():
+                tables[t] = tables.get(t, 0) + n
+        return {"model": name, "dropped": [str(p.model_id) for p in plans], "partitions": sum(tables.values()),
+                "tables": tables}
+
+    def _delete_row(self, name: str, plan: DropPlan) -> None:
+        cas = self._tables.drop_model(name, plan.model_id)
         if cas.applied is None:  # unknown: look at what is there now
             row = self._tables.model(name)
-            if row is not None and row["model_id"] == info.model_id:
+            if row is not None and row["model_id"] == plan.model_id:
+                self._purge.finish(plan)
                 raise CstoreError(f"the drop of model {name!r} timed out and did not take effect; run it again")
             cas = Cas(row is None)
         if not cas.applied:
+            self._purge.finish(plan)
             raise UnknownModel(f"model {name!r} changed while dropping it; look again with `cstore model list`",
                                model=name)
         self.forget(name)
-        self._tables.drop_chunks(info.model_id, info.max_chunks)
-        self._tables.drop_index(info.model_id)
-        self._tables.drop_snapshots(info.model_id)
-        return info
-

@@ -38,6 +38,8 @@ from cstore.store._history import HistoryReader, HistoryRow, chain_between, repl
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
 from cstore.store._stats import StatsRecorder, Totals
 
+_LONGEST_TABLE_TTL_S = 30 * 86400  # stats and the prediction-log counters (their tables' default TTL)
+
 log = logging.getLogger("cstore.store")
 
 
@@ -66,7 +68,7 @@ class Store:
         # Group commit needs compare-and-set; blind writes (the eventual profile) commit on the caller's thread.
         self._committer = Committer(self.chunks, backend.params, timeout_s=cfg.commit_timeout_s) \
             if backend.profile.lwt else None
-        self._catalog = Catalog(backend.params)
+        self._catalog = Catalog(backend.params, backend.purge)
         self._history = HistoryReader(backend.params, cfg.history_bucket_s, cfg.history_ttl_s, self._codec)
         self._snapshots = Snapshots(backend.params, self.chunks)
         self.governance = Governance(backend, self._take_snapshot,
@@ -146,16 +148,28 @@ class Store:
         return {**info.to_dict(), "head_version": sum(v for v, _ in heads.values()),
                 "snapshots": [s.to_dict() for s in self._snapshots.list(info)]}
 
-    def drop_model(self, name: str, *, confirm: str | None = None, reason: str | None = None) -> None:
-        """Delete a model; ``confirm`` must repeat its name (it cannot be undone). The audit trail of the
-        name stays (``reason`` is recorded in it)."""
+    def drop_model(self, name: str, *, confirm: str | None = None, reason: str | None = None) -> dict[str, Any]:
+        """Delete a model and everything it owns in every table; ``confirm`` must repeat its name.
+
+        Parameters, history, snapshots, stats, feedback, checkpoints and leases, learner state, batch
+        traces, the prediction log, aliases and online metrics all go (``cstore/backend/_purge.py`` says
+        how each is found). It cannot be undone. The audit trail of the name stays (``reason`` is
+        recorded in it). Stop the model's workers and scorers first: what they write after the drop is
+        theirs. Returns the partitions deleted per table.
+        """
         if confirm != name:
-            raise ValidationError(f"dropping {name!r} deletes its parameters and snapshots; confirm by "
-                                  f"repeating its name (confirm={name!r}, or --confirm {name} on the CLI)")
+            raise ValidationError(f"dropping {name!r} deletes its parameters, history, snapshots, feedback and "
+                                  f"prediction log; confirm by repeating its name (confirm={name!r}, or "
+                                  f"--confirm {name} on the CLI)")
         self._open()
-        info = self._catalog.drop(name)
-        self.governance.drop(info)
-        self.governance.record(name, "drop", before=str(info.model_id), reason=reason)
+        cfg = self.config
+        report = self._catalog.drop(name, history_bucket_s=cfg.history_bucket_s, history_ttl_s=cfg.history_ttl_s,
+                                    max_age_s=max(cfg.history_ttl_s, cfg.feedback_ttl_s, cfg.prediction_log_ttl_s,
+                                                  _LONGEST_TABLE_TTL_S))
+        for model_id in report["dropped"]:
+            self.governance.record(name, "drop", before=model_id, reason=reason,
+                                   details={"partitions_deleted": report["partitions"]})
+        return report
 
     # -- reading -----------------------------------------------------------------------------------
     def read_model(self, name: str, *, params: Iterable[str] | None = None) -> ModelState:

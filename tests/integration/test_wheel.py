@@ -33,6 +33,7 @@ def test_the_wheel_ships_what_it_needs_and_no_tooling(wheel):
     for migration in ("001_parameters.cql", "002_feedback.cql", "003_prediction_log.cql",
                       "004_model_history_bucket.cql", "005_deltas_and_heads.cql", "006_history_buckets.cql",
                       "007_governance.cql",
+                      "008_protection.cql",
                       "bench/001_naive.cql",
                       "roles/roles.cql"):
         assert f"cstore/backend/cql/{migration}" in names, migration
