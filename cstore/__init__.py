@@ -18,9 +18,9 @@ from cstore.config import Config, load_config
 from cstore.core import UpdateResult
 from cstore.errors import (Closed, ClusterUnreachable, ConfigError, ConflictError, ConnectionFailed,
                            ConsistencyUnavailable, CoordinatorTimeout, CorruptData, CstoreError, FeedbackBackPressure,
-                           FeedbackWriteFailed, GuardFailing, InvalidFeedback, MissingChunk, ModelExists, NotLoaded,
-                           PartialCommit, PayloadTooLarge, PermissionDenied, ReplicaTimeout, SchemaError,
-                           TransientError, UnknownAlias, UnknownModel, UnknownOutcome, ValidationError)
+                           FeedbackWriteFailed, GuardFailing, InvalidFeedback, KeyUnavailable, MissingChunk,
+                           ModelExists, NotLoaded, PartialCommit, PayloadTooLarge, PermissionDenied, ReplicaTimeout,
+                           SchemaError, TransientError, UnknownAlias, UnknownModel, UnknownOutcome, ValidationError)
 from cstore.feedback import FeedbackWriter, send_feedback
 from cstore.scoring import Client, ModelHandle
 from cstore.store import ModelState, Store, connect
@@ -41,7 +41,7 @@ __all__ = [
     # errors
     "CstoreError", "ConfigError", "ConnectionFailed", "SchemaError", "PermissionDenied", "ValidationError",
     "UnknownModel", "UnknownAlias", "GuardFailing", "ModelExists", "PayloadTooLarge", "InvalidFeedback",
-    "CorruptData", "MissingChunk",
+    "CorruptData", "MissingChunk", "KeyUnavailable",
     "TransientError", "ConflictError", "ConsistencyUnavailable", "ReplicaTimeout", "CoordinatorTimeout",
     "ClusterUnreachable", "UnknownOutcome", "PartialCommit", "NotLoaded", "Closed", "FeedbackBackPressure",
     "FeedbackWriteFailed",

@@ -20,7 +20,9 @@ Driver exceptions never escape: ``cstore.backend`` translates them at one place.
     │   ├── PayloadTooLarge
     │   └── InvalidFeedback
     ├── CorruptData              stored bytes cannot be decoded or authenticated
-    │   └── MissingChunk             a chunk row the model's metadata promises is not there
+    │   ├── MissingChunk             a chunk row the model's metadata promises is not there
+    │   └── KeyUnavailable           stored bytes are encrypted with a key this process does not hold
+    │                                (or encryption is on and they are not encrypted): a setup problem
     ├── TransientError           failed for now and left nothing behind: retrying is safe
     │   ├── ConflictError            a compare-and-set kept losing to concurrent writers
     │   ├── ConsistencyUnavailable   fewer replicas alive than the consistency level needs
@@ -42,9 +44,9 @@ from typing import Any
 __all__ = [
     "Closed", "ClusterUnreachable", "ConfigError", "ConflictError", "ConnectionFailed", "ConsistencyUnavailable",
     "CoordinatorTimeout", "CorruptData", "CstoreError", "FeedbackBackPressure", "FeedbackWriteFailed", "GuardFailing",
-    "InvalidFeedback", "MissingChunk", "ModelExists", "NotLoaded", "PartialCommit", "PayloadTooLarge",
-    "PermissionDenied", "ReplicaTimeout", "SchemaError", "TransientError", "UnknownAlias", "UnknownModel",
-    "UnknownOutcome", "ValidationError",
+    "InvalidFeedback", "KeyUnavailable", "MissingChunk", "ModelExists", "NotLoaded", "PartialCommit",
+    "PayloadTooLarge", "PermissionDenied", "ReplicaTimeout", "SchemaError", "TransientError", "UnknownAlias",
+    "UnknownModel", "UnknownOutcome", "ValidationError",
 ]
 
 
@@ -139,6 +141,16 @@ class CorruptData(CstoreError):
 
 class MissingChunk(CorruptData):
     """A chunk row that the model's metadata promises is absent: the model is incomplete."""
+
+
+class KeyUnavailable(CorruptData):
+    """Stored bytes cannot be opened with this process's keys: encrypted with a key it does not hold
+    (``key_id``), encrypted while it has none, or plain while encryption is on. Nothing about the
+    data is wrong; the process's key setup is, so consumers stop instead of setting the data aside."""
+
+    def __init__(self, message: str, *, key_id: str | None = None) -> None:
+        super().__init__(message)
+        self.key_id = key_id
 
 
 class TransientError(CstoreError):

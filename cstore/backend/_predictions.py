@@ -12,7 +12,7 @@ _LOG = ("INSERT INTO prediction_log (model_id, entity_id, scored_at, score, vers
         "VALUES (?, ?, ?, ?, ?, ?) USING TTL ?")
 _REVIEW = ("INSERT INTO prediction_review (model_id, bucket, band, uncertainty, scored_at, entity_id, score, version) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
-_LOOKUP = "SELECT features FROM prediction_log WHERE model_id = ? AND entity_id = ? LIMIT 1"
+_LOOKUP = "SELECT scored_at, features FROM prediction_log WHERE model_id = ? AND entity_id = ? LIMIT 1"
 _REVIEW_READ = ("SELECT uncertainty, scored_at, entity_id, score, version FROM prediction_review "
                 "WHERE model_id = ? AND bucket = ? AND band = ?")
 COUNTERS = ("logged", "dropped", "write_errors", "lookups", "lookup_hits", "lookup_misses")
@@ -66,10 +66,11 @@ class PredictionTables:
                 written[j] = err is None
         return written, next((e for e in errors if e is not None), None)
 
-    def latest_features(self, model_id: uuid.UUID, entity_ids: Sequence[str]) -> list[bytes | None]:
-        """The latest logged features (msgpack) of each entity, or None, in order."""
+    def latest_features(self, model_id: uuid.UUID,
+                        entity_ids: Sequence[str]) -> list[tuple[uuid.UUID, bytes] | None]:
+        """``(scored_at, stored features)`` of each entity's latest log row, or None, in order."""
         per = self._r.many(_LOOKUP, [(model_id, e) for e in entity_ids], op="read_feedback", concurrency=64)
-        return [rows[0]["features"] if rows else None for rows in per]
+        return [(rows[0]["scored_at"], rows[0]["features"]) if rows else None for rows in per]
 
     def review_band(self, model_id: uuid.UUID, buckets: Sequence[int], band: int,
                     fetch_size: int) -> list[Iterator[Row]]:

@@ -11,14 +11,16 @@ these records and rules; ``backend`` stores the bytes they produce.
 * records — :class:`ChunkRow`, :class:`CommitMeta`, :class:`ChunkCommit`, :class:`UpdateResult`.
 * codec — :class:`CodecPipeline` (msgpack arrays, dense or sparse, then bytes stages such as
   :class:`AesGcmStage`); every blob is bound to its place by :func:`chunk_context` /
-  :func:`history_context`.
+  :func:`history_context` (and, for what the rooms above store seal with the same key ring,
+  :func:`segment_context`, :func:`features_context`, :func:`metadata_context`).
 * aliases — :func:`parse_model_ref` (``fraud@champion``), :func:`parse_target`, :class:`Alias`.
 * time-based UUIDs at 100 ns resolution (:func:`uuid_now`, :func:`ticks_of`, …).
 """
 from cstore.core._aliases import HEAD, Alias, parse_model_ref, parse_target, validate_alias
-from cstore.core._codec import (ALLOWED_DTYPES, ENCRYPTED_MAGIC, SPARSE_MIN_SIZE, BytesCodec, CodecPipeline,
-                                chunk_context, decode_array, decode_sparse, delta_context, encode_array,
-                                encode_sparse, history_context)
+from cstore.core._codec import (ALLOWED_DTYPES, ENCRYPTED_MAGIC, SEALED_TEXT_PREFIX, SPARSE_MIN_SIZE, BytesCodec,
+                                CodecPipeline, chunk_context, decode_array, decode_sparse, delta_context, encode_array,
+                                encode_sparse, features_context, history_context, metadata_context, open_text,
+                                seal_text, segment_context)
 from cstore.core._crypto import ENV_ALLOW_PLAINTEXT, ENV_KEY, ENV_KEY_FILE, AesGcmStage, Keyring, new_key
 from cstore.core._models import (DEFAULT_CHUNK_SIZE, DTYPES, MAX_CHUNK, MIN_CHUNK, ModelInfo, encode_metadata,
                                  validate_name, validate_spec)
@@ -30,11 +32,12 @@ from cstore.core._updates import (SOURCES, UPDATE_TYPES, ChunkChange, check_kind
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_CHUNK_SIZE", "DTYPES", "ENCRYPTED_MAGIC", "ENV_ALLOW_PLAINTEXT", "ENV_KEY",
-    "ENV_KEY_FILE", "HEAD", "MAX_CHUNK", "MIN_CHUNK", "SOURCES", "SPARSE_MIN_SIZE", "TICKS_PER_S", "UPDATE_TYPES",
-    "UUID_EPOCH_TICKS", "AesGcmStage", "Alias", "BytesCodec", "ChunkChange", "ChunkCommit", "ChunkRow",
-    "CodecPipeline", "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult", "check_kind",
-    "check_learning_rate", "chunk_context", "decode_array", "decode_sparse", "delta_context", "encode_array",
-    "encode_metadata", "encode_sparse", "history_context", "make_transform", "max_uuid_at", "min_uuid_at", "new_key",
-    "op_time", "parse_model_ref", "parse_target", "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now",
+    "ENV_KEY_FILE", "HEAD", "MAX_CHUNK", "MIN_CHUNK", "SEALED_TEXT_PREFIX", "SOURCES", "SPARSE_MIN_SIZE",
+    "TICKS_PER_S", "UPDATE_TYPES", "UUID_EPOCH_TICKS", "AesGcmStage", "Alias", "BytesCodec", "ChunkChange",
+    "ChunkCommit", "ChunkRow", "CodecPipeline", "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult",
+    "check_kind", "check_learning_rate", "chunk_context", "decode_array", "decode_sparse", "delta_context",
+    "encode_array", "encode_metadata", "encode_sparse", "features_context", "history_context", "make_transform",
+    "max_uuid_at", "metadata_context", "min_uuid_at", "new_key", "op_time", "open_text", "parse_model_ref",
+    "parse_target", "seal_text", "segment_context", "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now",
     "validate_alias", "validate_name", "validate_spec",
 ]

@@ -18,6 +18,8 @@ True
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 import msgpack
 import numpy as np
 
-from cstore.errors import CorruptData, ValidationError
+from cstore.errors import CorruptData, KeyUnavailable, ValidationError
 
 ALLOWED_DTYPES = ("float32", "float64", "int32", "int64")
 _FORMAT_VERSION = 1
@@ -43,7 +45,7 @@ class BytesCodec(Protocol):
 
     def encode(self, data: bytes, context: bytes = b"") -> bytes: ...
 
-    def decode(self, data: bytes, context: bytes = b"") -> bytes: ...
+    def decode(self, data: bytes, context: bytes = b"", what: str = "chunk") -> bytes: ...
 
 
 def _packb(obj: Any) -> bytes:
@@ -100,8 +102,8 @@ def decode_array(blob: bytes, *, expect_dtype: str | None = None,
                  expect_shape: Sequence[int] | None = None) -> np.ndarray:
     """Decode :func:`encode_array` output, checking it is whole and what the caller expects."""
     if bytes(blob[:4]) == ENCRYPTED_MAGIC:
-        raise CorruptData("chunk is encrypted but no encryption key is configured; set "
-                          "CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
+        raise KeyUnavailable("chunk is encrypted but no encryption key is configured; set "
+                             "CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
     try:
         obj = msgpack.unpackb(blob, raw=False)
     except Exception as exc:
@@ -138,6 +140,22 @@ def history_context(model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUI
     return chunk_context(model_id, chunk, param) + b"|op|" + op_id.bytes
 
 
+def segment_context(model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID) -> bytes:
+    """Associated data naming one feedback segment row: its model, storage partition and segment id."""
+    return (b"seg|" + model_id.bytes + int(part).to_bytes(4, "big", signed=True)
+            + int(lane).to_bytes(4, "big", signed=True) + int(bucket).to_bytes(8, "big", signed=True) + seg_id.bytes)
+
+
+def features_context(model_id: uuid.UUID, entity_id: str, scored_at: uuid.UUID) -> bytes:
+    """Associated data naming one prediction-log row: its model, entity and scoring time."""
+    return b"plog|" + model_id.bytes + scored_at.bytes + str(entity_id).encode("utf-8")
+
+
+def metadata_context(model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUID) -> bytes:
+    """Associated data naming the metadata of one history row (distinct from its delta's)."""
+    return history_context(model_id, chunk, param, op_id) + b"|meta"
+
+
 def delta_context(model_id: uuid.UUID, chunk: int, param: str, version: int) -> bytes:
     """Associated data naming one delta entry of a stored chunk: its chunk and parameter, and the
     version it produces (an entry moved to another key or row fails authentication)."""
@@ -167,10 +185,48 @@ class CodecPipeline:
             data = stage.encode(data, context)
         return data
 
-    def decode_bytes(self, blob: bytes, *, context: bytes = b"") -> bytes:
+    def decode_bytes(self, blob: bytes, *, context: bytes = b"", what: str = "chunk") -> bytes:
+        """Reverse :meth:`encode_bytes`; ``what`` names the stored thing in errors. An encrypted blob
+        read by a pipeline without the encryption stage is refused (``KeyUnavailable``), never
+        passed on as if it were plain bytes."""
+        if not self.stages and bytes(blob[:4]) == ENCRYPTED_MAGIC:
+            raise KeyUnavailable(f"{what} is encrypted but no encryption key is configured; set "
+                                 f"CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
         for stage in reversed(self.stages):
-            blob = stage.decode(blob, context)
+            blob = stage.decode(blob, context, what)
         return blob
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether anything this pipeline writes is sealed (encryption at rest is on)."""
+        return bool(self.stages)
+
+
+SEALED_TEXT_PREFIX = "cse1:"  # a sealed blob kept in a text column (history metadata), base64 after it
+
+
+def seal_text(codec: CodecPipeline, text: str, context: bytes) -> str:
+    """``text`` as a text column stores it: sealed and base64'd when encryption is on, else unchanged."""
+    if not codec.encrypts:
+        return text
+    return SEALED_TEXT_PREFIX + base64.b64encode(codec.encode_bytes(text.encode("utf-8"), context=context)).decode()
+
+
+def open_text(codec: CodecPipeline, stored: str, context: bytes, what: str) -> str:
+    """Reverse :func:`seal_text`. Plain text is accepted as it is even with encryption on: rows written
+    before their column was sealed (history metadata before issue 17) stay readable."""
+    if not stored.startswith(SEALED_TEXT_PREFIX):
+        return stored
+    try:
+        blob = base64.b64decode(stored[len(SEALED_TEXT_PREFIX):], validate=True)
+    except (binascii.Error, ValueError):
+        raise CorruptData(f"sealed {what} is not base64; the row was damaged") from None
+    if not blob.startswith(ENCRYPTED_MAGIC):
+        raise CorruptData(f"sealed {what} has no encryption envelope; the row was damaged")
+    try:
+        return codec.decode_bytes(blob, context=context, what=what).decode("utf-8")
+    except UnicodeDecodeError:
+        raise CorruptData(f"sealed {what} is not UTF-8 text once opened") from None
 
 
 def encode_sparse(indices: np.ndarray, values: np.ndarray) -> bytes:

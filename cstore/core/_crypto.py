@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cstore.core._codec import ENCRYPTED_MAGIC
-from cstore.errors import ConfigError, CorruptData
+from cstore.errors import ConfigError, CorruptData, KeyUnavailable
 
 __all__ = ["AesGcmStage", "Keyring", "new_key"]
 
@@ -111,33 +111,42 @@ class AesGcmStage:
         sealed: bytes = self._ciphers[kid].encrypt(nonce, data, header + context)
         return header + nonce + sealed
 
-    def decode(self, data: bytes, context: bytes = b"") -> bytes:
+    def decode(self, data: bytes, context: bytes = b"", what: str = "chunk") -> bytes:
+        """Open an envelope; ``what`` names the stored thing in errors (a chunk, a feedback segment…)."""
         data = bytes(data)
         if not data.startswith(ENCRYPTED_MAGIC):
             if self.allow_plaintext:
-                return data  # a chunk written before encryption was turned on
-            raise CorruptData(f"chunk is not encrypted but encryption at rest is on; it was written without "
-                              f"a key or replaced in the database. If the model predates encryption, set "
-                              f"{ENV_ALLOW_PLAINTEXT}=1 to read it (the next write encrypts it)")
+                return data  # written before encryption was turned on
+            raise KeyUnavailable(f"{what} is not encrypted but encryption at rest is on; it was written without "
+                                 f"a key or replaced in the database. If it predates encryption, set "
+                                 f"{ENV_ALLOW_PLAINTEXT}=1 to read it (the next write encrypts it)")
         if len(data) < len(ENCRYPTED_MAGIC) + 1:
-            raise CorruptData("encrypted chunk is truncated (no key id)")
+            raise CorruptData(f"encrypted {what} is truncated (no key id)")
         n = data[len(ENCRYPTED_MAGIC)]
         head_len = len(ENCRYPTED_MAGIC) + 1 + n
         if len(data) < head_len + _NONCE + _TAG:
-            raise CorruptData("encrypted chunk is truncated; restore the model from a snapshot")
+            raise CorruptData(f"encrypted {what} is truncated; {_REMEDY.get(what, _REMEDY['chunk'])}")
         kid = data[len(ENCRYPTED_MAGIC) + 1:head_len].decode("ascii", "replace")
         cipher = self._ciphers.get(kid)
         if cipher is None:
-            raise CorruptData(f"chunk is encrypted with key id {kid!r}, which is not loaded (loaded: "
-                              f"{', '.join(self._ciphers)}); add that key to {ENV_KEY_FILE}")
+            raise KeyUnavailable(f"{what} is encrypted with key id {kid!r}, which is not loaded (loaded: "
+                                 f"{', '.join(self._ciphers)}); add that key to {ENV_KEY_FILE}", key_id=kid)
         nonce = data[head_len:head_len + _NONCE]
         try:
             opened: bytes = cipher.decrypt(nonce, data[head_len + _NONCE:], data[:head_len] + context)
             return opened
         except Exception:  # cryptography's InvalidTag: never say more than that it failed
-            raise CorruptData(f"encrypted chunk failed authentication (key id {kid!r}): it was tampered with "
-                              f"or copied from another chunk, parameter or model; refusing it — restore the "
-                              f"model from a snapshot") from None
+            raise CorruptData(f"encrypted {what} failed authentication (key id {kid!r}): it was tampered with "
+                              f"or copied from another row; refusing it — "
+                              f"{_REMEDY.get(what, _REMEDY['chunk'])}") from None
+
+
+# What an operator can do about a damaged stored thing, by what it is.
+_REMEDY = {"chunk": "restore the model from a snapshot",
+           "feedback segment": "its events cannot be learned; the worker sets the segment aside",
+           "prediction-log row": "the entity's logged features cannot be used; its label counts as a miss",
+           "history delta": "the commit cannot be replayed; restore the model from a snapshot",
+           "history metadata": "the commit's metadata cannot be shown; the parameters are not affected"}
 
 
 def new_key() -> str:

@@ -19,15 +19,17 @@ from cstore.feedback._prediction_log import (REVIEW_BANDS, REVIEW_BUCKET_S, LogC
                                              band_of, encode_features)
 from cstore.feedback._prediction_writer import PredictionLogWriter
 from cstore.feedback._reader import FeedbackReader, LaneCursor, LaneListing, SegmentRef
-from cstore.feedback._segments import COLUMNAR_VERSION, PAYLOAD_VERSION, Segment, decode_payload, decode_stored
+from cstore.feedback._segments import (COLUMNAR_VERSION, PAYLOAD_VERSION, Segment, decode_payload, decode_stored,
+                                      open_segment, seal_segment)
 from cstore.feedback._write import WriteReport, raise_failures, send_feedback, write_segments
 from cstore.feedback._writer import MAX_SEGMENT_BYTES, FeedbackWriter
 
 __all__ = [
     "COLUMNAR_VERSION", "DEFAULT_PRIORITIES", "KINDS", "MAX_BATCH_EVENTS", "MAX_EVENT_BYTES", "MAX_FEATURES",
     "MAX_SEGMENT_BYTES", "PAYLOAD_VERSION", "REVIEW_BANDS", "REVIEW_BUCKET_S", "Batch", "Event", "FeedbackContext",
-    "FeedbackLayout", "FeedbackReader", "FeedbackWriter", "LaneCursor", "LaneListing", "LogCounters",
-    "PredictionLog", "PredictionLogWriter", "ReviewCandidate", "Segment", "SegmentRef", "WriteReport", "band_of",
-    "check_layout", "context", "decode_block", "decode_payload", "decode_stored", "encode_block", "encode_event",
-    "encode_features", "make_batch", "make_event", "raise_failures", "reorder", "send_feedback", "write_segments",
+    "FeedbackLayout", "FeedbackReader", "FeedbackWriter", "LaneCursor", "LaneListing", "LogCounters", "PredictionLog",
+    "PredictionLogWriter", "ReviewCandidate", "Segment", "SegmentRef", "WriteReport", "band_of", "check_layout",
+    "context", "decode_block", "decode_payload", "decode_stored", "encode_block", "encode_event", "encode_features",
+    "make_batch", "make_event", "open_segment", "raise_failures", "reorder", "seal_segment", "send_feedback",
+    "write_segments",
 ]

@@ -138,6 +138,7 @@ class FeedbackContext:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.tables = store.backend.feedback
+        self.codec = store.chunks.codec  # the key ring of the chunks seals segments too
         self.writer_id = uuid.uuid4().hex[:16]
         self._configs: dict[uuid.UUID, FeedbackLayout] = {}
         self._announced: set[tuple[uuid.UUID, int, int, int]] = set()

@@ -32,8 +32,8 @@ import msgpack
 import numpy as np
 
 from cstore.backend import COUNTERS, REVIEW_BANDS, REVIEW_BUCKET_S, PredictionTables
-from cstore.core import op_time
-from cstore.errors import ValidationError
+from cstore.core import features_context, op_time
+from cstore.errors import CorruptData, KeyUnavailable, ValidationError
 from cstore.store import Store
 
 __all__ = ["COUNTERS", "REVIEW_BANDS", "REVIEW_BUCKET_S", "LogCounters", "PredictionLog", "ReviewCandidate",
@@ -137,8 +137,26 @@ class PredictionLog:
     def __init__(self, store: Store, counters: LogCounters | None = None) -> None:
         self.store = store
         self.tables = store.backend.predictions
+        self.codec = store.chunks.codec  # the chunks' key ring seals logged features too
         self.counters = counters or LogCounters()
         self._last_miss_log = -math.inf
+
+    def seal(self, model_id: uuid.UUID, entity_id: str, scored_at: uuid.UUID, features: bytes) -> bytes:
+        """Logged features as stored: sealed to their row (model, entity, time) when encryption is on."""
+        return self.codec.encode_bytes(features, context=features_context(model_id, entity_id, scored_at))
+
+    def open(self, model_id: uuid.UUID, entity_id: str, scored_at: uuid.UUID, stored: bytes) -> dict[str, Any]:
+        """The features of one stored log row; ``KeyUnavailable`` / ``CorruptData`` when they cannot be opened."""
+        plain = self.codec.decode_bytes(stored, context=features_context(model_id, entity_id, scored_at),
+                                        what="prediction-log row")
+        try:
+            features = msgpack.unpackb(plain, raw=False)
+        except Exception as exc:
+            raise CorruptData(f"prediction-log features of entity {entity_id!r} are not msgpack "
+                              f"({type(exc).__name__}); the row was not written by cstore") from None
+        if not isinstance(features, dict):
+            raise CorruptData(f"prediction-log features of entity {entity_id!r} are not a mapping")
+        return features
 
     def __call__(self, model: str, entity_ids: list[Any]) -> dict[Any, dict[str, Any]]:
         return self.lookup(model, entity_ids)
@@ -154,13 +172,20 @@ class PredictionLog:
         keys: dict[str, list[Any]] = {}
         for e in entity_ids:
             keys.setdefault(str(e), []).append(e)
-        blobs = self.tables.latest_features(info.model_id, list(keys))
+        found = self.tables.latest_features(info.model_id, list(keys))
         out: dict[Any, dict[str, Any]] = {}
-        for originals, blob in zip(keys.values(), blobs):
-            if blob is not None:
-                features = msgpack.unpackb(blob, raw=False)
-                for e in originals:
-                    out[e] = features
+        for (entity, originals), row in zip(keys.items(), found):
+            if row is None:
+                continue
+            try:
+                features = self.open(info.model_id, entity, row[0], row[1])
+            except KeyUnavailable:
+                raise  # this process's key setup is wrong: the worker retries the batch, learning nothing
+            except CorruptData as exc:  # one damaged row: its label is a miss, never learned from garbage
+                log.error("model %r: %s", model, exc)
+                continue
+            for e in originals:
+                out[e] = features
         hits = sum(1 for e in entity_ids if e in out)
         misses = len(entity_ids) - hits
         self.counters.record(info.model_id, lookups=len(entity_ids), lookup_hits=hits, lookup_misses=misses)

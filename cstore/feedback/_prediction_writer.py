@@ -124,7 +124,7 @@ class PredictionLogWriter:
                 log.warning("prediction of %s not logged: %s", entity, exc)
                 continue
             scored_at = uuid_at(int(ts * TICKS_PER_S))
-            logs.append((model_id, entity, scored_at, score, version, blob))
+            logs.append((model_id, entity, scored_at, score, version, plog.seal(model_id, entity, scored_at, blob)))
             owners.append(model_id)
             reviews.append((model_id, int(ts) // REVIEW_BUCKET_S, band_of(score), abs(score - 0.5), scored_at, entity,
                             score, version))

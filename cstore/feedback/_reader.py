@@ -34,11 +34,11 @@ from typing import Any
 import msgpack
 
 from cstore.backend import Cas, FeedbackTables
-from cstore.core import TICKS_PER_S, max_uuid_at, ticks_of
-from cstore.errors import CstoreError, InvalidFeedback
+from cstore.core import TICKS_PER_S, CodecPipeline, max_uuid_at, ticks_of
+from cstore.errors import CorruptData, CstoreError, InvalidFeedback, KeyUnavailable
 from cstore.feedback._events import Event
 from cstore.feedback._layout import FeedbackLayout
-from cstore.feedback._segments import decode_stored
+from cstore.feedback._segments import decode_stored, open_segment
 
 __all__ = ["FeedbackReader", "LaneCursor", "LaneListing", "SegmentRef"]
 
@@ -116,8 +116,10 @@ class LaneListing:
 class FeedbackReader:
     """Lists, fetches and checkpoints one consumer group's view of a model's feedback."""
 
-    def __init__(self, tables: FeedbackTables, cfg: FeedbackLayout, group: str) -> None:
+    def __init__(self, tables: FeedbackTables, cfg: FeedbackLayout, group: str,
+                 codec: CodecPipeline | None = None) -> None:
         self._tables = tables
+        self._codec = codec or CodecPipeline()  # opens segments sealed at rest (the store's key ring)
         self.cfg = cfg
         self.group = group
         # Poison: stored events a learner cannot use (written by something other than cstore's writer,
@@ -208,14 +210,21 @@ class FeedbackReader:
     def fetch(self, refs: list[SegmentRef]) -> dict[uuid.UUID, list[Event]]:
         """Decoded events of each segment (segments that expired meanwhile are left out)."""
         stored = self._tables.fetch_segments(self.cfg.model_id, [(r.part, r.lane, r.bucket, r.seg_id) for r in refs])
-        sizes = {r.seg_id: r.n_events for r in refs}
+        by_id = {r.seg_id: r for r in refs}
         out = {}
         for r in stored:
+            ref = by_id[r["seg_id"]]
             try:
-                out[r["seg_id"]], bad = decode_stored(r["payload"])
-            except InvalidFeedback as exc:
+                # KeyUnavailable (this process cannot open it) propagates: the worker stops and nothing
+                # is checkpointed past the segment, rather than setting aside events it could learn.
+                payload = open_segment(self._codec, self.cfg.model_id, ref.part, ref.lane, ref.bucket, ref.seg_id,
+                                       r["payload"])
+                out[r["seg_id"]], bad = decode_stored(payload)
+            except KeyUnavailable:
+                raise
+            except (InvalidFeedback, CorruptData) as exc:
                 self.poison_segments += 1
-                out[r["seg_id"]], bad = [], sizes.get(r["seg_id"], 0)
+                out[r["seg_id"]], bad = [], ref.n_events
                 log.error("feedback segment %s of model %s is unreadable (%s); its %d event(s) are set aside "
                           "(the row stays in feedback_segments until its TTL)", r["seg_id"], self.cfg.model_id,
                           exc, bad)

@@ -4,6 +4,10 @@ Payload: a msgpack array whose first item is the format — ``1``: then one msgp
 (:func:`~cstore.feedback.make_event`'s fields); ``2``: then blocks of columns (``_columns``).
 Readers accept both; an event a learner cannot use (written by something other than cstore, or
 damaged) is counted as poison and set aside, never learned.
+
+With encryption at rest on, the stored payload is that msgpack sealed by the key ring's AES-GCM stage,
+its associated data naming the row (:func:`~cstore.core.segment_context`: model incarnation,
+partition, lane, bucket, segment id), so a payload copied to another row fails like a flipped bit.
 """
 from __future__ import annotations
 
@@ -14,13 +18,14 @@ from typing import Any
 
 import msgpack
 
-from cstore.core import ticks_now, uuid_at
+from cstore.core import CodecPipeline, segment_context, ticks_now, uuid_at
 from cstore.errors import InvalidFeedback
 from cstore.feedback._columns import decode_block
 from cstore.feedback._events import KINDS, Event
 from cstore.feedback._layout import FeedbackLayout
 
-__all__ = ["COLUMNAR_VERSION", "PAYLOAD_VERSION", "Segment", "decode_payload", "decode_stored"]
+__all__ = ["COLUMNAR_VERSION", "PAYLOAD_VERSION", "Segment", "decode_payload", "decode_stored", "open_segment",
+           "seal_segment"]
 
 PAYLOAD_VERSION = 1    # a segment of one msgpack item per event
 COLUMNAR_VERSION = 2   # a segment of column blocks
@@ -45,6 +50,15 @@ class Segment:
     restamps: int = 0
     version: int = PAYLOAD_VERSION
     block_events: int = 0
+    sealed: tuple[uuid.UUID, bytes] | None = None  # the stored bytes under ``seg_id``: a retry sends the same
+
+    def stored(self, codec: CodecPipeline, model_id: uuid.UUID) -> bytes:
+        """The bytes to store for this segment under its current stamp (sealed when encryption is on)."""
+        assert self.seg_id is not None, "stamp the segment first"
+        if self.sealed is None or self.sealed[0] != self.seg_id:  # re-stamped: the associated data changed
+            self.sealed = (self.seg_id, seal_segment(codec, model_id, self.part, self.lane, self.bucket,
+                                                     self.seg_id, self.payload()))
+        return self.sealed[1]
 
     @property
     def n_events(self) -> int:
@@ -58,6 +72,20 @@ class Segment:
     def payload(self) -> bytes:
         packer = msgpack.Packer(use_bin_type=True)
         return packer.pack_array_header(len(self.items) + 1) + packer.pack(self.version) + b"".join(self.items)
+
+
+def seal_segment(codec: CodecPipeline, model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID,
+                 payload: bytes) -> bytes:
+    """A segment's msgpack payload as stored: sealed to its row when encryption is on, else unchanged."""
+    return codec.encode_bytes(payload, context=segment_context(model_id, part, lane, bucket, seg_id))
+
+
+def open_segment(codec: CodecPipeline, model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID,
+                 stored: bytes) -> bytes:
+    """The msgpack payload of a stored segment. ``KeyUnavailable`` when this process's keys cannot open
+    it (a setup problem: stop, learn nothing), ``CorruptData`` when it is damaged or not its row's."""
+    return codec.decode_bytes(stored, context=segment_context(model_id, part, lane, bucket, seg_id),
+                              what="feedback segment")
 
 
 def decode_payload(payload: bytes) -> list[Event]:

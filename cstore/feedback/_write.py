@@ -56,7 +56,8 @@ def write_segments(ctx: FeedbackContext, cfg: FeedbackLayout, segments: list[Seg
                     [s for s in todo if (s.part, s.bucket, s.lane) not in failed_keys]
                 continue
         errors = ctx.tables.write_segments([(cfg.model_id, s.part, s.lane, s.bucket, s.seg_id, s.n_events,
-                                             ctx.writer_id, s.payload(), cfg.ttl_s) for s in todo],
+                                             ctx.writer_id, s.stored(ctx.codec, cfg.model_id), cfg.ttl_s)
+                                            for s in todo],
                                            concurrency=concurrency)
         acked_at = ticks_now()
         again: list[Segment] = []

@@ -24,7 +24,7 @@ def fleet_status(store: Store, model: str, group: str = "default") -> dict[str, 
     """Everything ``cstore status`` shows, computed from Cassandra alone."""
     info, fcfg = context(store).layout(model, create=False)  # a status query never writes
     fleet = store.backend.fleet
-    reader = FeedbackReader(store.backend.feedback, fcfg, group)
+    reader = FeedbackReader(store.backend.feedback, fcfg, group, store.chunks.codec)
     parts = reader.lag(range(fcfg.critical_part + 1))
     workers = []
     for w in fleet.workers(info.model_id, group):

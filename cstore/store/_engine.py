@@ -31,7 +31,7 @@ from typing import Any
 
 from cstore.backend import Backend, Row
 from cstore.core import (ChunkCommit, ChunkRow, CodecPipeline, CommitMeta, ModelInfo, Transform, UpdateResult,
-                         history_context, uuid_now)
+                         history_context, metadata_context, seal_text, uuid_now)
 from cstore.errors import ConflictError, CorruptData, CstoreError, MissingChunk, PartialCommit, UnknownOutcome
 from cstore.store._announcer import Announcer
 from cstore.store._history import op_in_chain
@@ -218,8 +218,9 @@ class ChunkEngine:
                     op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:
         """The pending history row of one parameter of a commit (written before its compare-and-set)."""
         delta = self.codec.encode_bytes(sparse, context=history_context(info.model_id, chunk, row.param, op_id))
+        sealed_meta = seal_text(self.codec, meta.metadata, metadata_context(info.model_id, chunk, row.param, op_id))
         return (info.model_id, bucket, op_id, row.param, chunk, row.version, row.version + 1, row.op_id,
-                meta.update_type, meta.learning_rate, meta.source, delta, meta.metadata, self.history_ttl_s)
+                meta.update_type, meta.learning_rate, meta.source, delta, sealed_meta, self.history_ttl_s)
 
     def resolve(self, info: ModelInfo, chunk: int, rows: Mapping[str, ChunkRow],
                  changes: Mapping[str, object], op_id: uuid.UUID) -> bool:

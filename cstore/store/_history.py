@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 
 from cstore.backend import ParamTables
-from cstore.core import (TICKS_PER_S, CodecPipeline, ModelInfo, decode_sparse, history_context, max_uuid_at,
-                         min_uuid_at, op_time)
-from cstore.errors import CorruptData
+from cstore.core import (SEALED_TEXT_PREFIX, TICKS_PER_S, CodecPipeline, ModelInfo, decode_sparse, history_context,
+                         max_uuid_at, metadata_context, min_uuid_at, op_time, open_text)
+from cstore.errors import CorruptData, KeyUnavailable
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,19 @@ class HistoryRow:
     def from_row(cls, r: Mapping[str, Any], codec: CodecPipeline | None = None) -> HistoryRow:
         """A stored row; ``codec`` opens its delta (decrypts it when encryption at rest is on)."""
         delta = r["delta"]
-        if codec is not None and delta is not None:
-            delta = codec.decode_bytes(delta, context=history_context(r["model_id"], r["chunk"], r["param"],
-                                                                      r["op_id"]))
+        meta = r["metadata"] or "{}"
+        if codec is not None:
+            if delta is not None:
+                delta = codec.decode_bytes(delta, context=history_context(r["model_id"], r["chunk"], r["param"],
+                                                                          r["op_id"]), what="history delta")
+            meta = open_text(codec, meta, metadata_context(r["model_id"], r["chunk"], r["param"], r["op_id"]),
+                             "history metadata")
+        elif meta.startswith(SEALED_TEXT_PREFIX):
+            raise KeyUnavailable("history metadata is encrypted but no encryption key is configured; set "
+                                 "CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
         return cls(r["op_id"], datetime.fromtimestamp(op_time(r["op_id"]), UTC), r["param"], r["chunk"],
                    r["old_version"], r["new_version"], r["prev_op_id"], r["update_type"], r["learning_rate"],
-                   r["source"], json.loads(r["metadata"] or "{}"), r["status"], delta)
+                   r["source"], json.loads(meta), r["status"], delta)
 
     def to_dict(self) -> dict[str, Any]:
         idx, _ = decode_sparse(self.delta)

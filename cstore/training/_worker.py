@@ -35,7 +35,7 @@ import numpy as np
 
 from cstore.backend import Cas
 from cstore.core import ChunkRow, CommitMeta, Transform, UpdateResult, ticks_now, uuid_now
-from cstore.errors import CstoreError, PartialCommit, TransientError, UnknownOutcome
+from cstore.errors import CstoreError, KeyUnavailable, PartialCommit, TransientError, UnknownOutcome
 from cstore.feedback import FeedbackReader, LaneCursor, LaneListing, PredictionLog, SegmentRef, context
 from cstore.learn import batch_gradient, log_loss, predict_proba_batch
 from cstore.store import Committer, Store
@@ -72,7 +72,7 @@ class Worker:
         self.learner = Learner(self.info, learner_config(self.info))
         self.worker_id = worker_id or new_worker_id()
         fleet = store.backend.fleet
-        self.reader = FeedbackReader(store.backend.feedback, self.fcfg, self.opts.group)
+        self.reader = FeedbackReader(store.backend.feedback, self.fcfg, self.opts.group, store.chunks.codec)
         self.leases = LeaseManager(fleet, self.fcfg.model_id, self.opts.group, self.fcfg.partitions,
                                    self.worker_id, ttl_s=self.opts.lease_ttl_s)
         self.shared = SharedLearnerState(fleet, self.info.model_id, self.opts.group, self.learner.cfg.drift,
@@ -134,6 +134,8 @@ class Worker:
                     self.maintain()
                     consumed = self.step()
                     failures = 0
+                except KeyUnavailable:  # this process cannot open stored data: retrying will not help, and
+                    raise               # nothing was checkpointed past it (the next worker with keys learns it)
                 except Exception as exc:  # an outage or a failing feature lookup: the batch was not
                     failures += 1         # checkpointed, so it is simply read again after a pause
                     self.stats["errors"] += 1

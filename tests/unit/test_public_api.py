@@ -12,7 +12,7 @@ PINNED = [
     "FeedbackWriter", "send_feedback", "Worker", "Client", "ModelHandle",
     "CstoreError", "ConfigError", "ConnectionFailed", "SchemaError", "PermissionDenied", "ValidationError",
     "UnknownModel", "UnknownAlias", "GuardFailing", "ModelExists", "PayloadTooLarge", "InvalidFeedback",
-    "CorruptData", "MissingChunk",
+    "CorruptData", "MissingChunk", "KeyUnavailable",
     "TransientError", "ConflictError", "ConsistencyUnavailable", "ReplicaTimeout", "CoordinatorTimeout",
     "ClusterUnreachable", "UnknownOutcome", "PartialCommit", "NotLoaded", "Closed", "FeedbackBackPressure",
     "FeedbackWriteFailed",
