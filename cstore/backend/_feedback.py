@@ -29,6 +29,19 @@ _CURSOR = ("SELECT owner, lease_since, lane, floor_ticks, done, events, segments
 _SAVE = ("UPDATE feedback_consumers SET floor_ticks = ?, done = ?, events = ?, segments = ?, last_batch = ?, "
          "updated_at = ?, updated_by = ? WHERE model_id = ? AND grp = ? AND part = ? AND lane = ? IF owner = ?")
 
+# -- erasure (``cql/008_protection.cql``): a segment is rewritten (or deleted) only if it still holds the
+#    bytes the eraser read, so two erasures of one segment never undo each other ------------------------
+_SEG_ROWS = ("SELECT seg_id, n_events, payload, TTL(payload) AS ttl FROM feedback_segments WHERE model_id = ? "
+             "AND part = ? AND lane = ? AND bucket = ?")
+_SEG_ROW = _SEG_ROWS + " AND seg_id = ?"
+_SEG_REWRITE = ("UPDATE feedback_segments USING TTL ? SET payload = ?, n_events = ? WHERE model_id = ? AND part = ? "
+                "AND lane = ? AND bucket = ? AND seg_id = ? IF payload = ?")
+_SEG_DELETE = ("DELETE FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? AND bucket = ? "
+               "AND seg_id = ? IF payload = ?")
+_ERASURE_PUT = ("INSERT INTO erasures (model_id, erasure_id, entity_hash, requested_by, reason, status, events, "
+                "segments, predictions, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_ERASURES = "SELECT * FROM erasures WHERE model_id = ?"
+
 
 class FeedbackTables:
     """Every statement of feedback producers and consumers."""
@@ -112,3 +125,29 @@ class FeedbackTables:
                                 for lane, floor, done, events, segs in per_part[part]), logged=True)
                  for part in parts]
         return dict(zip(parts, self._r.lwt_many(stmts, op="coordination")))
+
+    # -- erasure ------------------------------------------------------------------------------------------
+    def segment_rows(self, model_id: uuid.UUID, part: int, lane: int, bucket: int) -> list[Row]:
+        """``seg_id, n_events, payload, ttl`` (seconds left) of every segment of one storage partition."""
+        return self._r.rows(_SEG_ROWS, (model_id, part, lane, bucket), op="read_feedback", fetch_size=200)
+
+    def segment_row(self, model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID) -> Row | None:
+        """One segment at SERIAL: what a rewrite's compare-and-set compares against."""
+        return self._r.one(_SEG_ROW, (model_id, part, lane, bucket, seg_id), op="coordination", serial=True)
+
+    def rewrite_segment(self, model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID,
+                        expected: bytes, payload: bytes | None, n_events: int, ttl_s: int) -> Cas:
+        """Replace a segment's payload (``None``: delete the row) iff it still holds ``expected``."""
+        if payload is None:
+            return self._r.lwt_cql(_SEG_DELETE, (model_id, part, lane, bucket, seg_id, expected), op="coordination")
+        return self._r.lwt_cql(_SEG_REWRITE, (ttl_s, payload, n_events, model_id, part, lane, bucket, seg_id,
+                                              expected), op="coordination")
+
+    def record_erasure(self, model_id: uuid.UUID, erasure_id: uuid.UUID, entity_hash: str, requested_by: str,
+                       reason: str, status: str, counts: tuple[int, int, int], finished_at: datetime | None) -> None:
+        """The erasure's record; ``counts``: events, segments, prediction-log rows removed."""
+        self._r.write(_ERASURE_PUT, (model_id, erasure_id, entity_hash, requested_by, reason, status, *counts,
+                                     finished_at), op="coordination")
+
+    def erasures(self, model_id: uuid.UUID) -> list[Row]:
+        return self._r.rows(_ERASURES, (model_id,), op="coordination")

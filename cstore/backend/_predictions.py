@@ -15,6 +15,10 @@ _REVIEW = ("INSERT INTO prediction_review (model_id, bucket, band, uncertainty, 
 _LOOKUP = "SELECT scored_at, features FROM prediction_log WHERE model_id = ? AND entity_id = ? LIMIT 1"
 _REVIEW_READ = ("SELECT uncertainty, scored_at, entity_id, score, version FROM prediction_review "
                 "WHERE model_id = ? AND bucket = ? AND band = ?")
+_ENTITY_ROWS = "SELECT scored_at, score FROM prediction_log WHERE model_id = ? AND entity_id = ?"
+_ENTITY_DROP = "DELETE FROM prediction_log WHERE model_id = ? AND entity_id = ?"
+_REVIEW_DROP = ("DELETE FROM prediction_review WHERE model_id = ? AND bucket = ? AND band = ? AND uncertainty = ? "
+                "AND scored_at = ? AND entity_id = ?")
 COUNTERS = ("logged", "dropped", "write_errors", "lookups", "lookup_hits", "lookup_misses")
 _STATS_WRITE = (f"INSERT INTO prediction_log_stats (model_id, day, bucket, writer, {', '.join(COUNTERS)}) "
                 f"VALUES (?, ?, ?, ?, {', '.join('?' * len(COUNTERS))})")
@@ -85,3 +89,13 @@ class PredictionTables:
     def counters(self, model_id: uuid.UUID, days: Sequence[int], first_bucket: int) -> list[Row]:
         per = self._r.many(_STATS, [(model_id, d, first_bucket) for d in days], op="read_feedback", concurrency=8)
         return [r for rows in per for r in rows]
+
+    def entity_rows(self, model_id: uuid.UUID, entity_id: str) -> list[Row]:
+        """``scored_at, score`` of every log row of one entity (what its review rows are keyed by)."""
+        return self._r.rows(_ENTITY_ROWS, (model_id, entity_id), op="read_feedback")
+
+    def erase_entity(self, model_id: uuid.UUID, entity_id: str,
+                     review_keys: Sequence[tuple[int, int, float, uuid.UUID]]) -> None:
+        """Delete the entity's review rows ``(bucket, band, uncertainty, scored_at)``, then its log partition."""
+        self._r.many(_REVIEW_DROP, [(model_id, *k, entity_id) for k in review_keys], op="coordination")
+        self._r.write(_ENTITY_DROP, (model_id, entity_id), op="coordination")

@@ -20,7 +20,7 @@ import msgpack
 
 from cstore.cli._app import CliContext, json_option, echo_json
 from cstore.errors import CstoreError, ValidationError
-from cstore.feedback import FeedbackWriter
+from cstore.feedback import FeedbackWriter, erase_entity, erasures
 
 FIELDS = {"model", "entity_id", "label", "kind", "confidence", "event_time", "features", "metadata"}
 _MAX_REPORTED = 20
@@ -185,3 +185,44 @@ def _report(errors: list[tuple[int, str]], unit: str) -> None:
 
 
 COMMANDS = [feedback]
+
+
+@feedback.command()
+@click.option("--model", required=True, help="The model whose data to erase.")
+@click.option("--entity", "entity_id", required=True, help="The entity id (matched as text, as it was sent).")
+@click.option("--reason", required=True, help="The request this honours (kept in the erasure record).")
+@json_option
+@click.pass_obj
+def erase(obj: CliContext, model: str, entity_id: str, reason: str, as_json: bool) -> None:
+    """Erase one entity's feedback events and prediction-log rows (a data subject's request).
+
+    Segments the entity shares with others are rewritten without its events; running workers are not
+    disturbed (each other event is still learned exactly once). The erasure is recorded in the
+    model's erasure log (`cstore feedback erasures`) with a hash of the id. Weights already learned
+    from the entity's events are NOT unlearned.
+    """
+    report = erase_entity(obj.store(), model, entity_id, reason=reason)
+    if as_json:
+        echo_json(report.to_dict())
+        return
+    click.echo(f"erased entity {entity_id!r} from {model}: {report.events} feedback event(s) "
+               f"({report.segments_rewritten} segment(s) rewritten, {report.segments_deleted} deleted), "
+               f"{report.predictions} prediction-log row(s); learned weights are not unlearned")
+    if report.unreadable_segments:
+        click.echo(f"warning: {len(report.unreadable_segments)} damaged segment(s) could not be searched: "
+                   f"{', '.join(report.unreadable_segments[:5])}", err=True)
+
+
+@feedback.command(name="erasures")
+@click.option("--model", required=True, help="The model whose erasure log to show.")
+@json_option
+@click.pass_obj
+def erasures_cmd(obj: CliContext, model: str, as_json: bool) -> None:
+    """The model's erasure records, newest first (the entity is named by a hash, not its id)."""
+    rows = erasures(obj.store(), model)
+    if as_json:
+        echo_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['finished_at'] or '(unfinished)'}  {r['status']:8}  {r['entity_hash'][:16]}  "
+                   f"events={r['events']} predictions={r['predictions']}  by {r['requested_by']}: {r['reason']}")

@@ -10,6 +10,9 @@
   conditioned on the lease.
 * the prediction log — :class:`PredictionLogWriter` records what scorers saw (asynchronously, with a
   TTL); :class:`PredictionLog` joins labels that come without features to it.
+* erasure — :func:`erase_entity` removes one entity's events and prediction-log rows (rewriting the
+  segments it shares with others, safe under running workers) and records it (:func:`erasures`);
+  learned weights are not unlearned.
 """
 from cstore.feedback._columns import MAX_BATCH_EVENTS, Batch, decode_block, encode_block, make_batch, reorder
 from cstore.feedback._events import (DEFAULT_PRIORITIES, KINDS, MAX_EVENT_BYTES, MAX_FEATURES, Event, encode_event,
@@ -19,6 +22,7 @@ from cstore.feedback._prediction_log import (REVIEW_BANDS, REVIEW_BUCKET_S, LogC
                                              band_of, encode_features)
 from cstore.feedback._prediction_writer import PredictionLogWriter
 from cstore.feedback._reader import FeedbackReader, LaneCursor, LaneListing, SegmentRef
+from cstore.feedback._erasure import ErasureReport, entity_hash, erase_entity, erasures
 from cstore.feedback._segments import (COLUMNAR_VERSION, PAYLOAD_VERSION, Segment, decode_payload, decode_stored,
                                       open_segment, seal_segment)
 from cstore.feedback._write import WriteReport, raise_failures, send_feedback, write_segments
@@ -26,10 +30,10 @@ from cstore.feedback._writer import MAX_SEGMENT_BYTES, FeedbackWriter
 
 __all__ = [
     "COLUMNAR_VERSION", "DEFAULT_PRIORITIES", "KINDS", "MAX_BATCH_EVENTS", "MAX_EVENT_BYTES", "MAX_FEATURES",
-    "MAX_SEGMENT_BYTES", "PAYLOAD_VERSION", "REVIEW_BANDS", "REVIEW_BUCKET_S", "Batch", "Event", "FeedbackContext",
-    "FeedbackLayout", "FeedbackReader", "FeedbackWriter", "LaneCursor", "LaneListing", "LogCounters", "PredictionLog",
-    "PredictionLogWriter", "ReviewCandidate", "Segment", "SegmentRef", "WriteReport", "band_of", "check_layout",
-    "context", "decode_block", "decode_payload", "decode_stored", "encode_block", "encode_event", "encode_features",
-    "make_batch", "make_event", "open_segment", "raise_failures", "reorder", "seal_segment", "send_feedback",
-    "write_segments",
+    "MAX_SEGMENT_BYTES", "PAYLOAD_VERSION", "REVIEW_BANDS", "REVIEW_BUCKET_S", "Batch", "ErasureReport", "Event",
+    "FeedbackContext", "FeedbackLayout", "FeedbackReader", "FeedbackWriter", "LaneCursor", "LaneListing",
+    "LogCounters", "PredictionLog", "PredictionLogWriter", "ReviewCandidate", "Segment", "SegmentRef", "WriteReport",
+    "band_of", "check_layout", "context", "decode_block", "decode_payload", "decode_stored", "encode_block",
+    "encode_event", "encode_features", "entity_hash", "erase_entity", "erasures", "make_batch", "make_event",
+    "open_segment", "raise_failures", "reorder", "seal_segment", "send_feedback", "write_segments",
 ]

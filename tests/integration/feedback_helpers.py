@@ -1,6 +1,7 @@
 """Helpers shared by the feedback and worker tests: read the tables back, run the CLI."""
 from __future__ import annotations
 
+import base64
 import collections
 import json
 import os
@@ -10,7 +11,19 @@ import sys
 import time
 import uuid
 
+from cstore.backend import connect
+from cstore.config import codec_from_env
 from cstore.feedback import FeedbackLayout, decode_payload
+from cstore.store import Store
+
+KEY1 = "k1:" + base64.b64encode(b"1" * 32).decode()
+KEY2 = "k2:" + base64.b64encode(b"2" * 32).decode()
+
+
+def keyed_store(cfg, keys: str | None) -> Store:
+    """A Store on ``cfg`` with the key ring ``keys`` (encryption at rest), or none."""
+    return Store(connect(cfg, keyspace=cfg.keyspace),
+                 codec=codec_from_env({"CSTORE_ENCRYPTION_KEY": keys} if keys else {}))
 
 
 def cli_args(cfg) -> list[str]:
@@ -18,8 +31,9 @@ def cli_args(cfg) -> list[str]:
             ",".join(cfg.contact_points), "--port", str(cfg.port), "--keyspace", cfg.keyspace]
 
 
-def run_cli(cfg, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}
+def run_cli(cfg, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI on ``cfg``'s cluster, without the caller's ``CSTORE_*`` settings (``env`` adds some)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("CSTORE_")}, **(env or {})}
     return subprocess.run(cli_args(cfg) + list(args), capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -14,24 +14,14 @@ import msgpack
 import pytest
 
 from cstore import Client, FeedbackWriter, KeyUnavailable, send_feedback
-from cstore.backend import connect
-from cstore.config import codec_from_env
 from cstore.errors import CorruptData
 from cstore.feedback import PredictionLog, context, decode_stored, open_segment
-from cstore.store import Store
 from cstore.training import Worker, create_learner
-from feedback_helpers import all_segments
+from feedback_helpers import KEY1, KEY2, all_segments, keyed_store
 
-KEY1 = "k1:" + base64.b64encode(b"1" * 32).decode()
-KEY2 = "k2:" + base64.b64encode(b"2" * 32).decode()
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 SECRETS = [b"merchant_zq", b"ACME-SECRET-STORE", b"amount_zq", b"card_zq", b"4111-SECRET-PAN", b"analyst_zq",
            b"jane.secret@example.com", struct.pack(">d", 1234.5678)]  # msgpack stores floats big-endian
-
-
-def keyed_store(base_config, keys: str | None) -> Store:
-    env = {"CSTORE_ENCRYPTION_KEY": keys} if keys else {}
-    return Store(connect(base_config, keyspace=base_config.keyspace), codec=codec_from_env(env))
 
 
 @pytest.fixture
@@ -156,3 +146,61 @@ def test_a_damaged_segment_is_refused_clearly(sealed, session, unique_name, case
                                  "lane = %s AND bucket = %s AND seg_id = %s",
                                  (fcfg.model_id, first["part"], first["lane"], first["bucket"],
                                   first["seg_id"])).one()["payload"]) == bad
+
+
+LOG_DAMAGE = {k: SEGMENT_DAMAGE[k] for k in ("bit flipped in the tag", "bit flipped in the nonce", "truncated",
+                                            "copied from another row", "plain msgpack substituted", "unknown key id")}
+
+
+@pytest.mark.parametrize("case", list(LOG_DAMAGE))
+def test_damaged_prediction_log_features_are_refused_and_never_learned(sealed, base_config, session, unique_name,
+                                                                        case):
+    fill(sealed, base_config, unique_name, n=2)
+    info = sealed.model_info(unique_name)
+    q = "SELECT scored_at, features FROM prediction_log WHERE model_id = %s AND entity_id = %s"
+    mine, other = (session.execute(q, (info.model_id, e)).one() for e in ("tx-0", "tx-1"))
+    damage, error, message = LOG_DAMAGE[case]
+    bad = damage(bytes(mine["features"]), bytes(other["features"]))
+    session.execute("UPDATE prediction_log SET features = %s WHERE model_id = %s AND entity_id = 'tx-0' AND "
+                    "scored_at = %s", (bad, info.model_id, mine["scored_at"]))
+    plog = PredictionLog(sealed)
+    with pytest.raises(error, match=message):
+        plog.open(info.model_id, "tx-0", mine["scored_at"], bad)
+    if error is KeyUnavailable:
+        with pytest.raises(KeyUnavailable):
+            plog.lookup(unique_name, ["tx-0", "tx-1"])
+    else:  # one damaged row is a miss, the others still join
+        assert list(plog.lookup(unique_name, ["tx-0", "tx-1"])) == ["tx-1"]
+    assert bytes(session.execute(q, (info.model_id, "tx-0")).one()["features"]) == bad  # read, never rewritten
+
+
+HISTORY_DAMAGE = {
+    "bit flipped": (lambda text, other: text[:-6] + ("A" if text[-6] != "A" else "B") + text[-5:], "authentication"),
+    "not base64": (lambda text, other: "cse1:!!not*base64!!", "not base64"),
+    "no envelope": (lambda text, other: "cse1:" + base64.b64encode(b'{"a": 1}').decode(), "no encryption envelope"),
+    "copied from another row": (lambda text, other: other, "authentication"),
+    "truncated": (lambda text, other: text[:24], "truncated|not base64"),
+}
+
+
+@pytest.mark.parametrize("case", list(HISTORY_DAMAGE))
+def test_damaged_history_metadata_is_refused_and_nothing_written(sealed, session, unique_name, case):
+    sealed.create_model(unique_name, {"w": (16,)}, chunk_size=16)
+    for lr in (0.1, 0.2):
+        sealed.apply_update(unique_name, "w", [1.0], indices=[int(lr * 10)], lr=lr, metadata={"analyst_zq": str(lr)})
+    info = sealed.model_info(unique_name)
+    rows = [r for h in sealed.history(unique_name) for r in session.execute(
+        "SELECT bucket, op_id, param, metadata FROM history WHERE model_id = %s AND bucket = %s AND op_id = %s",
+        (info.model_id, info.history_bucket_of(h.op_id, 60), h.op_id))]
+    mine, other = rows[-1], rows[-2]
+    damage, message = HISTORY_DAMAGE[case]
+    bad = damage(mine["metadata"], other["metadata"])
+    session.execute("UPDATE history SET metadata = %s WHERE model_id = %s AND bucket = %s AND op_id = %s AND "
+                    "param = %s", (bad, info.model_id, mine["bucket"], mine["op_id"], mine["param"]))
+    head = sealed.head_version(unique_name)
+    with pytest.raises(CorruptData, match=message):
+        sealed.history(unique_name)
+    assert sealed.head_version(unique_name) == head
+    assert session.execute("SELECT metadata FROM history WHERE model_id = %s AND bucket = %s AND op_id = %s AND "
+                           "param = %s", (info.model_id, mine["bucket"], mine["op_id"],
+                                          mine["param"])).one()["metadata"] == bad
