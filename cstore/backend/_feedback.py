@@ -29,7 +29,7 @@ _CURSOR = ("SELECT owner, lease_since, lane, floor_ticks, done, events, segments
 _SAVE = ("UPDATE feedback_consumers SET floor_ticks = ?, done = ?, events = ?, segments = ?, last_batch = ?, "
          "updated_at = ?, updated_by = ? WHERE model_id = ? AND grp = ? AND part = ? AND lane = ? IF owner = ?")
 
-# -- erasure (``cql/008_protection.cql``): a segment is rewritten (or deleted) only if it still holds the
+# -- erasure (issue 17): a segment is rewritten (or deleted) only if it still holds the
 #    bytes the eraser read, so two erasures of one segment never undo each other ------------------------
 _SEG_ROWS = ("SELECT seg_id, n_events, payload, TTL(payload) AS ttl FROM feedback_segments WHERE model_id = ? "
              "AND part = ? AND lane = ? AND bucket = ?")
@@ -38,9 +38,6 @@ _SEG_REWRITE = ("UPDATE feedback_segments USING TTL ? SET payload = ?, n_events 
                 "AND lane = ? AND bucket = ? AND seg_id = ? IF payload = ?")
 _SEG_DELETE = ("DELETE FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? AND bucket = ? "
                "AND seg_id = ? IF payload = ?")
-_ERASURE_PUT = ("INSERT INTO erasures (model_id, erasure_id, entity_hash, requested_by, reason, status, events, "
-                "segments, predictions, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-_ERASURES = "SELECT * FROM erasures WHERE model_id = ?"
 
 
 class FeedbackTables:
@@ -142,12 +139,3 @@ class FeedbackTables:
             return self._r.lwt_cql(_SEG_DELETE, (model_id, part, lane, bucket, seg_id, expected), op="coordination")
         return self._r.lwt_cql(_SEG_REWRITE, (ttl_s, payload, n_events, model_id, part, lane, bucket, seg_id,
                                               expected), op="coordination")
-
-    def record_erasure(self, model_id: uuid.UUID, erasure_id: uuid.UUID, entity_hash: str, requested_by: str,
-                       reason: str, status: str, counts: tuple[int, int, int], finished_at: datetime | None) -> None:
-        """The erasure's record; ``counts``: events, segments, prediction-log rows removed."""
-        self._r.write(_ERASURE_PUT, (model_id, erasure_id, entity_hash, requested_by, reason, status, *counts,
-                                     finished_at), op="coordination")
-
-    def erasures(self, model_id: uuid.UUID) -> list[Row]:
-        return self._r.rows(_ERASURES, (model_id,), op="coordination")

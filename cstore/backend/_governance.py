@@ -16,11 +16,9 @@ _ALIAS_CREATE = ("INSERT INTO model_aliases (model_id, alias, rev, pinned_versio
 _ALIAS_MOVE = ("UPDATE model_aliases SET rev = ?, pinned_version = ?, guard = ?, baseline = ?, guard_state = ?, "
                "moved_at = ?, moved_by = ?, reason = ? WHERE model_id = ? AND alias = ? IF rev = ?")
 _ALIAS_DELETE = "DELETE FROM model_aliases WHERE model_id = ? AND alias = ? IF rev = ?"
-_ALIASES_DROP = "DELETE FROM model_aliases WHERE model_id = ?"
 _METRICS_WRITE = ("INSERT INTO online_metrics (model_id, alias, worker_id, baseline, labels, positives, head_log_loss, "
                   "base_log_loss, head_auc, base_auc, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _METRICS = "SELECT * FROM online_metrics WHERE model_id = ?"
-_METRICS_DROP = "DELETE FROM online_metrics WHERE model_id = ?"
 _AUDIT_WRITE = ("INSERT INTO audit_log (model, at, action, actor, role, from_value, to_value, reason, details) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 _AUDIT = "SELECT * FROM audit_log WHERE model = ? LIMIT ?"
@@ -58,11 +56,6 @@ class GovernanceTables:
 
     def delete_alias(self, model_id: uuid.UUID, alias: str, rev: int) -> Cas:
         return self._r.lwt_cql(_ALIAS_DELETE, (model_id, alias, rev), op="coordination")
-
-    def drop(self, model_id: uuid.UUID) -> None:
-        """Every alias and metrics row of a model incarnation (its audit trail stays, by name)."""
-        self._r.rows(_ALIASES_DROP, (model_id,), op="coordination")
-        self._r.rows(_METRICS_DROP, (model_id,), op="coordination")
 
     # -- online metrics -----------------------------------------------------------------------------------
     def write_metrics(self, model_id: uuid.UUID, alias: str, worker_id: str, baseline: int, labels: int,

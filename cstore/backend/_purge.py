@@ -4,7 +4,8 @@ A dropped model's rows are spread over every table, keyed by partitions the purg
 chunks by number, history by the buckets ``history_buckets`` lists, segments by the bucket index,
 consumer groups (checkpoints, leases, learner state, batch traces) by a scan of those small tables'
 partition keys, and the prediction log by the entities its review table names. Each partition is
-then deleted whole (one partition tombstone each, no row tombstones).
+then deleted whole (one partition tombstone each, no row tombstones). The audit trail
+(``audit_log``, keyed by model name) is not the incarnation's: it stays, and records the drop.
 
 What is NOT found: a prediction-log row whose review row was never written (they travel in separate
 batches; the review batch failed and the log batch did not) is left to its TTL
@@ -53,7 +54,7 @@ _DELETES = {t: f"DELETE FROM {t} WHERE " + " AND ".join(f"{c} = ?" for c in key)
     "feedback_consumers": ("model_id", "grp", "part"), "feedback_workers": ("model_id", "grp"),
     "learner_state": ("model_id", "grp"), "prediction_log": ("model_id", "entity_id"),
     "prediction_review": ("model_id", "bucket", "band"), "prediction_log_stats": ("model_id", "day"),
-    "erasures": ("model_id",), "feedback_config": ("model_id",),
+    "model_aliases": ("model_id",), "online_metrics": ("model_id",), "feedback_config": ("model_id",),
 }.items()}
 
 
@@ -114,7 +115,7 @@ class PurgeTables:
         since = created.timestamp() if created else now - max_age_s
         days = list(range(int(since) // _DAY - 1, int(now) // _DAY + 2))  # a day of clock skew either side
         keys: dict[str, list[tuple[Any, ...]]] = {t: [] for t in _DELETES}
-        for t in ("chunk_versions", "model_heads", "snapshots", "feedback_config", "erasures"):
+        for t in ("chunk_versions", "model_heads", "snapshots", "feedback_config", "model_aliases", "online_metrics"):
             keys[t].append((mid,))
         keys["chunks"] = [(mid, k) for k in range(plan.n_chunks)]
         for t in ("stats", "prediction_log_stats", "history_buckets"):

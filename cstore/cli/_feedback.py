@@ -198,8 +198,8 @@ def erase(obj: CliContext, model: str, entity_id: str, reason: str, as_json: boo
 
     Segments the entity shares with others are rewritten without its events; running workers are not
     disturbed (each other event is still learned exactly once). The erasure is recorded in the
-    model's erasure log (`cstore feedback erasures`) with a hash of the id. Weights already learned
-    from the entity's events are NOT unlearned.
+    model's audit trail (`cstore feedback erasures`, `cstore model audit`) with a hash of the id.
+    Weights already learned from the entity's events are NOT unlearned.
     """
     report = erase_entity(obj.store(), model, entity_id, reason=reason)
     if as_json:
@@ -218,11 +218,12 @@ def erase(obj: CliContext, model: str, entity_id: str, reason: str, as_json: boo
 @json_option
 @click.pass_obj
 def erasures_cmd(obj: CliContext, model: str, as_json: bool) -> None:
-    """The model's erasure records, newest first (the entity is named by a hash, not its id)."""
+    """The model's erasures from its audit trail, newest first (the entity is named by a hash, not its id)."""
     rows = erasures(obj.store(), model)
     if as_json:
         echo_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['finished_at'] or '(unfinished)'}  {r['status']:8}  {r['entity_hash'][:16]}  "
-                   f"events={r['events']} predictions={r['predictions']}  by {r['requested_by']}: {r['reason']}")
+        d = r["details"] or {}
+        click.echo(f"{r['at']}  {str(d.get('entity_hash'))[:16]}  events={d.get('events')} "
+                   f"predictions={d.get('predictions')}  by {r['actor']}: {r['reason']}")

@@ -13,7 +13,8 @@ segment left with no event is deleted (workers skip segments that are gone).
 
 What erasure does NOT do: weights learned from the entity's events are not unlearned (a logistic
 regression's weights are not a list of examples); retrain or roll back to a snapshot taken before
-them if that is required. The erasure is recorded in ``erasures`` with a hash of the id, not the id.
+them if that is required. The erasure is recorded in the model's audit trail (``audit_log``, which
+outlives the model) with a hash of the id, never the id.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import hashlib
 import logging
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from cstore.backend import REVIEW_BUCKET_S, Row
@@ -33,11 +33,12 @@ from cstore.feedback._prediction_log import band_of
 from cstore.feedback._segments import PAYLOAD_VERSION, Segment, decode_stored, open_segment, seal_segment
 from cstore.store import Store, actor
 
-__all__ = ["ErasureReport", "entity_hash", "erase_entity", "erasures"]
+__all__ = ["ERASE_ACTION", "ErasureReport", "entity_hash", "erase_entity", "erasures"]
 
 log = logging.getLogger("cstore.erasure")
 _MAX_REASON = 1000
 _CAS_ATTEMPTS = 20
+ERASE_ACTION = "erase"  # the audit-trail action of an erasure
 
 
 @dataclass
@@ -89,10 +90,6 @@ def erase_entity(store: Store, model: str, entity_id: Any, *, reason: str,
     if not found and not logged:
         raise ValidationError(f"model {model!r} holds no feedback event and no prediction-log row of entity "
                               f"{key!r}: nothing to erase (check the id and the model; ids are matched as text)")
-    fb = store.backend.feedback
-    eid = uuid.UUID(report.erasure_id)
-    who = requested_by or actor()
-    fb.record_erasure(info.model_id, eid, report.entity_hash, who, reason, "started", (0, 0, 0), None)
     for (part, lane, bucket), row in found:
         assert layout is not None
         _erase_in_segment(store, layout, part, lane, bucket, row, key, report)
@@ -101,22 +98,17 @@ def erase_entity(store: Store, model: str, entity_id: Any, *, reason: str,
                          for r in logged for b in _review_buckets(r["scored_at"])}, key=repr)
         store.backend.predictions.erase_entity(info.model_id, key, review)
         report.predictions = len(logged)
-    fb.record_erasure(info.model_id, eid, report.entity_hash, who, reason, "done",
-                      (report.events, report.segments_rewritten + report.segments_deleted, report.predictions),
-                      datetime.now(UTC))
+    # Recorded once done: an erasure cut short recorded nothing, and running it again removes what is left.
+    store.governance.record(model, ERASE_ACTION, before=str(info.model_id), reason=reason,
+                            actor=requested_by or actor(), details=report.to_dict())
     log.info("erased entity %s of model %r: %d event(s), %d prediction-log row(s)", report.entity_hash[:12], model,
              report.events, report.predictions)
     return report
 
 
 def erasures(store: Store, model: str) -> list[dict[str, Any]]:
-    """The model's erasure records, newest first."""
-    info = store.model_info(model)
-    return [{"erasure_id": str(r["erasure_id"]), "entity_hash": r["entity_hash"], "requested_by": r["requested_by"],
-             "reason": r["reason"], "status": r["status"], "events": r["events"], "segments": r["segments"],
-             "predictions": r["predictions"],
-             "finished_at": r["finished_at"].replace(tzinfo=UTC).isoformat() if r["finished_at"] else None}
-            for r in store.backend.feedback.erasures(info.model_id)]
+    """The model's erasures from its audit trail, newest first (kept after the model is dropped)."""
+    return [e for e in store.governance.audit(model, limit=10_000) if e["action"] == ERASE_ACTION]
 
 
 def _review_buckets(scored_at: uuid.UUID) -> set[int]:

@@ -171,9 +171,6 @@ class Governance:
                             f"`cstore model alias {info.name} {alias} --to head|VERSION --reason TEXT`",
                             model=info.name, alias=alias)
 
-    def drop(self, info: ModelInfo) -> None:
-        self._tables.drop(info.model_id)
-
 
 def _combine(info: ModelInfo, alias: Alias, rows: list[Row]) -> dict[str, Any]:
     rule = GuardRule.from_json(alias.guard_json or "{}")

@@ -20,7 +20,8 @@ from cstore.training import Worker, create_learner
 
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 # Tables with no model_id column: what they hold, and why no model owns rows there.
-NOT_MODEL_OWNED = {"schema_migrations": "the applied migration files"}
+NOT_MODEL_OWNED = {"schema_migrations": "the applied migration files",
+                   "audit_log": "the audit trail, by model name: it outlives the model by design and records the drop"}
 # Tables whose rows survive a drop by design: none.
 KEPT_BY_DESIGN: dict[str, str] = {}
 
@@ -60,6 +61,7 @@ def test_drop_removes_every_row_the_model_owns_in_every_table(store, base_config
                 w.send(f"tx-{i}", i % 3 == 0, features={"amount": float(i)} if i % 2 else None)
         send_feedback(store, name, "tx-critical", 1, features={"amount": 9.0}, critical=True)
         store.snapshot(name, reason="before the drop test")
+        store.governance.set_alias(store.model_info(name), "champion", "head", reason="drop test")
         store.apply_update(name, "bias", np.array([0.25]), lr=0.1)
         stats = Worker(store, name, batch_size=100, **FAST).run(until_idle=True)
         assert stats["events"] >= 30  # the critical event is its lane's (a thread of a running worker)
@@ -71,7 +73,7 @@ def test_drop_removes_every_row_the_model_owns_in_every_table(store, base_config
     must_have = {"models", "chunks", "chunk_versions", "model_heads", "history", "history_buckets", "snapshots",
                  "snapshot_chunks", "stats", "feedback_config", "feedback_buckets", "feedback_segments",
                  "feedback_consumers", "learner_state", "feedback_batches", "prediction_log", "prediction_review",
-                 "prediction_log_stats"}
+                 "prediction_log_stats", "model_aliases"}
     empty = sorted(t for t in must_have if before.get(t, 0) == 0)
     assert not empty, f"the set-up wrote nothing to {empty}: the test would prove nothing there ({before})"
 
