@@ -5,20 +5,18 @@ One iteration (:meth:`Worker.step`):
 1. list new segments of the partitions this worker leases (ids only; see :class:`cstore.feedback.FeedbackReader`),
    waiting up to ``max_wait_ms`` for ``batch_size`` events (windowed by time as well as by count);
 2. choose segments by priority lane (lane 0 first), oldest first, except that one batch in every
-   ``1 / starvation_reserve`` takes the oldest segments whatever their lane (no starvation); fetch
-   and decode them;
-3. join features (events sent without features go through ``feature_lookup``; without one, or without a
-   hit, they are counted as skipped), hash them, weight samples by kind, confidence and age;
+   ``1 / starvation_reserve`` takes the oldest whatever their lane (no starvation); fetch, open, decode;
+3. join features (events without them go through ``feature_lookup``; without one or a hit they are
+   skipped), hash them, weight samples by kind, confidence and age;
 4. read the touched chunks, score every event with the current weights *before* learning (prequential
    loss), feed the losses to the group's shared drift detector and learning-rate schedule;
 5. write the batch trace, commit the gradient through the chunk engine (``store.chunks``: one transform per
    touched chunk updating weights, optimizer state and bias together, re-applied on LWT conflict);
 6. advance the checkpoints of the partitions in the batch, conditioned on still holding their leases.
 
-Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between
-step 5 and step 6: each such failure duplicates at most one batch (``batch_size`` events, or one segment
-if a single segment is larger). Leases are renewed by a heartbeat thread; rebalancing happens between
-batches, so releasing a partition never duplicates anything.
+Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between step 5
+and step 6: each such failure duplicates at most one batch (``batch_size`` events, or one larger segment).
+Leases are renewed by a heartbeat thread; rebalancing happens between batches: a release duplicates nothing.
 """
 from __future__ import annotations
 
@@ -111,10 +109,8 @@ class Worker:
         return self._stop.is_set()
 
     def run(self, *, max_batches: int | None = None, until_idle: bool = False) -> dict[str, Any]:
-        """Work until :meth:`stop`, ``max_batches`` or (``until_idle``) a poll that finds nothing new.
-
-        Always releases the leases and unregisters on the way out.
-        """
+        """Work until :meth:`stop`, ``max_batches`` or (``until_idle``) a poll that finds nothing new; a failed
+        batch is retried, but ``KeyUnavailable`` ends it. Always releases the leases and unregisters on the way out."""
         self._loop_at = time.monotonic()
         self.leases.register(self.stats)
         hb = threading.Thread(target=self._heartbeat, name="cstore-heartbeat", daemon=True)
