@@ -10,11 +10,11 @@ import time
 import pytest
 
 from cstore import Client, FeedbackWriter, send_feedback
-from cstore.errors import InvalidFeedback, UnknownModel, ValidationError
+from cstore.errors import InvalidFeedback, KeyUnavailable, UnknownModel, ValidationError
 from cstore.feedback import context, decode_stored, entity_hash, erase_entity, erasures, open_segment
 from cstore.ops import fleet_status
 from cstore.training import Worker, create_learner
-from feedback_helpers import KEY1, all_segments, keyed_store, learning_tally, run_cli, wait_for
+from feedback_helpers import KEY1, KEY2, all_segments, keyed_store, learning_tally, run_cli, wait_for
 
 FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 
@@ -155,3 +155,17 @@ def test_erasure_under_a_running_fleet_loses_and_doubles_nothing(store, base_con
     # every other event learned; of the victim's, those learned before the erasure (never unlearned)
     assert sent["others"] <= learned <= sent["others"] + sent["victim"]
     assert report.events == sent["victim"]  # learned or not, every stored victim event is gone
+
+
+@pytest.mark.parametrize("keys", [None, KEY2])
+def test_erasure_without_the_key_refuses_before_writing_anything(sealed, base_config, unique_name, keys):
+    create_learner(sealed, unique_name, n_features=2**8, chunk_size=128, partitions=1, drift="none")
+    send_feedback(sealed, unique_name, "alice", 1, features={"a": 1.0})
+    before = stored_events(sealed, unique_name)
+    other = keyed_store(base_config, keys)
+    try:
+        with pytest.raises(KeyUnavailable, match="feedback segment is"):
+            erase_entity(other, unique_name, "alice", reason="no key")
+    finally:
+        other.close()
+    assert stored_events(sealed, unique_name) == before and erasures(sealed, unique_name) == []
