@@ -59,13 +59,14 @@ def test_erase_removes_the_entity_from_shared_segments_and_the_log_and_records_i
             for e in ["alice", "victim", "bob", f"other-{i}"]:
                 w.send(e, 1, features={"amount": float(i)})
             w.flush()
+        w.send_batch(["carol", "victim", "dave"], [0, 1, 0], features={"amount": [1.0, 2.0, 3.0]})  # columns
     send_feedback(sealed, name, "victim", 1, critical=True, features={"amount": 9.0})
     before = stored_events(sealed, name)
     info = sealed.model_info(name)
-    assert sum(1 for ev in before if ev.entity_id == "victim") == 4 and "victim" in review_entities(session,
+    assert sum(1 for ev in before if ev.entity_id == "victim") == 5 and "victim" in review_entities(session,
                                                                                                    info.model_id)
     report = erase_entity(sealed, name, "victim", reason="GDPR art. 17 request T-1", requested_by="dpo@example")
-    assert (report.events, report.predictions) == (4, 2) and report.segments_rewritten >= 3
+    assert (report.events, report.predictions) == (5, 2) and report.segments_rewritten >= 4
     after = stored_events(sealed, name)
     assert [ev for ev in after if ev.entity_id == "victim"] == []
     assert sorted(after) == sorted(ev for ev in before if ev.entity_id != "victim")  # the others untouched
@@ -75,7 +76,7 @@ def test_erase_removes_the_entity_from_shared_segments_and_the_log_and_records_i
                                                                                                  info.model_id)
     [rec] = erasures(sealed, name)  # in the audit trail
     assert rec["details"]["entity_hash"] == entity_hash(info.model_id, "victim")
-    assert (rec["details"]["events"], rec["details"]["predictions"], rec["actor"]) == (4, 2, "dpo@example")
+    assert (rec["details"]["events"], rec["details"]["predictions"], rec["actor"]) == (5, 2, "dpo@example")
     raw = [json.dumps(dict(r), default=str) for r in session.execute("SELECT * FROM audit_log WHERE model = %s",
                                                                     (name,))]
     assert raw and not any("victim" in r for r in raw)  # the record names the entity by hash only
