@@ -11,6 +11,9 @@ already learned is not read again, and one not yet learned is learned once, with
 is a compare-and-set on the bytes read, so two erasures of one segment never undo each other; a
 segment left with no event is deleted (workers skip segments that are gone).
 
+Events of the entity written while the erasure runs (after its scan) are not covered: stop sending
+for the entity first, or run it again.
+
 What erasure does NOT do: weights learned from the entity's events are not unlearned (a logistic
 regression's weights are not a list of examples); retrain or roll back to a snapshot taken before
 them if that is required. The erasure is recorded in the model's audit trail (``audit_log``, which

@@ -166,3 +166,19 @@ def test_a_malformed_insecure_setting_is_refused(raw, tmp_path):
     f.write_text(f'ssl_insecure_skip_hostname_check = "{raw}"\n')
     with pytest.raises(ConfigError, match="true or false"):
         load_config(config_file=str(f), env={})
+
+
+def test_the_launchers_certificates_name_every_node_address(tmp_path):
+    """`cstore local certs` / `local up --tls`: the node certificate carries localhost and each node's IP, so
+    clients verify it with hostname checking on (test_security.py connects to such a node)."""
+    import json
+
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    from cstore_dev.local.certs import generate
+    out = generate(tmp_path / "tls", ["127.0.0.1", "127.0.0.2"])
+    password = json.loads((out / "tls.json").read_text())["store_password"].encode()
+    _, cert, _ = pkcs12.load_key_and_certificates((out / "node.p12").read_bytes(), password)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost"}
+    assert {str(a) for a in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1", "127.0.0.2"}
