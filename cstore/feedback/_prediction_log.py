@@ -180,7 +180,7 @@ class PredictionLog:
             try:
                 features = self.open(info.model_id, entity, row[0], row[1])
             except KeyUnavailable:
-                raise  # this process's key setup is wrong: the worker retries the batch, learning nothing
+                raise  # this process's key setup is wrong: the worker stops, learning nothing from the batch
             except CorruptData as exc:  # one damaged row: its label is a miss, never learned from garbage
                 log.error("model %r: %s", model, exc)
                 continue
