@@ -120,6 +120,9 @@ class FeedbackReader:
                  codec: CodecPipeline | None = None) -> None:
         self._tables = tables
         self._codec = codec or CodecPipeline()  # opens segments sealed at rest (the store's key ring)
+        # Set when a segment could not be opened with this process's keys: every later listing raises it
+        # too, so the bulk loop stops the worker even when the critical lane's thread met it first.
+        self.unopenable: KeyUnavailable | None = None
         self.cfg = cfg
         self.group = group
         # Poison: stored events a learner cannot use (written by something other than cstore's writer,
@@ -167,6 +170,8 @@ class FeedbackReader:
     def list_new(self, cursors: dict[int, dict[int, LaneCursor]], scan_ticks: int, *, limit: int = 2000,
                  max_buckets: int = 4) -> dict[tuple[int, int], LaneListing]:
         """New segments per (part, lane) of the given cursors; ``scan_ticks`` must be taken before calling."""
+        if self.unopenable is not None:
+            raise self.unopenable
         parts = list(cursors)
         bpt = self.cfg.bucket_s * TICKS_PER_S
         idx = self._tables.buckets(self.cfg.model_id,
@@ -220,7 +225,8 @@ class FeedbackReader:
                 payload = open_segment(self._codec, self.cfg.model_id, ref.part, ref.lane, ref.bucket, ref.seg_id,
                                        r["payload"])
                 out[r["seg_id"]], bad = decode_stored(payload)
-            except KeyUnavailable:
+            except KeyUnavailable as exc:
+                self.unopenable = exc
                 raise
             except (InvalidFeedback, CorruptData) as exc:
                 self.poison_segments += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import struct
+import threading
 
 import msgpack
 import pytest
@@ -204,3 +205,28 @@ def test_damaged_history_metadata_is_refused_and_nothing_written(sealed, session
     assert session.execute("SELECT metadata FROM history WHERE model_id = %s AND bucket = %s AND op_id = %s AND "
                            "param = %s", (info.model_id, mine["bucket"], mine["op_id"],
                                           mine["param"])).one()["metadata"] == bad
+
+
+def test_a_sealed_critical_segment_stops_a_worker_without_the_key(sealed, base_config, unique_name):
+    create_learner(sealed, unique_name, n_features=2**8, chunk_size=128, partitions=1, drift="none")
+    send_feedback(sealed, unique_name, "cb-1", 1, features={"card_zq": "4111-SECRET-PAN"}, critical=True)
+    plain = keyed_store(base_config, None)
+    worker = Worker(plain, unique_name, batch_size=100, **FAST)
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:  # noqa: BLE001 - what ended it is the assertion below
+            outcome.append(exc)
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)  # the critical lane's thread meets it; the bulk loop then ends the worker with it
+    if thread.is_alive():
+        worker.stop()
+        thread.join(30)
+    plain.close()
+    assert len(outcome) == 1 and isinstance(outcome[0], KeyUnavailable), outcome
+    assert "feedback segment is encrypted" in str(outcome[0])
+    stats = Worker(sealed, unique_name, batch_size=100, **FAST).run(until_idle=True)
+    assert stats["poisoned"] == 0
