@@ -72,18 +72,21 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
               show_default=True)
 @click.option("--drift-response", type=click.Choice(["boost", "snapshot", "both", "none"]), default="boost",
               show_default=True, help="On drift: raise the learning rate, snapshot first, both, or only record.")
+@click.option("--update", type=click.Choice(["per_event", "summed"]), default="per_event", show_default=True,
+              help="Learn a micro-batch event by event, or in one summed-gradient step (cheaper, learns worse).")
 @json_option
 @click.pass_obj
 def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, l1, l2, lr, hash_seed, chunk_size,
                        partitions, bucket_s, ttl_s, lateness_s, half_life_s, kind_weights, priorities, drift,
-                       drift_response, as_json) -> None:
+                       drift_response, update, as_json) -> None:
     """Create learner model NAME: hashed logistic regression with weights and optimizer state stored."""
     from cstore.training import create_learner
     info = create_learner(obj.store(), name, n_features=_power_of_two(features), optimizer=optimizer, alpha=alpha,
                           beta=beta, l1=l1, l2=l2, lr=lr, hash_seed=hash_seed, chunk_size=chunk_size,
                           partitions=partitions, bucket_s=bucket_s, ttl_s=ttl_s, lateness_s=lateness_s,
                           half_life_s=half_life_s, kind_weights=_pairs(kind_weights, float, "weight"),
-                          priorities=_pairs(priorities, int, "lane"), drift=drift, drift_response=drift_response)
+                          priorities=_pairs(priorities, int, "lane"), drift=drift, drift_response=drift_response,
+                          update=update)
     if as_json:
         echo_json(info.to_dict())
     else:

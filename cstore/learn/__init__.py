@@ -1,6 +1,6 @@
 """Online-learning maths for cstore: feature hashing, sparse logistic
 regression, per-coordinate optimizers, drift detection, learning-rate
-scheduling and federated averaging.
+scheduling, per-event passes over a micro-batch and federated averaging.
 
 Everything here is pure numpy with no I/O; persistence is the storage
 layer's job (detectors and schedules expose plain-dict ``get_state``).
@@ -31,11 +31,13 @@ from cstore.learn.logistic import (
     sigmoid,
 )
 from cstore.learn.optimizers import SGD, AdaGrad, FTRLProximal, optimizer_from_config
+from cstore.learn.sequential import MAX_STEPS, SequentialResult, positions, replay, sequential_pass
 from cstore.learn.schedule import KIND_WEIGHTS, AdaptiveLearningRate, age_weights, kind_weights
 
 __all__ = [
     "ADWIN",
     "KIND_WEIGHTS",
+    "MAX_STEPS",
     "SGD",
     "AdaGrad",
     "AdaptiveLearningRate",
@@ -45,6 +47,7 @@ __all__ = [
     "GuardRule",
     "GuardWindow",
     "PageHinkley",
+    "SequentialResult",
     "SparseGradient",
     "age_weights",
     "auc",
@@ -55,7 +58,10 @@ __all__ = [
     "kind_weights",
     "log_loss",
     "optimizer_from_config",
+    "positions",
     "predict_proba",
     "predict_proba_batch",
+    "replay",
+    "sequential_pass",
     "sigmoid",
 ]

@@ -15,10 +15,15 @@ response, learning-rate schedule) is stored in the model's metadata under ``"lea
 the optimizer state is stored, a restarted or replacement worker continues exactly where the last
 commit left off.
 
-Micro-batches: workers commit one summed gradient per batch, so each coordinate takes far fewer
-steps than with per-event FTRL; the default ``alpha`` (0.3) is higher than the per-event 0.05 for
-that reason (measured on the development package's fraud simulator: 0.2-0.5 learn well at batch sizes
-500-2000).
+Micro-batches (``update``): by default (``"per_event"``) a worker learns its batch's events one after
+another, as an in-memory per-event learner would (:mod:`cstore.learn.sequential`; batches of more than
+``MAX_STEPS`` events in that many steps of consecutive events), and commits the result. Its commit
+transform, re-applied on a compare-and-set conflict, replays the pass's per-coordinate steps on the
+fresher rows: the other writer's update is kept and ours is applied on top, with the residuals our
+pass computed (the staleness a summed gradient has too); without a conflict the committed state is
+exactly the pass's. ``"summed"`` takes one summed-gradient step per batch instead: cheaper on very
+large batches, but each coordinate takes one step per batch instead of one per event, which costs
+learning quality (see ``benchmarks/QUALITY.md``).
 """
 from __future__ import annotations
 
@@ -32,17 +37,19 @@ import numpy as np
 from cstore.core import ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult
 from cstore.errors import ValidationError
 from cstore.feedback import DEFAULT_PRIORITIES, KINDS, check_layout, context
-from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, FeatureHasher, FTRLProximal, fedavg,
-                          fedavg_sparse, optimizer_from_config)
+from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, FeatureHasher, FTRLProximal,
+                          batch_gradient, fedavg, fedavg_sparse, optimizer_from_config, positions, replay,
+                          sequential_pass)
 from cstore.store import Store
 from cstore.training._shared_state import make_detector
 
-__all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "Learner", "LearnerConfig", "commit_federated",
-           "create_learner", "learner_config"]
+__all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "UPDATES", "Learner", "LearnerConfig",
+           "commit_federated", "create_learner", "learner_config"]
 
 OPTIMIZERS = {"ftrl": "FTRLProximal", "adagrad": "AdaGrad", "sgd": "SGD"}
 DRIFT_DETECTORS = ("page_hinkley", "adwin", "none")
 DRIFT_RESPONSES = ("boost", "snapshot", "both", "none")
+UPDATES = ("per_event", "summed")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,7 @@ class LearnerConfig:
     drift: Mapping[str, Any]
     drift_response: str
     schedule: Mapping[str, Any]
+    update: str = "per_event"  # models created before it existed learn per event too
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
@@ -84,7 +92,7 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
                    drift_within: int = 2000, drift_warmup: int = 20000, drift_response: str = "boost",
                    schedule: Mapping[str, Any] | None = None, partitions: int | None = None,
                    bucket_s: int | None = None, ttl_s: int | None = None, lateness_s: int | None = None,
-                   priorities: Mapping[str, int] | None = None) -> ModelInfo:
+                   priorities: Mapping[str, int] | None = None, update: str = "per_event") -> ModelInfo:
     """Create a learner model and fix its feedback layout; everything is validated before writing."""
     if optimizer not in OPTIMIZERS:
         raise ValidationError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -105,6 +113,8 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
         raise ValidationError(f"kind_weights must give a weight in [0, 100] to each of {', '.join(KINDS)}")
     if half_life_s is not None and not (isinstance(half_life_s, (int, float)) and half_life_s > 0):
         raise ValidationError(f"half_life_s must be a positive number of seconds or None, got {half_life_s!r}")
+    if update not in UPDATES:
+        raise ValidationError(f"update {update!r} is not one of {', '.join(UPDATES)}")
     if drift not in DRIFT_DETECTORS:
         raise ValidationError(f"drift detector {drift!r} is not one of {', '.join(DRIFT_DETECTORS)}")
     if isinstance(drift_warmup, bool) or not isinstance(drift_warmup, int) or drift_warmup < 0:
@@ -124,7 +134,7 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
                               "priorities": dict(priorities or DEFAULT_PRIORITIES)}
     check_layout(**layout)
     cfg = LearnerConfig(n_features, hash_seed, opt.get_config(), bias_opt.get_config(), weights, half_life_s,
-                        drift_cfg, drift_response, dict(schedule or {}))
+                        drift_cfg, drift_response, dict(schedule or {}), update)
     wnames, bnames = _param_names(opt.get_config()["name"])
     params = {**{p: (n_features,) for p in wnames.values()}, **{p: (1,) for p in bnames.values()}}
     info = store.create_model(name, params, chunk_size=chunk_size, metadata={"learner": cfg.to_dict()})
@@ -147,6 +157,66 @@ class Learner:
     def chunks_of(self, indices: np.ndarray) -> list[int]:
         return sorted(set((indices // self.info.chunk_size).tolist()) | {self.bias_chunk})
 
+    def batch_transform(self, current: Mapping[int, Mapping[str, ChunkRow]], weights: np.ndarray, bias: float,
+                        indptr: np.ndarray, idx: np.ndarray, val: np.ndarray, y: np.ndarray, s: np.ndarray,
+                        lr_scale: float) -> Transform:
+        """The commit transform learning one batch, as the config's ``update`` says. ``current``: the
+        touched chunks' rows; ``weights``/``bias``: the same weights, dense (the summed step's input)."""
+        if self.cfg.update == "summed":
+            g = batch_gradient(weights, bias, indptr, idx, val, y, s)
+            return self.gradient_transform(g.indices, g.values, g.bias, lr_scale)
+        return self.sequential_transform(current, indptr, idx, val, y, s, lr_scale)
+
+    def sequential_transform(self, current: Mapping[int, Mapping[str, ChunkRow]], indptr: np.ndarray,
+                             idx: np.ndarray, val: np.ndarray, y: np.ndarray, s: np.ndarray,
+                             lr_scale: float) -> Transform:
+        """Learn the batch event by event from ``current``; a transform committing the result (or, on
+        rows that moved meanwhile, replaying the pass's steps on them)."""
+        cs, bk = self.info.chunk_size, self.bias_chunk
+        coords, pos = positions(idx, self.cfg.n_features)
+        chunk_of = coords // cs
+        bounds = np.searchsorted(chunk_of, np.arange(self.info.n_chunks("weights") + 1))
+        spans = {k: (int(bounds[k]), int(bounds[k + 1])) for k in range(len(bounds) - 1) if bounds[k + 1] > bounds[k]}
+        local = {k: (coords[lo:hi] - k * cs).astype(np.int32) for k, (lo, hi) in spans.items()}
+        start: dict[str, np.ndarray] = {}
+        for key, p in self.wparams.items():
+            start[key] = np.empty(coords.size, np.float32)
+            for k, (lo, hi) in spans.items():
+                start[key][lo:hi] = current[k][p].data[local[k]]
+        bstart = {key: np.asarray(current[bk][p].data[:1], np.float32) for key, p in self.bparams.items()}
+        res = sequential_pass(self.opt, self.bias_opt, start, bstart, indptr, pos, val, y, s, lr_scale)
+        plans = {k: (local[k], {key: a[lo:hi] for key, a in start.items()},
+                     {key: a[lo:hi] for key, a in res.state.items()}) for k, (lo, hi) in spans.items()}
+        bias_plan = (np.zeros(1, np.int32), bstart, res.bias_state)
+        split: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def steps_of(chunk: int, bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            """The pass's steps at this chunk's coordinates (only a conflict needs them)."""
+            if bias:
+                return np.zeros(res.steps, np.int64), np.arange(res.steps), res.bias_grad
+            if not split:
+                by_chunk = np.argsort(chunk_of[res.entry_pos], kind="stable")
+                split.append((by_chunk, np.searchsorted(chunk_of[res.entry_pos][by_chunk], np.arange(len(bounds)))))
+            by_chunk, e_bounds = split[0]
+            sel = by_chunk[e_bounds[chunk]:e_bounds[chunk + 1]]
+            return res.entry_pos[sel] - spans[chunk][0], res.entry_step[sel], res.entry_grad[sel]
+        opt, bias_opt, wparams, bparams = self.opt, self.bias_opt, self.wparams, self.bparams
+
+        def transform(chunk: int, rows: Mapping[str, ChunkRow]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+            out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            for names, optimizer, plan in ((wparams, opt, plans.get(chunk)),
+                                           (bparams, bias_opt, bias_plan if chunk == bk else None)):
+                if plan is None:
+                    continue
+                loc, before, after = plan
+                now = {key: rows[p].data[loc] for key, p in names.items()}
+                # Unmoved rows: the pass's own result. Moved ones (a conflict): its steps replayed on them.
+                new = after if all(np.array_equal(now[key], before[key]) for key in now) else \
+                    replay(optimizer, now, *steps_of(chunk, names is bparams), lr_scale=lr_scale)
+                _place(out, rows, names, new, loc)
+            return out
+        return transform
+
     def gradient_transform(self, indices: np.ndarray, grad: np.ndarray, bias_grad: float,
                            lr_scale: float) -> Transform:
         """A pure chunk transform applying one optimizer step at ``indices`` (and to the bias)."""
@@ -168,7 +238,7 @@ class Learner:
             self.bias_chunk
 
         def transform(chunk: int, rows: Mapping[str, ChunkRow]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-            out = {}
+            out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
             for names, optimizer, sel in ((wparams, opt, per_chunk.get(chunk)),
                                           (bparams, bias_opt, (np.zeros(1, np.int32), bias_values)
                                            if chunk == bias_chunk else None)):
@@ -176,13 +246,18 @@ class Learner:
                     continue
                 local, g = sel
                 state = {k: rows[p].data[local] for k, p in names.items()}
-                new = step(optimizer, state, g)
-                for k, arr in new.items():
-                    full = rows[names[k]].data.copy()
-                    full[local] = arr
-                    out[names[k]] = (full, local)
+                _place(out, rows, names, step(optimizer, state, g), local)
             return out
         return transform
+
+
+def _place(out: dict[str, tuple[np.ndarray, np.ndarray]], rows: Mapping[str, ChunkRow], names: Mapping[str, str],
+           new: Mapping[str, np.ndarray], local: np.ndarray) -> None:
+    """A transform's output: each parameter's chunk with ``new`` at ``local``, and the touched positions."""
+    for key, arr in new.items():
+        full = rows[names[key]].data.copy()
+        full[local] = arr
+        out[names[key]] = (full, local)
 
 
 def _add_delta(opt: Any, state: Mapping[str, np.ndarray], delta: np.ndarray) -> dict[str, np.ndarray]:

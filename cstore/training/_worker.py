@@ -10,8 +10,9 @@ One iteration (:meth:`Worker.step`):
    skipped), hash them, weight samples by kind, confidence and age;
 4. read the touched chunks, score every event with the current weights *before* learning (prequential
    loss), feed the losses to the group's shared drift detector and learning-rate schedule;
-5. write the batch trace, commit the gradient through the chunk engine (``store.chunks``: one transform per
-   touched chunk updating weights, optimizer state and bias together, re-applied on LWT conflict);
+5. write the batch trace, learn the batch (event by event by default, see :class:`Learner`) and commit it
+   through the chunk engine (``store.chunks``: one transform per touched chunk updating weights, optimizer
+   state and bias together, re-applied on LWT conflict);
 6. advance the checkpoints of the partitions in the batch, conditioned on still holding their leases.
 
 Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between step 5
@@ -35,7 +36,7 @@ from cstore.backend import Cas
 from cstore.core import ChunkRow, CommitMeta, Transform, UpdateResult, ticks_now, uuid_now
 from cstore.errors import CstoreError, KeyUnavailable, PartialCommit, TransientError, UnknownOutcome
 from cstore.feedback import FeedbackReader, LaneCursor, LaneListing, PredictionLog, SegmentRef, context
-from cstore.learn import batch_gradient, log_loss, predict_proba_batch
+from cstore.learn import log_loss, predict_proba_batch
 from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
@@ -272,7 +273,7 @@ class Worker:
             bias = float(current[0]["bias"].data[0])
             p_head = predict_proba_batch(w, bias, indptr, idx, val)
             losses = np.asarray(log_loss(p_head, y), np.float64)
-            grad = batch_gradient(w, bias, indptr, idx, val, y, s)
+            weight_sum = float(s.sum())
             if set(parts) - set(lane.leases.held(self.margin_s)):
                 stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
                 return 0                                                        # leave the batch to its next owner
@@ -288,10 +289,10 @@ class Worker:
                 if drift:
                     self._on_drift(batch_id)
                 self.guard.observe(p_head, indptr, idx, val, y, np.array([events[i].kind for i in keep]))
-            self._trace(batch_id, chosen, len(events), len(keep), grad.weight_sum, loss, score, lr_scale)
+            self._trace(batch_id, chosen, len(events), len(keep), weight_sum, loss, score, lr_scale)
             meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
-                                  len(events) - len(keep), grad.weight_sum, loss, score, drift, lr_scale)
-            transform = learner.gradient_transform(grad.indices, grad.values, grad.bias, lr_scale)
+                                  len(events) - len(keep), weight_sum, loss, score, drift, lr_scale)
+            transform = learner.batch_transform(current, w, bias, indptr, idx, val, y, s, lr_scale)
             self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
             self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)

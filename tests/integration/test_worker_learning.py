@@ -157,9 +157,10 @@ def test_a_failing_batch_is_retried_not_lost(store):
 @pytest.mark.parametrize("ingest", [_ingest, _ingest_columns], ids=["send", "send_batch"])
 def test_a_restarted_worker_resumes_exactly(store, ingest):
     """Two workers one after the other give bit-for-bit the model a pure-numpy replay of the batches gives,
-    whether the feedback came event by event or as columns."""
+    whether the feedback came event by event or as columns (the summed step: one per batch; the per-event
+    default is pinned in test_per_event.py)."""
     name = new_name("resume")
-    create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=2, alpha=0.3)
+    create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=2, alpha=0.3, update="summed")
     ingest(store, name, FraudStream(seed=14).sample(5000), max_batch=250)
     first = Worker(store, name, batch_size=1000, **FAST)
     first.run(max_batches=2)
