@@ -41,7 +41,7 @@ from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, Feat
                           batch_gradient, fedavg, fedavg_sparse, optimizer_from_config, positions, replay,
                           sequential_pass)
 from cstore.store import Store
-from cstore.training._shared_state import make_detector
+from cstore.training._shared_state import DEFAULT_WARMUP, make_detector
 
 __all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "UPDATES", "Learner", "LearnerConfig",
            "commit_federated", "create_learner", "learner_config"]
@@ -89,7 +89,7 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
                    chunk_size: int = 16384, kind_weights: Mapping[str, float] | None = None,
                    half_life_s: float | None = None, drift: str = "page_hinkley",
                    drift_params: Mapping[str, Any] | None = None, drift_confirmations: int = 2,
-                   drift_within: int = 2000, drift_warmup: int = 20000, drift_response: str = "boost",
+                   drift_within: int = 2000, drift_warmup: int = DEFAULT_WARMUP, drift_response: str = "boost",
                    schedule: Mapping[str, Any] | None = None, partitions: int | None = None,
                    bucket_s: int | None = None, ttl_s: int | None = None, lateness_s: int | None = None,
                    priorities: Mapping[str, int] | None = None, update: str = "per_event") -> ModelInfo:

@@ -125,6 +125,47 @@ def synthetic(kind: str, gradual: bool) -> Callable[[int | None, int], Stream]:
     return build
 
 
+# -- more River generators: other functions, variants and seeds; and stationary controls --------------
+def _gen(kind: str, arg: Any, seed: int) -> Any:
+    synth = require_river().datasets.synth
+    if kind == "sine":
+        return synth.Sine(classification_function=arg, seed=seed, has_noise=False)
+    if kind == "sea":
+        return synth.SEA(variant=arg, noise=0.1, seed=seed)
+    if kind == "stagger":
+        return synth.STAGGER(classification_function=arg, seed=seed, balance_classes=False)
+    if kind == "agrawal":
+        return synth.Agrawal(classification_function=arg, seed=seed, balance_classes=False, perturbation=0.05)
+    if kind == "rbf":
+        return synth.RandomRBF(seed_model=seed, seed_sample=seed + 1, n_features=10, n_centroids=50)
+    if kind == "hyperplane":
+        return synth.Hyperplane(seed=seed, n_features=10, n_drift_features=0, noise_percentage=0.05)
+    raise ValueError(kind)
+
+
+def drifting(label: str, kind: str, before: Any, after: Any, what: str,
+             default_n: int = 10000) -> Callable[[int | None, int], Stream]:
+    """An abrupt change at the middle of the stream from one generator setting to another."""
+    def build(n: int | None, seed: int) -> Stream:
+        n = n or default_n
+        width = math.ceil(4 * (n // 2) / 700)
+        stream, pos = _drift_stream(lambda which, sd: _gen(kind, (before, after)[which], sd), n, seed, width)
+        xs, ys = _take(stream, n)
+        return Stream(label, f"River ConceptDriftStream, {what}, abrupt at {pos} (width {width})", preprocess(xs),
+                      ys, [pos], [width], window=max(500, n // 20))
+    return build
+
+
+def stationary(label: str, kind: str, what: str, default_n: int = 10000) -> Callable[[int | None, int], Stream]:
+    """No drift at all: any detection on it is a false alarm (the control)."""
+    def build(n: int | None, seed: int) -> Stream:
+        n = n or default_n
+        xs, ys = _take(iter(_gen(kind, None, seed)), n)
+        return Stream(label, f"River {what}, stationary (no drift; the false-alarm control)", preprocess(xs), ys,
+                      window=max(500, n // 20))
+    return build
+
+
 # -- cstore's fraud-like stream ---------------------------------------------------------------------
 # The fraudsim rule with its logit shifted to ~1% positives; after the drift the fraudsters move: other
 # countries and merchant categories become risky and new devices stop being a signal.
@@ -162,6 +203,12 @@ DATASETS: dict[str, Callable[[int | None, int], Stream]] = {
     "hyperplane-abrupt": synthetic("hyperplane", gradual=False),
     "hyperplane-gradual": synthetic("hyperplane", gradual=True),
     "fraud": fraud,
+    "sine-flip": drifting("sine-flip", "sine", 0, 1, "Sine f0 -> f1 (the rule flips: labels reversed)"),
+    "sea-abrupt": drifting("sea-abrupt", "sea", 0, 2, "SEA variant 0 -> 2 (threshold 8 -> 7, 10% noise)"),
+    "stagger-abrupt": drifting("stagger-abrupt", "stagger", 0, 2, "STAGGER f0 -> f2 (categorical rules)"),
+    "agrawal-f1-f4": drifting("agrawal-f1-f4", "agrawal", 1, 4, "Agrawal f1 -> f4 (age and salary -> loan)"),
+    "hyperplane-stationary": stationary("hyperplane-stationary", "hyperplane", "Hyperplane (10 features, 5% noise)"),
+    "rbf-stationary": stationary("rbf-stationary", "rbf", "RandomRBF (10 features, 50 centroids)"),
 }
 
 

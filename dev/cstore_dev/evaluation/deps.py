@@ -1,6 +1,6 @@
 """The evaluation's optional dependencies, imported on first use with an actionable error.
 
-River and matplotlib are needed by ``cstore eval`` only; no other cstore module imports them.
+River, Vowpal Wabbit and matplotlib are needed by ``cstore eval`` only; no other cstore module imports them.
 """
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def require_river() -> ModuleType:
     except ImportError as exc:
         raise ValidationError(f"{_HINT} (river is missing: {exc})") from None
     return river
+
+
+def require_vw() -> ModuleType:
+    """``vowpalwabbit`` (the second reference learner), or a clear error naming the extra."""
+    try:
+        import vowpalwabbit
+    except ImportError as exc:
+        raise ValidationError(f"{_HINT} (vowpalwabbit is missing: {exc})") from None
+    return vowpalwabbit
 
 
 def require_pyplot() -> ModuleType:

@@ -1,4 +1,5 @@
-"""PNG of windowed prequential AUC over the stream: cstore, River and the frozen model, with drifts marked."""
+"""PNG of windowed prequential AUC over the stream: cstore, River, Vowpal Wabbit and the frozen model, with drifts
+marked."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -10,6 +11,7 @@ from cstore_dev.evaluation.run import as_array
 
 _STYLE = {"cstore": ("tab:blue", "-", "cstore (client + feedback + workers on Cassandra)"),
           "river": ("tab:orange", "--", "River LogisticRegression, same FTRL settings"),
+          "vw": ("tab:green", "-.", "Vowpal Wabbit, --loss_function logistic (its defaults)"),
           "frozen": ("tab:gray", ":", "frozen after the first 10%")}
 
 
@@ -33,7 +35,7 @@ def plot(report: Mapping[str, Any], path: str | Path) -> Path:
     ax.set_xlabel("event")
     ax.set_ylabel(f"AUC over the last {report['window']} events")
     ax.set_title(f"{report['dataset']}: prequential AUC (cstore {report['cstore_auc']}, river {report['river_auc']}, "
-                 f"frozen {report['frozen_auc']})", fontsize=10)
+                 f"vw {report.get('vw_auc')}, frozen {report['frozen_auc']})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", framealpha=0.9)
     fig.tight_layout()

@@ -7,9 +7,13 @@
   hashing collisions are identical on both sides and any gap comes from the system, not the input.
 * A frozen model: the ``river`` learner copied after the first 10% of the stream and never updated
   again (before that point it *is* the river learner).
+* Vowpal Wabbit (``vw``): ``--loss_function logistic`` at its defaults (adaptive, normalised and
+  invariant updates, learning rate 0.5, its own constant feature), one event at a time, on the same
+  hashed features (VW takes an integer feature name as its index, and its default 2^18 space holds
+  cstore's 2^16 without new collisions).
 * River's ADWIN at its defaults on the river learner's prequential 0/1 error: the false-alarm yardstick.
-* ``replica``: cstore's own maths (micro-batch summed gradient, the same optimizer and schedule and drift
-  detector objects) in memory, without Cassandra. It isolates what micro-batching costs from what the
+* ``replica``: cstore's own maths (the worker's per-event pass, or its summed step, with the same optimizer,
+  schedule and drift detector objects) in memory, without Cassandra. It isolates what micro-batching costs from what the
   distributed system (delays, several workers, ordering) costs.
 """
 from __future__ import annotations
@@ -21,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from cstore.learn import (KIND_WEIGHTS, AdaptiveLearningRate, FeatureHasher, batch_gradient, log_loss,
-                          optimizer_from_config, predict_proba_batch)
+                          optimizer_from_config, positions, predict_proba_batch, sequential_pass)
 from cstore.training import DEFAULT_WARMUP, make_detector
-from cstore_dev.evaluation.deps import require_river
+from cstore_dev.evaluation.deps import require_river, require_vw
 
 
 def river_optimizer(river: Any, cfg: Mapping[str, Any]) -> Any:
@@ -64,9 +68,25 @@ def run_river(hashed: list[dict[int, float]], labels: np.ndarray, optimizer_cfg:
     return {"river": p_river, "river_default": p_default, "frozen": p_frozen, "adwin": adwin_at}
 
 
+def run_vw(hashed: list[dict[int, float]], labels: np.ndarray) -> np.ndarray:
+    """Vowpal Wabbit's prequential probabilities: predict, then learn, event by event."""
+    vw = require_vw().Workspace("--loss_function logistic --quiet")
+    out = np.empty(len(hashed))
+    try:
+        for i, (x, y) in enumerate(zip(hashed, labels)):
+            line = f"{1 if y > 0.5 else -1} | " + " ".join(f"{j}:{v:.7g}" for j, v in x.items())
+            margin = float(vw.predict(line))  # the raw score; logistic loss learns it as a log-odds
+            out[i] = 1.0 / (1.0 + np.exp(-margin))
+            vw.learn(line)
+    finally:
+        vw.finish()
+    return out
+
+
 def run_replica(rows: list[Mapping[str, Any]], labels: np.ndarray, learner_cfg: Mapping[str, Any],
                 block: int) -> dict[str, Any]:
-    """cstore's worker maths in memory: score a block, then one summed-gradient step for the block.
+    """cstore's worker maths in memory: score a block, then learn it as the worker does (per event, or
+    one summed-gradient step for the block with ``update="summed"``).
 
     Mirrors :meth:`cstore.training.Worker._learn` and :meth:`SharedLearnerState.apply_batch` with one
     worker and no delay beyond the block itself (explicit feedback, weight 1).
@@ -97,7 +117,16 @@ def run_replica(rows: list[Mapping[str, Any]], labels: np.ndarray, learner_cfg: 
         sched.update(float(losses.mean()), int(losses.size))
         if drifted and boost:  # same order as SharedLearnerState.apply_batch
             sched.on_drift()
-        g = batch_gradient(state["w"], bias, indptr, idx, val, y, np.full(hi - lo, kw))
+        s = np.full(hi - lo, kw)
+        if learner_cfg.get("update", "per_event") == "per_event":
+            coords, pos = positions(idx, learner_cfg["n_features"])
+            res = sequential_pass(opt, bopt, {k: v[coords] for k, v in state.items()}, bstate, indptr, pos, val, y, s,
+                                  sched.scale)
+            for k, v in res.state.items():
+                state[k][coords] = v
+            bstate = res.bias_state
+            continue
+        g = batch_gradient(state["w"], bias, indptr, idx, val, y, s)
         new = opt.apply({k: state[k][g.indices] for k in ("w", *opt.state_params)}, g.values, sched.scale)
         for k, v in new.items():
             state[k][g.indices] = v
