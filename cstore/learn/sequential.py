@@ -39,7 +39,7 @@ from cstore.learn.optimizers import SGD, AdaGrad, FTRLProximal
 __all__ = ["MAX_STEPS", "SequentialResult", "positions", "replay", "sequential_pass"]
 
 #: Steps per batch at most (a batch of more events groups consecutive events into one step).
-MAX_STEPS = 256
+MAX_STEPS = 128
 
 Optimizer = FTRLProximal | AdaGrad | SGD
 State = dict[str, np.ndarray]
@@ -205,6 +205,7 @@ def sequential_pass(opt: Optimizer, bias_opt: Optimizer, state: Mapping[str, np.
         step_of_row = (np.arange(m, dtype=np.int64) * steps) // m
         rb = np.searchsorted(step_of_row, np.arange(steps + 1))
         ent_bounds, row_bounds = indptr[rb].tolist(), rb.tolist()
+        row = row - rb[step_of_row[row]]  # each entry's row within its step
     kern = _Kernel(opt, lr_scale, st)
     bkern = None if merged else _Kernel(bias_opt, lr_scale, bias_state)
     w, step, ys, sws = kern.w, kern.step, y.tolist(), sw.tolist()
@@ -236,9 +237,10 @@ def sequential_pass(opt: Optimizer, bias_opt: Optimizer, state: Mapping[str, np.
             c = c[own]
             inv = (np.cumsum(own) - 1)[last]
             w0 = w[c]
-            local = row[lo:hi] - rlo
+            local = row[lo:hi]
             margins = np.bincount(local, weights=w0[inv] * v, minlength=rhi - rlo) + b
-            rr = sw[rlo:rhi] * (1.0 / (1.0 + np.exp(-np.clip(margins, -700.0, 700.0))) - y[rlo:rhi])
+            with np.errstate(over="ignore"):  # exp(-m) = inf for m < -709 gives p = 0, which is right
+                rr = sw[rlo:rhi] * (1.0 / (1.0 + np.exp(-margins)) - y[rlo:rhi])
             g = np.bincount(inv, weights=rr[local] * v, minlength=c.size)
             rsum = float(rr.sum())
             if bkern is None:  # the merged bias joins the step as its last coordinate

@@ -186,8 +186,8 @@ class Learner:
         bstart = {key: np.asarray(current[bk][p].data[:1], np.float32) for key, p in self.bparams.items()}
         res = sequential_pass(self.opt, self.bias_opt, start, bstart, indptr, pos, val, y, s, lr_scale)
         plans = {k: (local[k], {key: a[lo:hi] for key, a in start.items()},
-                     {key: a[lo:hi] for key, a in res.state.items()}) for k, (lo, hi) in spans.items()}
-        bias_plan = (np.zeros(1, np.int32), bstart, res.bias_state)
+                     {key: a[lo:hi] for key, a in res.state.items()}, current[k]) for k, (lo, hi) in spans.items()}
+        bias_plan = (np.zeros(1, np.int32), bstart, res.bias_state, current[bk])
         split: list[tuple[np.ndarray, np.ndarray]] = []
 
         def steps_of(chunk: int, bias: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,11 +208,15 @@ class Learner:
                                            (bparams, bias_opt, bias_plan if chunk == bk else None)):
                 if plan is None:
                     continue
-                loc, before, after = plan
-                now = {key: rows[p].data[loc] for key, p in names.items()}
-                # Unmoved rows: the pass's own result. Moved ones (a conflict): its steps replayed on them.
-                new = after if all(np.array_equal(now[key], before[key]) for key in now) else \
-                    replay(optimizer, now, *steps_of(chunk, names is bparams), lr_scale=lr_scale)
+                loc, before, after, read = plan
+                # Unmoved rows (the very arrays the pass read, or equal at our coordinates): the pass's own
+                # result. Moved ones (a conflict): its steps replayed on them.
+                if all(rows[p].data is read[p].data for p in names.values()):
+                    new = after
+                else:
+                    now = {key: rows[p].data[loc] for key, p in names.items()}
+                    new = after if all(np.array_equal(now[key], before[key]) for key in now) else \
+                        replay(optimizer, now, *steps_of(chunk, names is bparams), lr_scale=lr_scale)
                 _place(out, rows, names, new, loc)
             return out
         return transform

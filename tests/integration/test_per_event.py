@@ -37,9 +37,9 @@ def _run(store, optimizer, opt, params):
     with FeedbackWriter(store, name, max_batch=40, linger_ms=5) as w:
         for tx in FraudStream(seed=21).sample(600):
             w.send(tx["entity_id"], tx["label"], features=tx["features"])
-    first = Worker(store, name, batch_size=150, **FAST)  # several batches, and a second worker resuming
+    first = Worker(store, name, batch_size=100, **FAST)  # several batches, and a second worker resuming
     first.run(max_batches=2)
-    Worker(store, name, batch_size=150, **FAST).run(until_idle=True)
+    Worker(store, name, batch_size=100, **FAST).run(until_idle=True)
     counts, traces = learned_counts(store, name, first.shared)
     assert set(counts.values()) == {1} and sum(t["n_learned"] for t in traces) == 600
     events = {s["seg_id"]: decode_payload(s["payload"]) for s in all_segments(store.backend.session, first.fcfg)}

@@ -49,7 +49,7 @@ def _per_event(opt, bopt, k, indptr, pos, vals, y, s, lr, group: int = 1):
 
 @pytest.mark.parametrize(("opt", "bopt"), OPTIMIZERS, ids=IDS)
 def test_the_pass_ends_where_a_per_event_learner_does(opt, bopt):
-    indptr, pos, vals, y, s, k = _batch(1, m=200)
+    indptr, pos, vals, y, s, k = _batch(1, m=120)
     ref, bref = _per_event(opt, bopt, k, indptr, pos, vals, y, s, 1.3)
     res = sequential_pass(opt, bopt, opt.init_state(k), bopt.init_state(1), indptr, pos, vals, y, s, 1.3)
     assert res.steps == len(y)
