@@ -10,9 +10,8 @@ One iteration (:meth:`Worker.step`):
    skipped), hash them, weight samples by kind, confidence and age;
 4. read the touched chunks, score every event with the current weights *before* learning (prequential
    loss), feed the losses to the group's shared drift detector and learning-rate schedule;
-5. write the batch trace, learn the batch (event by event by default, see :class:`Learner`) and commit it
-   through the chunk engine (``store.chunks``: one transform per touched chunk updating weights, optimizer
-   state and bias together, re-applied on LWT conflict);
+5. write the batch trace, learn the batch (per event by default, see :class:`Learner`) and commit it through
+   ``store.chunks`` (one transform per touched chunk: weights, optimizer state, bias; re-applied on conflict);
 6. advance the checkpoints of the partitions in the batch, conditioned on still holding their leases.
 
 Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between step 5
@@ -273,11 +272,10 @@ class Worker:
             bias = float(current[0]["bias"].data[0])
             p_head = predict_proba_batch(w, bias, indptr, idx, val)
             losses = np.asarray(log_loss(p_head, y), np.float64)
-            weight_sum = float(s.sum())
             if set(parts) - set(lane.leases.held(self.margin_s)):
                 stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
                 return 0                                                        # leave the batch to its next owner
-            loss, drift = float(losses.mean()), False
+            loss, drift, weight_sum = float(losses.mean()), False, float(s.sum())
             if lane.critical:
                 with self._lock:
                     self._deferred.append(losses)
