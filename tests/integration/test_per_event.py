@@ -61,3 +61,49 @@ def test_the_stored_adagrad_model_equals_a_per_event_learner(store):
     np.testing.assert_allclose(stored["weights"], state["w"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["g2"], state["g2"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["bias"], bias["w"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_conflicting_commit_replays_its_steps_on_the_other_writers_rows(store):
+    """Two batches learned from the same read: the first commits the pass's result; the second finds its
+    chunks moved (a refused compare-and-set, re-applied to the rows read again) and replays its recorded
+    per-coordinate steps on top. The stored model is exactly that, and its state stays consistent."""
+    from cstore.core import CommitMeta
+    from cstore.learn import positions, replay, sequential_pass
+    from cstore.training import Learner, learner_config
+
+    name = new_name("conflict")
+    info = create_learner(store, name, n_features=2**10, chunk_size=256, drift="none")
+    learner, hasher, opt = Learner(info, learner_config(info)), FeatureHasher(2**10), FTRLProximal(0.3, 1.0)
+    txs = FraudStream(seed=22).sample(160)
+    batches = []
+    for part in (txs[:80], txs[80:]):
+        indptr, idx, val = hasher.transform_many([tx["features"] for tx in part])
+        batches.append((indptr, idx, val, np.array([tx["label"] for tx in part], float), np.ones(len(part))))
+    chunks = sorted(set(learner.chunks_of(batches[0][1])) | set(learner.chunks_of(batches[1][1])))
+    current = store.chunks.read(info, chunks)  # both batches start from this read
+    meta = CommitMeta("gradient", 1.0, "feedback", "{}")
+    results = [store.chunks.commit(info, chunks, learner.sequential_transform(current, *b, 1.0), meta,
+                                   current=current) for b in batches]
+    assert sum(c.conflicts for c in results[0].commits) == 0 and sum(c.conflicts for c in results[1].commits) > 0
+    # The same in memory: pass A from zero; pass B's steps (computed from zero too) replayed on A's result.
+    zero = opt.init_state(2**10)
+    expected, bias = {k: v.copy() for k, v in zero.items()}, opt.init_state(1)
+    passes = []
+    for indptr, idx, val, y, s in batches:
+        coords, pos = positions(idx, 2**10)
+        passes.append((coords, sequential_pass(opt, opt, {k: v[coords] for k, v in zero.items()},
+                                                 opt.init_state(1), indptr, pos, val, y, s)))
+    (ca, a), (cb, b) = passes
+    for k, v in a.state.items():
+        expected[k][ca] = v
+    again = replay(opt, {k: v[cb] for k, v in expected.items()}, b.entry_pos, b.entry_step, b.entry_grad)
+    for k, v in again.items():
+        expected[k][cb] = v
+    bias = replay(opt, a.bias_state, np.zeros(b.steps, np.int64), np.arange(b.steps), b.bias_grad)
+    stored = store.read_model(name).params
+    for param, key in (("weights", "w"), ("z", "z"), ("n", "n")):
+        np.testing.assert_array_equal(stored[param], expected[key])
+    np.testing.assert_array_equal(stored["bias"], bias["w"])
+    np.testing.assert_array_equal(stored["weights"], opt.weights_from(stored["z"], stored["n"]))
+    shared = np.intersect1d(ca, cb)
+    assert shared.size and np.all(stored["n"][shared] > a.state["n"][np.searchsorted(ca, shared)])  # A's stays in n
