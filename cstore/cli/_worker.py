@@ -73,7 +73,7 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
 @click.option("--drift-response", type=click.Choice(["boost", "snapshot", "both", "none"]), default="boost",
               show_default=True, help="On drift: raise the learning rate, snapshot first, both, or only record.")
 @click.option("--update", type=click.Choice(["per_event", "summed"]), default="per_event", show_default=True,
-              help="Learn a micro-batch event by event, or in one summed-gradient step (cheaper, learns worse).")
+              help="Learn a micro-batch event by event, or in one summed-gradient step (learns worse).")
 @json_option
 @click.pass_obj
 def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, l1, l2, lr, hash_seed, chunk_size,

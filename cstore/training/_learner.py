@@ -21,8 +21,8 @@ another, as an in-memory per-event learner would (:mod:`cstore.learn.sequential`
 transform, re-applied on a compare-and-set conflict, replays the pass's per-coordinate steps on the
 fresher rows: the other writer's update is kept and ours is applied on top, with the residuals our
 pass computed (the staleness a summed gradient has too); without a conflict the committed state is
-exactly the pass's. ``"summed"`` takes one summed-gradient step per batch instead: cheaper on very
-large batches, but each coordinate takes one step per batch instead of one per event, which costs
+exactly the pass's. ``"summed"`` takes one summed-gradient step per batch instead (the behaviour before
+per-event passes): each coordinate takes one step per batch instead of one per event, which costs
 learning quality (see ``benchmarks/QUALITY.md``).
 """
 from __future__ import annotations
