@@ -46,6 +46,18 @@ def test_detections_are_matched_to_drifts_and_the_rest_are_false_alarms():
     assert s.false_alarms == 2 and s.max_delay_ok  # 300 (before) and 9000 (after the horizon)
 
 
+def test_gaps_are_against_each_reference_and_the_better_one():
+    from cstore_dev.evaluation.run import _gaps
+    r = {"cstore_auc": 0.90, "river_auc": 0.92, "vw_auc": 0.91, "cstore_logloss": 0.30, "river_logloss": 0.31,
+         "vw_logloss": 0.29, "cstore_auc_after": 0.8, "river_auc_after": None, "vw_auc_after": 0.7,
+         "cstore_logloss_after": 0.4, "river_logloss_after": 0.5, "vw_logloss_after": 0.45}
+    g = _gaps(r)
+    assert g["auc_gap_vs_river"] == -0.02 and g["auc_gap_vs_vw"] == -0.01 and g["auc_gap_vs_best"] == -0.02
+    assert g["logloss_gap_vs_best"] == 0.01 and g["logloss_after_gap_vs_best"] == -0.05  # lower is better
+    assert g["auc_after_gap_vs_river"] is None and g["auc_after_gap_vs_best"] == 0.1  # a missing one is skipped
+    assert not g["auc_within_tolerance"] and not g["logloss_within_tolerance"]
+
+
 def test_cli_on_a_stationary_stream_matches_the_references(base_config, tmp_path):
     """Phishing (River's bundled dataset, no known drift) through `cstore eval --json --plot` at its defaults."""
     png = tmp_path / "phishing.png"
