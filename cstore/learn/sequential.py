@@ -38,7 +38,9 @@ from cstore.learn.optimizers import SGD, AdaGrad, FTRLProximal
 
 __all__ = ["MAX_STEPS", "SequentialResult", "positions", "replay", "sequential_pass"]
 
-#: Steps per batch at most (a batch of more events groups consecutive events into one step).
+#: Steps per batch at most (a batch of more events groups consecutive events into one step). Each step
+#: costs ~10-30 µs of Python; at 128 a 20,000-event batch learns as fast as one summed step did in
+#: ``cstore bench apply``, and the worker's usual batches (100-ish events) stay exactly per event.
 MAX_STEPS = 128
 
 Optimizer = FTRLProximal | AdaGrad | SGD
@@ -50,7 +52,7 @@ Index = np.ndarray
 class SequentialResult:
     """What :func:`sequential_pass` leaves: the new float32 state of the touched coordinates and of
     the bias, and the record of the steps (``entry_pos`` into the coordinates, ``entry_step``,
-    ``entry_grad``: one entry per coordinate and step, ordered by step then coordinate;
+    ``entry_grad``: one entry per coordinate and step, in step order;
     ``bias_grad`` per step) that :func:`replay` re-applies."""
 
     state: State
