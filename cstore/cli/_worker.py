@@ -64,6 +64,7 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
 @click.option("--ttl-s", type=int, help="Feedback TTL in seconds [config feedback_ttl_s].")
 @click.option("--lateness-s", type=int, help="Late-segment window in seconds [config feedback_lateness_s].")
 @click.option("--half-life-s", type=float, help="Down-weight feedback by age with this half-life.")
+@click.option("--window-s", type=float, help="Learn only from feedback at most this many seconds old (event time).")
 @click.option("--kind-weight", "kind_weights", multiple=True, metavar="KIND=W",
               help="Sample weight of a kind (all four kinds if given).")
 @click.option("--priority", "priorities", multiple=True, metavar="KIND=LANE",
@@ -77,14 +78,15 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
 @json_option
 @click.pass_obj
 def create_learner_cmd(obj: CliContext, name, features, optimizer, alpha, beta, l1, l2, lr, hash_seed, chunk_size,
-                       partitions, bucket_s, ttl_s, lateness_s, half_life_s, kind_weights, priorities, drift,
+                       partitions, bucket_s, ttl_s, lateness_s, half_life_s, window_s, kind_weights, priorities, drift,
                        drift_response, update, as_json) -> None:
     """Create learner model NAME: hashed logistic regression with weights and optimizer state stored."""
     from cstore.training import create_learner
     info = create_learner(obj.store(), name, n_features=_power_of_two(features), optimizer=optimizer, alpha=alpha,
                           beta=beta, l1=l1, l2=l2, lr=lr, hash_seed=hash_seed, chunk_size=chunk_size,
                           partitions=partitions, bucket_s=bucket_s, ttl_s=ttl_s, lateness_s=lateness_s,
-                          half_life_s=half_life_s, kind_weights=_pairs(kind_weights, float, "weight"),
+                          half_life_s=half_life_s, window_s=window_s,
+                          kind_weights=_pairs(kind_weights, float, "weight"),
                           priorities=_pairs(priorities, int, "lane"), drift=drift, drift_response=drift_response,
                           update=update)
     if as_json:

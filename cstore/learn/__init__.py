@@ -32,7 +32,7 @@ from cstore.learn.logistic import (
 )
 from cstore.learn.optimizers import SGD, AdaGrad, FTRLProximal, optimizer_from_config
 from cstore.learn.sequential import MAX_STEPS, SequentialResult, positions, replay, sequential_pass
-from cstore.learn.schedule import KIND_WEIGHTS, AdaptiveLearningRate, age_weights, kind_weights
+from cstore.learn.schedule import KIND_WEIGHTS, AdaptiveLearningRate, age_weights, kind_weights, window_weights
 
 __all__ = [
     "ADWIN",
@@ -64,4 +64,5 @@ __all__ = [
     "replay",
     "sequential_pass",
     "sigmoid",
+    "window_weights",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from cstore.learn._common import STATE_VERSION as _STATE_VERSION
 from cstore.learn._common import check_state as _check_state
 
-__all__ = ["KIND_WEIGHTS", "AdaptiveLearningRate", "age_weights", "kind_weights"]
+__all__ = ["KIND_WEIGHTS", "AdaptiveLearningRate", "age_weights", "kind_weights", "window_weights"]
 
 #: Default sample weight per feedback kind. Read-only so that one caller
 #: cannot silently change the weighting of every other one.
@@ -155,14 +155,34 @@ def age_weights(event_times: np.ndarray, now: float, half_life_s: float | None) 
     >>> age_weights(np.array([100.0, 90.0, 80.0, 110.0]), now=100.0, half_life_s=10.0).tolist()
     [1.0, 0.5, 0.25, 1.0]
     """
+    age = _ages(event_times, now)
+    if half_life_s is None:
+        return np.ones(age.shape)
+    out: np.ndarray = np.exp2(-np.maximum(age, 0.0) / _pos("half_life_s", half_life_s))
+    return out
+
+
+def window_weights(event_times: np.ndarray, now: float, window_s: float | None) -> np.ndarray:
+    """A sliding window over event time: 1 for events at most ``window_s`` old, 0 for older ones.
+
+    Where ``age_weights`` fades old feedback, a window forgets it at once: the pattern for labels that
+    stop being true after a known time (a rule change, a product relaunch). ``None``: all ones.
+
+    >>> window_weights(np.array([100.0, 91.0, 89.0, 110.0]), now=100.0, window_s=10.0).tolist()
+    [1.0, 1.0, 0.0, 1.0]
+    """
+    age = _ages(event_times, now)
+    if window_s is None:
+        return np.ones(age.shape)
+    return (age <= _pos("window_s", window_s)).astype(np.float64)
+
+
+def _ages(event_times: np.ndarray, now: float) -> np.ndarray:
+    """Seconds between each event time and ``now`` (negative for clock skew), validated finite."""
     t = np.asarray(event_times, dtype=np.float64)
     if not np.all(np.isfinite(t)) or not math.isfinite(float(now)):
         raise ValueError("event_times and now must be finite (seconds)")
-    if half_life_s is None:
-        return np.ones(t.shape)
-    h = _pos("half_life_s", half_life_s)
-    age = np.maximum(float(now) - t, 0.0)
-    return np.exp2(-age / h)
+    return float(now) - t
 
 
 def kind_weights(kinds: list[str], weights: Mapping[str, float] = KIND_WEIGHTS) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from cstore.errors import ValidationError
 from cstore.feedback import Event, LaneListing, SegmentRef
-from cstore.learn import FeatureHasher, age_weights
+from cstore.learn import FeatureHasher, age_weights, window_weights
 from cstore.training._learner import LearnerConfig
 
 __all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "hash_rows", "sample_weights", "select_segments"]
@@ -118,11 +118,13 @@ def hash_rows(hasher: FeatureHasher, rows: list[Mapping[str, Any]],
 
 
 def sample_weights(cfg: LearnerConfig, events: Sequence[Event]) -> np.ndarray:
-    """Per event: its kind's weight times its confidence, decayed by age when ``half_life_s`` is set."""
+    """Per event: its kind's weight times its confidence, decayed by age when ``half_life_s`` is set,
+    and 0 outside the ``window_s`` window (older events teach nothing)."""
     kw = cfg.kind_weights
     s = np.array([kw.get(ev.kind, 0.0) * (1.0 if ev.confidence is None else ev.confidence) for ev in events])
-    if cfg.half_life_s:
-        s *= age_weights(np.array([ev.event_time for ev in events]), time.time(), cfg.half_life_s)
+    if cfg.half_life_s or cfg.window_s:
+        times, now = np.array([ev.event_time for ev in events]), time.time()
+        s *= age_weights(times, now, cfg.half_life_s) * window_weights(times, now, cfg.window_s)
     return s
 
 

@@ -64,6 +64,7 @@ class LearnerConfig:
     drift_response: str
     schedule: Mapping[str, Any]
     update: str = "per_event"  # models created before it existed learn per event too
+    window_s: float | None = None  # learn only from events at most this old (event time); None: all
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in self.__dict__.items()}
@@ -92,7 +93,8 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
                    drift_within: int = 2000, drift_warmup: int = DEFAULT_WARMUP, drift_response: str = "boost",
                    schedule: Mapping[str, Any] | None = None, partitions: int | None = None,
                    bucket_s: int | None = None, ttl_s: int | None = None, lateness_s: int | None = None,
-                   priorities: Mapping[str, int] | None = None, update: str = "per_event") -> ModelInfo:
+                   priorities: Mapping[str, int] | None = None, update: str = "per_event",
+                   window_s: float | None = None) -> ModelInfo:
     """Create a learner model and fix its feedback layout; everything is validated before writing."""
     if optimizer not in OPTIMIZERS:
         raise ValidationError(f"optimizer {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
@@ -113,6 +115,9 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
         raise ValidationError(f"kind_weights must give a weight in [0, 100] to each of {', '.join(KINDS)}")
     if half_life_s is not None and not (isinstance(half_life_s, (int, float)) and half_life_s > 0):
         raise ValidationError(f"half_life_s must be a positive number of seconds or None, got {half_life_s!r}")
+    if window_s is not None and (isinstance(window_s, bool) or not isinstance(window_s, (int, float))
+                                 or not window_s > 0):
+        raise ValidationError(f"window_s must be a positive number of seconds or None, got {window_s!r}")
     if update not in UPDATES:
         raise ValidationError(f"update {update!r} is not one of {', '.join(UPDATES)}")
     if drift not in DRIFT_DETECTORS:
@@ -134,7 +139,7 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
                               "priorities": dict(priorities or DEFAULT_PRIORITIES)}
     check_layout(**layout)
     cfg = LearnerConfig(n_features, hash_seed, opt.get_config(), bias_opt.get_config(), weights, half_life_s,
-                        drift_cfg, drift_response, dict(schedule or {}), update)
+                        drift_cfg, drift_response, dict(schedule or {}), update, window_s)
     wnames, bnames = _param_names(opt.get_config()["name"])
     params = {**{p: (n_features,) for p in wnames.values()}, **{p: (1,) for p in bnames.values()}}
     info = store.create_model(name, params, chunk_size=chunk_size, metadata={"learner": cfg.to_dict()})

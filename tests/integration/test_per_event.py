@@ -137,3 +137,25 @@ def test_age_weighting_forgets_old_labels_that_mislead(store):
         params = store.read_model(name).params
         auc[half_life] = roc_auc(y, predict_proba_batch(params["weights"], float(params["bias"][0]), indptr, idx, val))
     assert auc[600.0] > 0.75 and auc[600.0] > auc[None] + 0.1, auc
+
+
+def test_a_window_forgets_labels_older_than_it_at_once(store):
+    """window_s end to end: the same misleading six-hour-old labels and fresh true ones; with a one-hour
+    window the old labels weigh exactly 0 (learned as seen, teaching nothing), so the model equals one
+    that was sent only the fresh labels (batches of 100: each is learned exactly event by event)."""
+    gen = FraudStream(seed=29)
+    old = [{**tx, "label": 1 - tx["label"]} for tx in gen.sample(1000)]
+    new = gen.sample(500)
+    now, weights = time.time(), {}
+    for case, sent in (("windowed", [*((tx, now - 6 * 3600) for tx in old), *((tx, now) for tx in new)]),
+                       ("fresh only", [(tx, now) for tx in new])):
+        name = new_name("win")
+        create_learner(store, name, n_features=2**12, chunk_size=4096, partitions=1, drift="none", window_s=3600)
+        with FeedbackWriter(store, name, max_batch=100, linger_ms=5) as w:
+            for tx, t in sent:
+                w.send(tx["entity_id"], tx["label"], event_time=t, features=tx["features"])
+        stats = Worker(store, name, batch_size=100, **FAST).run(until_idle=True)
+        assert stats["learned"] == len(sent)
+        weights[case] = store.read_model(name).params["weights"]
+    assert np.count_nonzero(weights["fresh only"]) > 0
+    np.testing.assert_allclose(weights["windowed"], weights["fresh only"], rtol=1e-5, atol=1e-7)
