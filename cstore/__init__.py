@@ -12,9 +12,7 @@ The public surface, as the README teaches it::
 Every error cstore raises on purpose is a :class:`CstoreError` (see :mod:`cstore.errors`). The rooms
 behind these names are described in ``docs/ARCHITECTURE.md``.
 """
-from importlib.metadata import PackageNotFoundError, version
-
-from cstore.config import Config, load_config
+from cstore.config import Config, cstore_version, load_config
 from cstore.core import UpdateResult
 from cstore.errors import (Closed, ClusterUnreachable, ConfigError, ConflictError, ConnectionFailed,
                            ConsistencyUnavailable, CoordinatorTimeout, CorruptData, CstoreError, FeedbackBackPressure,
@@ -26,10 +24,7 @@ from cstore.scoring import Client, ModelHandle
 from cstore.store import ModelState, Store, connect
 from cstore.training import Worker, create_learner
 
-try:
-    __version__ = version("cstore")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__ = cstore_version()
 
 __all__ = [
     # connecting and configuration

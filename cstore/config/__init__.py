@@ -7,11 +7,13 @@
   turns the names into the driver's execution profiles.
 * :func:`codec_from_env` reads ``CSTORE_ENCRYPTION_KEY`` / ``CSTORE_ENCRYPTION_KEY_FILE`` into the
   codec pipeline every connection encodes chunks with.
+* :func:`cstore_version` is the installed cstore's version (metrics, lineage, ``--version``).
 """
 from cstore.config._keys import codec_from_env, keyring_from_env
 from cstore.config._profiles import (BUILTIN, CONSISTENCY_LEVELS, OPERATIONS, SERIAL_LEVELS, Profile, all_profiles,
                                      build_profile, resolve_profile)
 from cstore.config._settings import Config, load_config
+from cstore.config._version import cstore_version
 
 __all__ = ["BUILTIN", "CONSISTENCY_LEVELS", "OPERATIONS", "SERIAL_LEVELS", "Config", "Profile", "all_profiles",
-           "build_profile", "codec_from_env", "keyring_from_env", "load_config", "resolve_profile"]
+           "build_profile", "codec_from_env", "cstore_version", "keyring_from_env", "load_config", "resolve_profile"]

@@ -23,7 +23,6 @@ from cstore.errors import ValidationError
 
 ALIAS_RE = re.compile(r"^[a-z][a-z0-9_\-]{0,31}$")
 HEAD = "head"
-GUARD_STATES = ("passing", "tripped")
 
 
 def validate_alias(alias: Any) -> str:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Iterator
-from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from cstore.config import cstore_version
 
 __all__ = ["BuildInfo"]
 
@@ -17,9 +18,5 @@ class BuildInfo(Collector):
     def collect(self) -> Iterator[Metric]:
         g = GaugeMetricFamily("cstore_build_info", "cstore build: version and Python, always 1.",
                               labels=["version", "python"])
-        try:
-            v = version("cstore")
-        except PackageNotFoundError:  # running from a source tree that was never installed
-            v = "0+unknown"
-        g.add_metric([v, platform.python_version()], 1.0)
+        g.add_metric([cstore_version(), platform.python_version()], 1.0)
         yield g

@@ -217,8 +217,7 @@ class ModelCache:
             state = b.store.read_snapshot(info.name, version, params=PREDICT_PARAMS)
             weights = state.params["weights"].reshape(-1)
             weights.flags.writeable = False
-            n_features, seed = hashing_config(info)
-            hasher = cur.hasher if cur is not None else SharedHasher(n_features, seed)
+            hasher = cur.hasher if cur is not None else SharedHasher(*hashing_config(info))
             cur = CachedModel(info, hasher, weights, float(state.params["bias"].reshape(-1)[0]), {}, version,
                               time.time(), pinned=version)
             self.current = cur  # the swap: one reference assignment, atomic for readers

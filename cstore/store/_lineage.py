@@ -8,20 +8,13 @@ learner state. Read from the backend's tables only: the store room does not know
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from cstore.backend import Backend
+from cstore.config import cstore_version
 from cstore.core import ModelInfo
 
 DEFAULT_GROUPS = ("default",)
-
-
-def cstore_version() -> str:
-    try:
-        return version("cstore")
-    except PackageNotFoundError:  # pragma: no cover - a source tree never installed
-        return "0+unknown"
 
 
 def collect_lineage(backend: Backend, info: ModelInfo, groups: Sequence[str] = DEFAULT_GROUPS) -> dict[str, Any]:
