@@ -88,13 +88,36 @@ def _server_user() -> tuple[list[str], pwd.struct_passwd | None]:
     return ["runuser", "-u", pw.pw_name, "--"], pw
 
 
+def _run_dir(root: pathlib.Path, prefix: list[str], pw: pwd.struct_passwd | None,
+             log: Callable[[str], None]) -> pathlib.Path:
+    """A new ``run-*`` directory the server's user can write: under ``root``, or, when a parent of
+    ``root`` is closed to that user (a checkout in a mode-700 ``mktemp -d``), under the system's
+    temporary directory instead."""
+    if pw is None:  # the server runs as this user
+        return pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    for parent in (root, pathlib.Path(tempfile.gettempdir())):
+        run = pathlib.Path(tempfile.mkdtemp(prefix="run-" if parent == root else "cstore-bench-pg-", dir=parent))
+        os.chown(run, pw.pw_uid, pw.pw_gid)
+        writable = subprocess.run([*prefix, "test", "-w", str(run)], stdin=subprocess.DEVNULL, capture_output=True,
+                                  timeout=60, check=False).returncode == 0
+        if writable:
+            if parent != root:
+                log(f"  user {pw.pw_name} cannot reach {root}; the PostgreSQL peer's files go to {run}")
+            return run
+        shutil.rmtree(run, ignore_errors=True)
+    raise PeerUnavailable(f"user {pw.pw_name} cannot write under {root} nor under {tempfile.gettempdir()}: every "
+                          f"parent directory must be traversable by it (chmod o+x), or choose another bench "
+                          f"directory")
+
+
 @contextlib.contextmanager
 def postgres_peer(root: pathlib.Path, *, log: Callable[[str], None] = print) -> Iterator[PostgresPeer]:
     """Start a private server with the brief's tables, yield it, then stop it (``pg_ctl stop -m fast``) and
     remove its files, also when the body raises; :class:`PeerUnavailable` (before yielding) says why it cannot.
 
-    Each run initdb's a new ``run-*`` directory under ``root`` and removes only that (a mistaken ``root`` is
-    never wiped). The server listens on a free port of 127.0.0.1 (TCP like the Cassandra clients, and no
+    Each run initdb's a new ``run-*`` directory under ``root`` (or the system's temporary directory when the
+    server's user cannot reach ``root``) and removes only that (a mistaken ``root`` is never wiped). The server
+    listens on a free port of 127.0.0.1 (TCP like the Cassandra clients, and no
     socket-path length limit), trust auth, 128 MB shared buffers, fsync on."""
     try:
         import psycopg  # noqa: F401  (optional: only the bench extra installs it)
@@ -105,18 +128,13 @@ def postgres_peer(root: pathlib.Path, *, log: Callable[[str], None] = print) -> 
     root = root.resolve()
     made_root = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
-    run = pathlib.Path(tempfile.mkdtemp(prefix="run-", dir=root))
+    run = _run_dir(root, prefix, pw, log)
     data, server_log = run / "data", run / "server.log"
 
     def pg(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*prefix, *args], cwd=run, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=180, check=False)
     try:
-        if pw is not None:
-            os.chown(run, pw.pw_uid, pw.pw_gid)
-            if pg("test", "-w", str(run)).returncode != 0:
-                raise PeerUnavailable(f"user {pw.pw_name} cannot write {run}: every parent directory must be "
-                                      f"traversable by it (chmod o+x), or choose another bench directory")
         r = pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
                "--locale=C", "--no-sync")  # --no-sync: only initdb's own files; the server keeps fsync on
         if r.returncode != 0:

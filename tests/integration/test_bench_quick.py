@@ -6,7 +6,10 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import pytest
 
 
 def _bench(base_config, *args: str, timeout: float = 180) -> dict:
@@ -50,3 +53,19 @@ def test_bench_latency_reports_freshness_atomic_updates_and_the_postgres_peer(ba
     else:
         assert out["atomic_postgres_t1_updates_per_s"] > 0 and out["micro_postgres_coord_updates_per_s"] > 0
         assert out["atomic_vs_postgres"] > 0 and out["postgres_version"].startswith("15")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/lib/postgresql").is_dir(),
+                    reason="needs root (the server runs as user postgres) and a PostgreSQL install")
+def test_the_postgres_peer_starts_from_a_checkout_its_user_cannot_reach(tmp_path):
+    """A checkout in a mode-700 directory (what `mktemp -d` makes) is closed to user postgres: the peer's
+    files go to the system's temporary directory instead, and nothing is left behind."""
+    from cstore.bench._postgres import postgres_peer
+    closed = tmp_path / "checkout"
+    closed.mkdir(mode=0o700)
+    lines: list[str] = []
+    with postgres_peer(closed / ".local" / "bench-postgres", log=lines.append) as pg:
+        assert pg.version and pg.atomic_updates(0.5, threads=1)["updates"] > 0
+    assert any("cannot reach" in line for line in lines), lines
+    assert not (closed / ".local" / "bench-postgres").exists()
+    assert not list(Path(tempfile.gettempdir()).glob("cstore-bench-pg-*"))  # removed after the run
