@@ -121,11 +121,11 @@ def _naive_apply(ctx: BenchContext, batches: list[Any], seconds: float) -> dict[
     prepared and issued concurrently (reads first, then the writes)."""
     model_id = uuid.uuid4()
     coords = 0
-    t0 = time.perf_counter()
     i = 0
     with ctx.baselines() as backend:
         tables = backend.baselines
-        while time.perf_counter() - t0 < seconds:
+        t0 = time.perf_counter()  # after the baseline tables exist (creating them is not the baseline's time)
+        while i == 0 or time.perf_counter() - t0 < seconds:
             indptr, indices, values, labels = batches[i % len(batches)]
             i += 1
             uniq = np.unique(indices)[:250]  # small slices: a slice takes seconds, and the time budget must hold
@@ -137,7 +137,7 @@ def _naive_apply(ctx: BenchContext, batches: list[Any], seconds: float) -> dict[
                 updates.append((pid, old, old - 0.1, ver + 1))
             tables.write_scalars(model_id, updates, 0.1, now)
             coords += len(keys)
-    elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
     return {"naive_coord_updates_per_s": round(coords / elapsed)}
 
 
