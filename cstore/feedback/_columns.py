@@ -242,19 +242,29 @@ def _column_item(col: np.ndarray) -> list:
     return [_TEXT, col.tolist()]
 
 
-def _column_values(item: Any, n: int) -> list:
-    """The Python values of one stored column (NaN or None where a value is missing)."""
+def _column_array(item: Any, n: int) -> Any:
+    """One stored column as it is stored: a float64 array (NaN where missing), a numpy bytes array of
+    ASCII text, or a list of ``str | None`` — what :func:`cstore.learn.hash_columns` hashes."""
     if type(item) is not list or not item:
         raise ValueError("a stored column must be [tag, ...]")
     if item[0] == _F64 and len(item) == 2:
-        return _f64(item[1], n).tolist()
+        return _f64(item[1], n)
     if item[0] == _TEXT and len(item) == 2 and type(item[1]) is list and len(item[1]) == n:
         return item[1]
     if item[0] == _ASCII and len(item) == 3:
         width, raw = item[1], item[2]
         if type(width) is int and 0 < width <= MAX_STR_VALUE_CHARS and type(raw) is bytes and len(raw) == width * n:
-            return np.char.decode(np.frombuffer(raw, dtype=f"S{width}"), "ascii").tolist()
+            if raw and max(raw) > 127:  # what decoding it as ASCII would refuse: refused here, at once
+                raise ValueError("a stored ASCII column holds bytes that are not ASCII")
+            return np.frombuffer(raw, dtype=f"S{width}")
     raise ValueError(f"bad stored column (tag {item[0]!r})")
+
+
+def _column_values(col: Any) -> list:
+    """The Python values of one stored column (NaN or None where a value is missing)."""
+    if isinstance(col, np.ndarray):
+        return col.tolist() if col.dtype.kind == "f" else np.char.decode(col, "ascii").tolist()
+    return col
 
 
 def _f64(raw: Any, n: int) -> np.ndarray:
@@ -263,11 +273,24 @@ def _f64(raw: Any, n: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float64)
 
 
+#: The features of an event decoded with ``dicts=False``: held by its block's :class:`ColumnSpan`
+#: instead of a dict of its own (:func:`feature_rows` builds the dicts when they are needed). Compared
+#: by identity; never mutated.
+IN_COLUMNS: dict[str, Any] = {}
+
+
 def decode_block(block: Any) -> list[Event]:
     """The events of one stored block, as :func:`~cstore.feedback.make_event` returns them.
 
     Raises ``ValueError`` when the block is malformed (the caller sets it aside as poison).
     """
+    return decode_block_columns(block)[0]
+
+
+def decode_block_columns(block: Any, *, dicts: bool = True) -> tuple[list[Event], list[tuple[str, Any]] | None]:
+    """:func:`decode_block`, and the block's feature columns as stored (``(name, column)`` in key
+    order; None when the block has no features), so that a learner can hash them column by column.
+    With ``dicts=False`` the events' features are :data:`IN_COLUMNS` (the columns hold them)."""
     if type(block) is not dict:
         raise ValueError("a columnar block must be a map")
     n = block.get("n")
@@ -279,13 +302,24 @@ def decode_block(block: Any) -> list[Event]:
     kind, stored = block.get("k"), block.get("f")
     if kind not in KINDS or (stored is not None and type(stored) is not dict):
         raise ValueError("bad kind or feature map")
+    ids = block["id"]
     if stored is None:
-        return [Event(block["id"][i], y[i], kind, conf[i], t[i], None, None) for i in range(n)]
-    names = list(stored)
-    columns = [_column_values(v, n) for v in stored.values()]
-    events = []
-    for i, values in enumerate(zip(*columns) if columns else ((),) * n):
-        # NaN != NaN and None: both mean "missing for this event", left out as a per-event sender would.
-        features = {k: v for k, v in zip(names, values) if v == v and v is not None}
-        events.append(Event(block["id"][i], y[i], kind, conf[i], t[i], features, None))
-    return events
+        return [Event(ids[i], y[i], kind, conf[i], t[i], None, None) for i in range(n)], None
+    columns = [(name, _column_array(v, n)) for name, v in stored.items()]
+    features = feature_rows(columns, n) if dicts else [IN_COLUMNS] * n
+    return [Event(ids[i], y[i], kind, conf[i], t[i], features[i], None) for i in range(n)], columns
+
+
+def feature_rows(columns: list[tuple[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The per-event feature dicts of ``n`` events held as stored columns (missing values left out).
+
+    Raises ``ValueError`` for a text column that is not ASCII."""
+    names = [name for name, _ in columns]
+    values = [_column_values(col) for _, col in columns]
+    rows = zip(*values) if values else ((),) * n
+    complete = all(not (isinstance(a, np.ndarray) and a.dtype.kind == "f" and np.isnan(a).any())
+                   and not (type(a) is list and not all(type(v) is str for v in a)) for _, a in columns)
+    if complete:  # nothing missing: the plain constructor, about twice as fast
+        return [dict(zip(names, row)) for row in rows]
+    # NaN != NaN and None: both mean "missing for this event", left out as a per-event sender would.
+    return [{k: v for k, v in zip(names, row) if v == v and v is not None} for row in rows]

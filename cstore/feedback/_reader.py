@@ -38,7 +38,7 @@ from cstore.core import TICKS_PER_S, CodecPipeline, max_uuid_at, ticks_of
 from cstore.errors import CorruptData, CstoreError, InvalidFeedback, KeyUnavailable
 from cstore.feedback._events import Event
 from cstore.feedback._layout import FeedbackLayout
-from cstore.feedback._segments import decode_stored, open_segment
+from cstore.feedback._segments import ColumnSpan, decode_stored_columns, open_segment
 
 __all__ = ["FeedbackReader", "LaneCursor", "LaneListing", "SegmentRef"]
 
@@ -214,9 +214,18 @@ class FeedbackReader:
 
     def fetch(self, refs: list[SegmentRef]) -> dict[uuid.UUID, list[Event]]:
         """Decoded events of each segment (segments that expired meanwhile are left out)."""
+        return {seg_id: events for seg_id, (events, _) in self._fetch(refs, dicts=True).items()}
+
+    def fetch_columns(self, refs: list[SegmentRef]) -> dict[uuid.UUID, tuple[list[Event], list[ColumnSpan]]]:
+        """:meth:`fetch` for a learner: the spans of each segment's events whose features are held as
+        columns, and those events' features :data:`~cstore.feedback.IN_COLUMNS` (the spans hold them;
+        :func:`~cstore.feedback.feature_rows` builds the dicts)."""
+        return self._fetch(refs, dicts=False)
+
+    def _fetch(self, refs: list[SegmentRef], *, dicts: bool) -> dict[uuid.UUID, tuple[list[Event], list[ColumnSpan]]]:
         stored = self._tables.fetch_segments(self.cfg.model_id, [(r.part, r.lane, r.bucket, r.seg_id) for r in refs])
         by_id = {r.seg_id: r for r in refs}
-        out = {}
+        out: dict[uuid.UUID, tuple[list[Event], list[ColumnSpan]]] = {}
         for r in stored:
             ref = by_id[r["seg_id"]]
             try:
@@ -224,13 +233,14 @@ class FeedbackReader:
                 # is checkpointed past the segment, rather than setting aside events it could learn.
                 payload = open_segment(self._codec, self.cfg.model_id, ref.part, ref.lane, ref.bucket, ref.seg_id,
                                        r["payload"])
-                out[r["seg_id"]], bad = decode_stored(payload)
+                events, bad, spans = decode_stored_columns(payload, dicts=dicts)
+                out[r["seg_id"]] = (events, spans)
             except KeyUnavailable as exc:
                 self.unopenable = exc
                 raise
             except (InvalidFeedback, CorruptData) as exc:
                 self.poison_segments += 1
-                out[r["seg_id"]], bad = [], ref.n_events
+                out[r["seg_id"]], bad = ([], []), ref.n_events
                 log.error("feedback segment %s of model %s is unreadable (%s); its %d event(s) are set aside "
                           "(the row stays in feedback_segments until its TTL)", r["seg_id"], self.cfg.model_id,
                           exc, bad)

@@ -14,18 +14,19 @@ from __future__ import annotations
 import math
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
+import numpy as np
 
 from cstore.core import CodecPipeline, segment_context, ticks_now, uuid_at
 from cstore.errors import InvalidFeedback
-from cstore.feedback._columns import decode_block
+from cstore.feedback._columns import IN_COLUMNS, decode_block_columns
 from cstore.feedback._events import KINDS, Event
 from cstore.feedback._layout import FeedbackLayout
 
-__all__ = ["COLUMNAR_VERSION", "PAYLOAD_VERSION", "Segment", "decode_payload", "decode_stored", "open_segment",
-           "seal_segment"]
+__all__ = ["COLUMNAR_VERSION", "PAYLOAD_VERSION", "ColumnSpan", "Segment", "decode_payload", "decode_stored",
+           "decode_stored_columns", "open_segment", "seal_segment"]
 
 PAYLOAD_VERSION = 1    # a segment of one msgpack item per event
 COLUMNAR_VERSION = 2   # a segment of column blocks
@@ -103,7 +104,15 @@ def _usable(ev: Event) -> bool:
     return (type(ev.entity_id) in (str, int) and unit(ev.label) and ev.kind in KINDS
             and (ev.confidence is None or unit(ev.confidence))
             and type(ev.event_time) in (float, int) and math.isfinite(ev.event_time)
-            and (ev.features is None or type(ev.features) is dict))
+            and (ev.features is None or type(ev.features) is dict or ev.features is IN_COLUMNS))
+
+
+class ColumnSpan(NamedTuple):
+    """Events ``start:stop`` of a decoded segment came from one columnar block: ``columns`` are
+    their features as stored (``(name, column)``, one value per event of the span)."""
+    start: int
+    stop: int
+    columns: list[tuple[str, Any]]
 
 
 def decode_stored(payload: bytes) -> tuple[list[Event], int]:
@@ -112,6 +121,15 @@ def decode_stored(payload: bytes) -> tuple[list[Event], int]:
     Raises :class:`InvalidFeedback` when the payload is not a segment at all (damaged, or written by
     something other than cstore); the worker then sets the whole segment aside.
     """
+    events, bad, _ = decode_stored_columns(payload)
+    return events, bad
+
+
+def decode_stored_columns(payload: bytes, *, dicts: bool = True) -> tuple[list[Event], int, list[ColumnSpan]]:
+    """:func:`decode_stored`, and where the events' features are also held as columns (the spans of
+    a columnar segment's blocks that have features; none for a segment of one item per event).
+    ``dicts=False``: those events' features are :data:`~cstore.feedback.IN_COLUMNS`, the spans hold
+    them (a learner that hashes columns never builds the dicts)."""
     try:
         items = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack raises several unrelated types for damaged input
@@ -119,27 +137,36 @@ def decode_stored(payload: bytes) -> tuple[list[Event], int]:
     if type(items) is not list or not items or items[0] not in (PAYLOAD_VERSION, COLUMNAR_VERSION):
         raise InvalidFeedback(f"feedback segment has unknown format {str(items)[:40]!r}")
     if items[0] == COLUMNAR_VERSION:
-        return _decode_columnar(items[1:])
+        return _decode_columnar(items[1:], dicts)
     good = []
     for it in items[1:]:
         if type(it) is list and len(it) == len(Event._fields):
             ev = Event(*it)
             if _usable(ev):
                 good.append(ev)
-    return good, len(items) - 1 - len(good)
+    return good, len(items) - 1 - len(good), []
 
 
-def _decode_columnar(blocks: list[Any]) -> tuple[list[Event], int]:
+def _decode_columnar(blocks: list[Any], dicts: bool) -> tuple[list[Event], int, list[ColumnSpan]]:
     good: list[Event] = []
+    spans: list[ColumnSpan] = []
     bad = 0
     for block in blocks:
         try:
-            events = decode_block(block)
+            events, columns = decode_block_columns(block, dicts=dicts)
         except (ValueError, TypeError, KeyError):
             n = block.get("n") if type(block) is dict else None
             bad += n if type(n) is int and 0 < n <= 1_000_000 else 1
             continue
-        usable = [ev for ev in events if _usable(ev)]
+        usable = [i for i, ev in enumerate(events) if _usable(ev)]
         bad += len(events) - len(usable)
-        good += usable
-    return good, bad
+        if columns is not None and usable:
+            if len(usable) < len(events):
+                columns = [(name, _rows_of(col, usable)) for name, col in columns]
+            spans.append(ColumnSpan(len(good), len(good) + len(usable), columns))
+        good += [events[i] for i in usable] if len(usable) < len(events) else events
+    return good, bad, spans
+
+
+def _rows_of(col: Any, rows: list[int]) -> Any:
+    return col[np.asarray(rows)] if isinstance(col, np.ndarray) else [col[i] for i in rows]

@@ -1,4 +1,4 @@
-"""Online-learning maths for cstore: feature hashing, sparse logistic
+"""Online-learning maths for cstore: feature hashing (of rows, or of columns), sparse logistic
 regression, per-coordinate optimizers, drift detection, learning-rate
 scheduling, per-event passes over a micro-batch and federated averaging.
 
@@ -18,6 +18,7 @@ True
 import numpy as np  # noqa: F401  (the docstring's example uses it)
 
 from cstore.learn.adwin import ADWIN
+from cstore.learn.columns import hash_columns
 from cstore.learn.drift import DriftConfirmer, PageHinkley, detector_from_state
 from cstore.learn.federated import fedavg, fedavg_sparse
 from cstore.learn.guard import GuardRule, GuardWindow, auc
@@ -55,6 +56,7 @@ __all__ = [
     "detector_from_state",
     "fedavg",
     "fedavg_sparse",
+    "hash_columns",
     "kind_weights",
     "log_loss",
     "optimizer_from_config",

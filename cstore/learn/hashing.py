@@ -91,6 +91,7 @@ class FeatureHasher:
         # only validated str names are ever inserted.
         self._num_cache: dict[str, int] = {}
         self._str_cache: dict[tuple[str, str], int] = {}
+        self._bytes_cache: dict[str, dict[bytes, int]] = {}  # ASCII column values, by feature name
 
     def __repr__(self) -> str:
         return f"FeatureHasher(n_features={self.n_features}, seed={self.seed})"
@@ -249,10 +250,57 @@ class FeatureHasher:
             np.array(all_val, dtype=np.float32),
         )
 
+    def ascii_indices(self, name: str, col: np.ndarray, n: int) -> list[int] | None:
+        """Indices of the ``n`` values of an ASCII bytes column of string feature ``name`` (None if it is
+        not ASCII or not ``n`` long), through a cache keyed by the bytes: no decoding, no tuple key
+        (high-cardinality columns such as ids make most of a block's values).
+
+        >>> h = FeatureHasher(2**4)
+        >>> h.ascii_indices("city", np.array([b"Paris"]), 1) == [h.index("city", "Paris")]
+        True
+        """
+        if col.shape != (n,):
+            return None
+        cache = self._bytes_cache.get(name)
+        if cache is None or len(cache) >= max(self.cache_size, 1):
+            cache = self._bytes_cache[name] = {}
+        values = col.tolist()
+        get = cache.get
+        codes = [get(v, -1) for v in values]
+        if -1 in codes:
+            for r, v in enumerate(values):
+                if codes[r] == -1:
+                    try:
+                        codes[r] = self.index(name, v.decode("ascii"))
+                    except UnicodeDecodeError:
+                        return None
+                    if self.cache_size:
+                        cache[v] = codes[r]
+        return codes
+
+    def index(self, name: str, value: str | None = None) -> int:
+        """The (cached) index of numeric feature ``name``, or of string feature ``name`` = ``value``.
+
+        >>> h = FeatureHasher(2**4)
+        >>> h.index("city", "Paris") == h.hash_token("city=Paris"), h.index("amount") == h.hash_token("amount")
+        (True, True)
+        """
+        try:
+            return self._num_cache[name] if value is None else self._str_cache[(name, value)]
+        except KeyError:
+            return self._miss(name, value)
+
+    @staticmethod
+    def merge_row(idx: list[int], vals: list[float]) -> tuple[list[int], list[float]]:
+        """One row's colliding indices summed, in the order they first appear (as transform_* merge
+        them); ``ValueError`` when a sum leaves the float32 range."""
+        return FeatureHasher._merge(idx, vals)
+
     def clear_cache(self) -> None:
         """Forget cached name -> index entries (results are unchanged)."""
         self._num_cache.clear()
         self._str_cache.clear()
+        self._bytes_cache.clear()
 
     @property
     def cache_len(self) -> int:

@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 
 from cstore.errors import ValidationError
-from cstore.feedback import Event, LaneListing, SegmentRef
-from cstore.learn import FeatureHasher, age_weights, window_weights
+from cstore.feedback import ColumnSpan, Event, LaneListing, SegmentRef, feature_rows
+from cstore.learn import FeatureHasher, age_weights, hash_columns, window_weights
 from cstore.training._learner import LearnerConfig
 
-__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "hash_rows", "sample_weights", "select_segments"]
+__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "sample_weights",
+           "select_segments"]
 
 log = logging.getLogger("cstore.worker")
 
@@ -98,10 +99,41 @@ def select_segments(listings: Mapping[tuple[int, int], LaneListing], batch_size:
     return chosen
 
 
-def hash_rows(hasher: FeatureHasher, rows: list[Mapping[str, Any]],
-              keep: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """CSR rows of ``rows`` (events ``keep`` of the batch); a row the hasher refuses (e.g. from a
-    feature lookup) is skipped with a warning, so that one bad event never blocks its partition."""
+def gather(chosen: Sequence[SegmentRef], fetched: Mapping[uuid.UUID, tuple[list[Event], list[ColumnSpan]]]
+           ) -> tuple[list[Event], list[ColumnSpan]]:
+    """The batch's events in the order of ``chosen`` (segments that expired meanwhile left out), and
+    the spans of them whose features are also held as columns, placed in that order."""
+    events: list[Event] = []
+    spans: list[ColumnSpan] = []
+    for r in chosen:
+        evs, own = fetched.get(r.seg_id, ([], []))
+        spans += [s._replace(start=s.start + len(events), stop=s.stop + len(events)) for s in own]
+        events += evs
+    return events, spans
+
+
+def hash_rows(hasher: FeatureHasher, feats: list[Mapping[str, Any] | None], keep: list[int],
+              spans: Sequence[ColumnSpan] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """CSR rows of the batch's events ``keep`` (``feats``: every event's features, None for those
+    left out); a row the hasher refuses (e.g. from a feature lookup) is skipped with a warning, so that
+    one bad event never blocks its partition.
+
+    Events in ``spans`` have their features in the span's columns (:data:`~cstore.feedback.IN_COLUMNS`
+    in ``feats``). When the spans hold every kept event (a batch of columnar segments, nothing looked
+    up) they are hashed column by column: the same arrays, several times faster; otherwise the
+    spans' rows are built as dicts and everything is hashed row by row."""
+    bounds = [0] + [b for s in spans for b in (s.start, s.stop)] + [len(keep)]
+    if spans and bounds[::2] == bounds[1::2] and keep == list(range(len(keep))):  # spans tile the kept events
+        parts = [hash_columns(hasher, s.columns, s.stop - s.start) for s in spans]
+        if all(p is not None for p in parts):
+            done = [p for p in parts if p is not None]
+            offsets = np.cumsum([0] + [int(p[0][-1]) for p in done[:-1]])
+            indptr = np.concatenate([[0]] + [p[0][1:] + o for p, o in zip(done, offsets)]).astype(np.int64)
+            return (indptr, np.concatenate([p[1] for p in done]), np.concatenate([p[2] for p in done]), keep)
+    feats = list(feats)
+    for s in spans:
+        feats[s.start:s.stop] = feature_rows(s.columns, s.stop - s.start)
+    rows = [f for f in (feats[i] for i in keep) if f is not None]
     try:
         indptr, idx, val = hasher.transform_many(rows)
         return indptr, idx, val, keep

@@ -39,7 +39,8 @@ from cstore.learn import log_loss, predict_proba_batch
 from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
-from cstore.training._batching import WorkerOptions, batch_metadata, hash_rows, sample_weights, select_segments
+from cstore.training._batching import (WorkerOptions, batch_metadata, gather, hash_rows, sample_weights,
+                                      select_segments)
 from cstore.training._critical import CriticalLane, Lane, new_committer
 from cstore.training._guard import GuardWatch
 from cstore.training._shared_state import SharedLearnerState
@@ -248,8 +249,7 @@ class Worker:
         lane: Lane = self.critical if critical and self.critical is not None else self._bulk
         learner, w, stats = lane.learner, lane.w, lane.stats
         t0 = time.monotonic()
-        payloads = self.reader.fetch(chosen)
-        events = [ev for r in chosen for ev in payloads.get(r.seg_id, [])]
+        events, spans = gather(chosen, self.reader.fetch_columns(chosen))
         feats = self._join_features(events)
         keep = [i for i, f in enumerate(feats) if f is not None]
         batch_id = uuid_now()
@@ -257,7 +257,7 @@ class Worker:
         loss = score = 0.0
         lr_scale = self.shared.current_lr_scale()
         if keep:
-            indptr, idx, val, keep = hash_rows(learner.hasher, [f for f in feats if f is not None], keep)
+            indptr, idx, val, keep = hash_rows(learner.hasher, feats, keep, spans)
         if keep:
             y = np.array([events[i].label for i in keep], np.float64)
             s = sample_weights(learner.cfg, [events[i] for i in keep])
