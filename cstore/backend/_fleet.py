@@ -1,5 +1,6 @@
-"""The worker fleet's tables (``cql/002_feedback.cql``): partition leases, the worker registry, the
-consumer group's shared learner state and the batch trace. All coordination is compare-and-set with TTLs.
+"""The worker fleet's tables (``cql/002_feedback.cql``, ``cql/009_commit_turns.cql``): partition leases,
+the worker registry, the consumer group's shared learner state, the batch trace and each model's commit
+turn. All coordination is compare-and-set with TTLs.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ _TRACE = ("INSERT INTO feedback_batches (model_id, grp, day, batch_id, worker, s
           "n_skipped, weight_sum, loss, drift_score, lr_scale) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
           "USING TTL ?")
 _TRACES = "SELECT * FROM feedback_batches WHERE model_id = ? AND grp = ? AND day = ?"
+# A model's commit turn (cql/009_commit_turns.cql): one cell, taken and given up by compare-and-set.
+_TURN_TAKE = "UPDATE commit_turns USING TTL ? SET holder = ? WHERE model_id = ? IF holder = null"
+_TURN_GIVE = "DELETE holder FROM commit_turns WHERE model_id = ? IF holder = ?"
+_TURN_HOLDER = "SELECT holder FROM commit_turns WHERE model_id = ?"
 
 
 class FleetTables:
@@ -58,6 +63,20 @@ class FleetTables:
     def owner(self, model_id: uuid.UUID, group: str, part: int, *, serial: bool = False) -> str | None:
         row = self._r.one(_OWNER, (model_id, group, part), op="coordination", serial=serial)
         return row["owner"] if row else None
+
+    # -- commit turns --------------------------------------------------------------------------------------
+    def take_turn(self, model_id: uuid.UUID, holder: str, ttl_s: int) -> Cas:
+        """Take the model's commit turn iff nobody holds it (it lapses after ``ttl_s``)."""
+        return self._r.lwt_cql(_TURN_TAKE, (ttl_s, holder, model_id), op="coordination")
+
+    def give_turn(self, model_id: uuid.UUID, holder: str) -> Cas:
+        """Give the turn up iff ``holder`` still holds it."""
+        return self._r.lwt_cql(_TURN_GIVE, (model_id, holder), op="coordination")
+
+    def turn_holder(self, model_id: uuid.UUID) -> str | None:
+        """Who holds the turn, by a plain read (a hint for when to try: the compare-and-set decides)."""
+        row = self._r.one(_TURN_HOLDER, (model_id,), op="coordination")
+        return row["holder"] if row else None
 
     def owners(self, model_id: uuid.UUID, group: str, parts: Sequence[int]) -> list[str | None]:
         per = self._r.many(_OWNER, [(model_id, group, p) for p in parts], op="coordination")

@@ -54,7 +54,8 @@ _DELETES = {t: f"DELETE FROM {t} WHERE " + " AND ".join(f"{c} = ?" for c in key)
     "feedback_consumers": ("model_id", "grp", "part"), "feedback_workers": ("model_id", "grp"),
     "learner_state": ("model_id", "grp"), "prediction_log": ("model_id", "entity_id"),
     "prediction_review": ("model_id", "bucket", "band"), "prediction_log_stats": ("model_id", "day"),
-    "model_aliases": ("model_id",), "online_metrics": ("model_id",), "feedback_config": ("model_id",),
+    "model_aliases": ("model_id",), "online_metrics": ("model_id",), "commit_turns": ("model_id",),
+    "feedback_config": ("model_id",),
 }.items()}
 
 

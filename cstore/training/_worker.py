@@ -44,10 +44,12 @@ from cstore.training._batching import (WorkerOptions, batch_metadata, gather, ha
 from cstore.training._critical import CriticalLane, Lane, new_committer
 from cstore.training._guard import GuardWatch
 from cstore.training._shared_state import SharedLearnerState
+from cstore.training._turn import worker_turn
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("cstore.worker")
+BOOSTS = ("boost", "both")  # drift responses that raise the learning rate
 CRITICAL_SWITCH_S = 0.0005
 
 Cursors = dict[int, dict[int, LaneCursor]]
@@ -94,6 +96,7 @@ class Worker:
         self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, new_committer(store))
         self.critical = CriticalLane(self) if self.opts.critical else None
         self.guard = GuardWatch(store, self.info, self.worker_id)
+        self.turn = worker_turn(self)  # its bulk commits take turns with other workers of the model
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -262,36 +265,37 @@ class Worker:
             y = np.array([events[i].label for i in keep], np.float64)
             s = sample_weights(learner.cfg, [events[i] for i in keep])
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
-            committer = lane.committer
-            # The critical lane reads its few chunks fresh: the bulk loop has moved most of them since.
-            current = committer.rows(self.info, touched, fresh=lane.critical) if committer else \
-                self.store.chunks.read(self.info, touched)
-            for k, rows in current.items():
-                lo, hi = self.info.chunk_bounds("weights", k)
-                w[lo:hi] = rows["weights"].data
-            bias = float(current[0]["bias"].data[0])
-            p_head = predict_proba_batch(w, bias, indptr, idx, val)
-            losses = np.asarray(log_loss(p_head, y), np.float64)
-            if set(parts) - set(lane.leases.held(self.margin_s)):
-                stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
-                return 0                                                        # leave the batch to its next owner
-            loss, drift, weight_sum = float(losses.mean()), False, float(s.sum())
-            if lane.critical:
-                with self._lock:
-                    self._deferred.append(losses)
-                score = self.shared.last_drift_score()
-            else:
-                outcome = self.shared.apply_batch(np.concatenate([*self._take_deferred(), losses]), batch_id,
-                                                  self.worker_id, boost=learner.cfg.drift_response in ("boost", "both"))
-                score, lr_scale, drift = outcome.drift_score, outcome.lr_scale, outcome.drift
-                if drift:
-                    self._on_drift(batch_id)
-                self.guard.observe(p_head, indptr, idx, val, y, np.array([events[i].kind for i in keep]))
-            self._trace(batch_id, chosen, len(events), len(keep), weight_sum, loss, score, lr_scale)
-            meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
-                                  len(events) - len(keep), weight_sum, loss, score, drift, lr_scale)
-            transform = learner.batch_transform(current, w, bias, indptr, idx, val, y, s, lr_scale)
-            self._commit(touched, transform, meta, current, lr_scale, committer)
+            with self.turn.taken(skip=lane.critical):  # one bulk commit of this model at a time
+                committer = lane.committer
+                # The critical lane reads its few chunks fresh: the bulk loop has moved most of them since.
+                current = committer.rows(self.info, touched, fresh=lane.critical) if committer else \
+                    self.store.chunks.read(self.info, touched)
+                for k, rows in current.items():
+                    lo, hi = self.info.chunk_bounds("weights", k)
+                    w[lo:hi] = rows["weights"].data
+                bias = float(current[0]["bias"].data[0])
+                p_head = predict_proba_batch(w, bias, indptr, idx, val)
+                losses = np.asarray(log_loss(p_head, y), np.float64)
+                if set(parts) - set(lane.leases.held(self.margin_s)):
+                    stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
+                    return 0                                                        # leave the batch to its next owner
+                loss, drift, weight_sum = float(losses.mean()), False, float(s.sum())
+                if lane.critical:
+                    with self._lock:
+                        self._deferred.append(losses)
+                    score = self.shared.last_drift_score()
+                else:
+                    outcome = self.shared.apply_batch(np.concatenate([*self._take_deferred(), losses]), batch_id,
+                                                      self.worker_id, boost=learner.cfg.drift_response in BOOSTS)
+                    score, lr_scale, drift = outcome.drift_score, outcome.lr_scale, outcome.drift
+                    if drift:
+                        self._on_drift(batch_id)
+                    self.guard.observe(p_head, indptr, idx, val, y, np.array([events[i].kind for i in keep]))
+                self._trace(batch_id, chosen, len(events), len(keep), weight_sum, loss, score, lr_scale)
+                meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
+                                      len(events) - len(keep), weight_sum, loss, score, drift, lr_scale)
+                transform = learner.batch_transform(current, w, bias, indptr, idx, val, y, s, lr_scale)
+                self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
             self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)
         self._checkpoint(cursors, listings, chosen, batch_id, into=lane)
@@ -317,7 +321,7 @@ class Worker:
         deferred = self._take_deferred()
         if deferred:
             outcome = self.shared.apply_batch(np.concatenate(deferred), uuid_now(), self.worker_id,
-                                              boost=self.learner.cfg.drift_response in ("boost", "both"))
+                                              boost=self.learner.cfg.drift_response in BOOSTS)
             if outcome.drift:
                 self._on_drift(uuid_now())
 

@@ -60,7 +60,7 @@ def _migrations_dir(tmp_path, body="CREATE TABLE IF NOT EXISTS m_one (k int PRIM
     return d
 
 
-def test_migration_runner_idempotent_and_refuses_changed_file(backend, session, tmp_path):
+def test_migration_runner_idempotent_and_refuses_changed_file(backend, session, base_config, tmp_path):
     ks = "mig_" + uuid.uuid4().hex[:8]
     d = _migrations_dir(tmp_path)
     rep = {"class": "SimpleStrategy", "replication_factor": 1}
@@ -78,7 +78,7 @@ def test_migration_runner_idempotent_and_refuses_changed_file(backend, session, 
         assert schema_status(backend, ks, d)[0]["state"] == "changed"
     finally:
         session.execute(SimpleStatement(f"DROP KEYSPACE IF EXISTS {ks}"), timeout=60)
-        session.set_keyspace("cstore_test")
+        session.set_keyspace(base_config.keyspace)  # the suite's keyspace (CSTORE_TEST_KEYSPACE)
 
 
 def test_unreachable_cluster_gives_clear_error(base_config):
