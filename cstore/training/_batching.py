@@ -20,8 +20,8 @@ from cstore.feedback import ColumnSpan, Event, LaneListing, SegmentRef, feature_
 from cstore.learn import FeatureHasher, age_weights, hash_columns, window_weights
 from cstore.training._learner import LearnerConfig
 
-__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "sample_weights",
-           "select_segments"]
+__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "merged_columns",
+           "sample_weights", "select_segments"]
 
 log = logging.getLogger("cstore.worker")
 
@@ -112,6 +112,36 @@ def gather(chosen: Sequence[SegmentRef], fetched: Mapping[uuid.UUID, tuple[list[
     return events, spans
 
 
+def merged_columns(spans: Sequence[ColumnSpan]) -> list[tuple[list[tuple[str, Any]], int]]:
+    """Consecutive spans with the same columns (names and stored forms) as one set of columns, and its
+    row count. A producer that sends small batches makes blocks of a few events each (a 100-event
+    call split over 16 partitions); hashing them one by one would cost numpy's per-call overhead per
+    block, while rows hash independently, so joining them first gives the same arrays."""
+    groups: list[tuple[tuple[tuple[str, str], ...], list[ColumnSpan]]] = []
+    for s in spans:
+        key = tuple((name, _form(col)) for name, col in s.columns)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(s)
+        else:
+            groups.append((key, [s]))
+    out = []
+    for key, members in groups:
+        n = sum(m.stop - m.start for m in members)
+        if len(members) == 1:
+            out.append((members[0].columns, n))
+            continue
+        joined = []
+        for j, (name, form) in enumerate(key):
+            cols = [m.columns[j][1] for m in members]
+            joined.append((name, np.concatenate(cols) if form != "list" else [v for c in cols for v in c]))
+        out.append((joined, n))
+    return out
+
+
+def _form(col: Any) -> str:
+    return col.dtype.kind if isinstance(col, np.ndarray) and col.dtype.kind in "fS" else "list"
+
+
 def hash_rows(hasher: FeatureHasher, feats: list[Mapping[str, Any] | None], keep: list[int],
               spans: Sequence[ColumnSpan] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
     """CSR rows of the batch's events ``keep`` (``feats``: every event's features, None for those
@@ -124,7 +154,7 @@ def hash_rows(hasher: FeatureHasher, feats: list[Mapping[str, Any] | None], keep
     spans' rows are built as dicts and everything is hashed row by row."""
     bounds = [0] + [b for s in spans for b in (s.start, s.stop)] + [len(keep)]
     if spans and bounds[::2] == bounds[1::2] and keep == list(range(len(keep))):  # spans tile the kept events
-        parts = [hash_columns(hasher, s.columns, s.stop - s.start) for s in spans]
+        parts = [hash_columns(hasher, columns, n) for columns, n in merged_columns(spans)]
         if all(p is not None for p in parts):
             done = [p for p in parts if p is not None]
             offsets = np.cumsum([0] + [int(p[0][-1]) for p in done[:-1]])

@@ -75,3 +75,26 @@ def test_empty_and_all_missing_rows():
 ])
 def test_what_the_row_path_refuses_is_declined(cols):
     assert hash_columns(FeatureHasher(2**6), cols, 2) is None
+
+
+def test_small_blocks_joined_hash_as_they_would_one_by_one():
+    """A worker joins consecutive blocks with the same columns before hashing (a producer of small
+    batches makes blocks of a few events); the arrays are those of hashing each block alone."""
+    from cstore.feedback import ColumnSpan
+    from cstore.training._batching import hash_rows, merged_columns
+    rng = np.random.default_rng(3)
+    spans, start = [], 0
+    for size in (3, 1, 7, 5, 2):
+        cols = [("amount", rng.normal(size=size)), ("merchant", np.array([f"m{k}" * (k % 4 + 1) for k in
+                                                                           rng.integers(0, 9, size)], "S"))]
+        if size == 7:  # a block whose text column holds a missing value: stored as a list, joined apart
+            cols[1] = ("merchant", [None] + [f"m{k}" for k in range(size - 1)])
+        spans.append(ColumnSpan(start, start + size, cols))
+        start += size
+    assert [n for _, n in merged_columns(spans)] == [4, 7, 7]
+    h = FeatureHasher(2**8)
+    indptr, idx, val, keep = hash_rows(h, [None] * start, list(range(start)), spans)
+    alone = [hash_columns(FeatureHasher(2**8), s.columns, s.stop - s.start) for s in spans]
+    assert idx.tolist() == [i for a in alone for i in a[1].tolist()]
+    assert val.tolist() == [v for a in alone for v in a[2].tolist()]
+    assert np.diff(indptr).tolist() == [c for a in alone for c in np.diff(a[0]).tolist()]
