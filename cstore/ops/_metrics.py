@@ -105,6 +105,15 @@ class WorkerMetrics:
         self.batch_errors = Counter(
             "cstore_batch_errors", "Batches that failed (an outage, a failing feature lookup) and are read again.",
             m, registry=reg)
+        self.commit_turns = Counter(
+            "cstore_commit_turns", "Bulk batches committed in the model's commit turn (workers sharing a model "
+            "take turns rather than refusing each other's chunk compare-and-sets).", m, registry=reg)
+        self.commit_turn_wait = Counter(
+            "cstore_commit_turn_wait_seconds", "Seconds spent waiting for the model's commit turn.",
+            m, registry=reg)
+        self.commit_turns_missed = Counter(
+            "cstore_commit_turns_missed", "Waits for the commit turn that ran out (the batch committed without it: "
+            "a holder stalled past its TTL, or Cassandra refused the turn).", m, registry=reg)
         self.guard_regression = Gauge(
             "cstore_guard_regression", "A guarded alias: the head's windowed log loss minus its baseline's "
             "on the same trusted labels (this worker's window; > max_regression trips the guard).",
@@ -134,6 +143,8 @@ class WorkerMetrics:
         self._drifts = self.drifts.labels(model)
         self._leases = self.leases_held.labels(model)
         self._batch_errors = self.batch_errors.labels(model)
+        self._turns = (self.commit_turns.labels(model), self.commit_turn_wait.labels(model),
+                       self.commit_turns_missed.labels(model))
         self._ready = self.worker_ready.labels(model)
         self._lease_changes = {c: self.lease_changes.labels(model, c) for c in LEASE_CHANGES}
         self._partitions: set[str] = set()
@@ -147,6 +158,13 @@ class WorkerMetrics:
 
     def set_ready(self, ready: bool) -> None:
         self._ready.set(1.0 if ready else 0.0)
+
+    def record_turns(self, taken: int, wait_s: float, missed: int) -> None:
+        """Commit turns taken, seconds waited for them and waits that ran out since the last sample."""
+        if taken < 0 or wait_s < 0 or missed < 0:
+            raise ValueError(f"turn counts must be >= 0, got {taken}, {wait_s}, {missed}")
+        for child, v in zip(self._turns, (taken, wait_s, missed)):
+            child.inc(v)
 
     def record_batch_errors(self, n: int) -> None:
         """``n`` batches failed and will be read again."""

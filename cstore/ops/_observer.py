@@ -29,7 +29,7 @@ class WorkerObserver:
         self.readiness = readiness
         self.interval_s = interval_s
         self.lag_every_s = lag_every_s
-        self._seen: dict[str, int] = {}
+        self._seen: dict[str, float] = {}
         self._held: set[int] = set()
         self._trips: dict[str, int] = {}
         self._last_lag = 0.0
@@ -49,7 +49,10 @@ class WorkerObserver:
         self.readiness.set_unready("stopping: finishing the batch and releasing leases")
 
     def _delta(self, key: str) -> int:
-        now = int(self.worker.stats.get(key, 0))
+        return int(self._fdelta(key))
+
+    def _fdelta(self, key: str) -> float:
+        now = float(self.worker.stats.get(key, 0))
         d, self._seen[key] = now - self._seen.get(key, 0), now
         return max(d, 0)
 
@@ -65,6 +68,7 @@ class WorkerObserver:
         m.record_learned(self._delta("learned"))
         m.record_poisoned(self._delta("poisoned"))
         m.record_batch_errors(self._delta("errors"))
+        m.record_turns(self._delta("turns"), self._fdelta("turn_wait_s"), self._delta("turns_missed"))
         for _ in range(self._delta("drifts")):
             m.record_drift()
         held = set(w.leases.held())
