@@ -82,7 +82,8 @@ class CommitTurn:
             log.warning("model %s: could not take the commit turn (%s); committing without it", self._model_id, exc)
         finally:
             self.stats["turn_wait_s"] += time.monotonic() - t0
-        self.stats["turns_missed"] += 1
+        if not self._stop.is_set():  # a stopping worker did not miss its turn: it stopped waiting
+            self.stats["turns_missed"] += 1
         return False
 
     def _give(self) -> None:

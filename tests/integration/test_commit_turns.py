@@ -57,6 +57,7 @@ def test_a_model_not_shared_skips_the_turn_and_a_wait_runs_out(store):
         t0 = time.monotonic()
         with stopping.taken() as got:
             assert not got and time.monotonic() - t0 < 1.0  # a stopping worker does not wait
+        assert stopping.stats["turns_missed"] == 0  # nor does it count as a missed turn
 
 
 def test_a_dead_holders_turn_lapses(store):
