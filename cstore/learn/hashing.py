@@ -196,12 +196,14 @@ class FeatureHasher:
             else:
                 add_v(self._number(name, value, value))
         if len(set(idx)) < len(idx):
-            idx, vals = self._merge(idx, vals)
+            idx, vals = self.merge_row(idx, vals)
         return idx, vals
 
     @staticmethod
-    def _merge(idx: list[int], vals: list[float]) -> tuple[list[int], list[float]]:
-        """Sum values of colliding indices (rare path)."""
+    def merge_row(idx: list[int], vals: list[float]) -> tuple[list[int], list[float]]:
+        """One row's colliding indices summed, in the order they first appear (the rare path of
+        ``transform_*`` and of :func:`~cstore.learn.hash_columns`); ``ValueError`` when a sum leaves
+        the float32 range."""
         acc: dict[int, float] = {}
         for i, v in zip(idx, vals):
             acc[i] = acc.get(i, 0.0) + v
@@ -289,12 +291,6 @@ class FeatureHasher:
             return self._num_cache[name] if value is None else self._str_cache[(name, value)]
         except KeyError:
             return self._miss(name, value)
-
-    @staticmethod
-    def merge_row(idx: list[int], vals: list[float]) -> tuple[list[int], list[float]]:
-        """One row's colliding indices summed, in the order they first appear (as transform_* merge
-        them); ``ValueError`` when a sum leaves the float32 range."""
-        return FeatureHasher._merge(idx, vals)
 
     def clear_cache(self) -> None:
         """Forget cached name -> index entries (results are unchanged)."""
