@@ -180,6 +180,11 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
         session = cluster.connect(keyspace)
     except NoHostAvailable as exc:
         cluster.shutdown()
+        missing = keyspace is not None and "using keyspace" in str(exc) and _keyspace_missing(kwargs, keyspace)
+        if missing:
+            raise ConnectionFailed(f"keyspace {keyspace!r} does not exist on the cluster at "
+                                   f"{', '.join(cfg.contact_points)}; create it with `cstore schema apply` "
+                                   f"(or set CSTORE_KEYSPACE to the one you meant)") from None
         raise _connect_error(exc, cfg) from None
     except Exception as exc:
         cluster.shutdown()
@@ -187,6 +192,23 @@ def connect(cfg: Config, *, keyspace: str | None = None, profile: Profile | None
             raise ConnectionFailed(f"keyspace {keyspace!r} does not exist; run `cstore schema apply`") from None
         raise ConnectionFailed(f"could not connect: {_short(exc)}") from None
     return Backend(cluster, session, profile, cfg)
+
+
+SELECT_KEYSPACE = "SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s"
+
+
+def _keyspace_missing(cluster_kwargs: dict[str, Any], keyspace: str) -> bool:
+    """Whether the nodes answer without a keyspace and do not have ``keyspace``: the driver reports a
+    missing keyspace as "no host available", which would otherwise read as a network or TLS fault.
+    (A new cluster object: the driver's one is not usable again after a failed connect.)"""
+    cluster = Cluster(**cluster_kwargs)
+    try:
+        row = cluster.connect().execute(SELECT_KEYSPACE, (keyspace,)).one()
+    except Exception:  # the nodes do not answer at all: the caller reports that error instead
+        return False
+    finally:
+        cluster.shutdown()
+    return row is None
 
 
 def _connect_error(exc: NoHostAvailable, cfg: Config) -> ConnectionFailed:

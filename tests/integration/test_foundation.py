@@ -86,3 +86,17 @@ def test_unreachable_cluster_gives_clear_error(base_config):
     cfg = load_config({"contact_points": "127.0.0.250", "port": 9042, "connect_timeout_s": 1}, env={})
     with pytest.raises(ConnectionFailed, match="no Cassandra node answered at 127.0.0.250"):
         connect(cfg)
+
+
+def test_a_missing_keyspace_is_named_with_the_command_that_creates_it(base_config, session):
+    """The driver reports a missing keyspace as "no host available"; the error must not send the user
+    after the network or TLS, and connecting must not create anything."""
+    from cstore.config import load_config
+    cfg = load_config({"contact_points": ",".join(base_config.contact_points), "port": base_config.port,
+                       "keyspace": "cstore_no_such_keyspace"}, env={})
+    with pytest.raises(ConnectionFailed, match=r"keyspace 'cstore_no_such_keyspace' does not exist.*"
+                                               r"cstore schema apply") as info:
+        connect(cfg, keyspace=cfg.keyspace)
+    assert "TLS" not in str(info.value)
+    assert session.execute("SELECT keyspace_name FROM system_schema.keyspaces WHERE keyspace_name = %s",
+                           ("cstore_no_such_keyspace",)).one() is None
