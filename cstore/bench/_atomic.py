@@ -5,6 +5,8 @@ the default size, strong profile, random coordinates:
 
 * **cstore**: ``Store.apply_update(name, "w", [g], indices=[i])`` from 1, 8 and 32 threads of one
   process: what a service calls, through the group committer (delta entries, known rows, combining);
+  and ``Store.submit_updates`` from one thread keeping 32 and 256 updates in flight (the more wait,
+  the more share one compare-and-set per chunk);
 * **whole-chunk path** (the baseline: how ``apply_update`` worked before the committer): read the chunk,
   re-encode it whole, history row, one compare-and-set carrying the 64 KiB chunk, then the index row,
   all on the caller's thread, re-read and retried on conflict;
@@ -16,10 +18,12 @@ the same run.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,7 @@ from cstore.store import Store
 
 SIZE = 1 << 20
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATE = 5.0, 20.0, 2000
+IN_FLIGHT = (32, 256)  # updates a submitting thread keeps in flight
 Update = Callable[[int, float], None]
 
 
@@ -71,6 +76,41 @@ def _run_threads(update: Update, seconds: float, threads: int, seed: int) -> dic
     return {"updates_per_s": round(len(ms) / elapsed), "p50_ms": round(float(np.percentile(ms, 50)), 2) if ms else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 2) if ms else None, "updates": len(ms),
             "errors": sum(errors), "threads": threads}
+
+
+def _run_submitted(store: Store, name: str, seconds: float, depth: int, seed: int) -> dict[str, Any]:
+    """One thread keeping ``depth`` updates in flight through ``Store.submit_updates``; rate and latency
+    (submit to result) — the form of the API a service with many updates at once uses."""
+    rng = np.random.default_rng(seed)
+    slots = threading.Semaphore(depth)
+    lat: list[float] = []
+    errors = [0]
+
+    def _done(f: Future[Any], *, ts: float) -> None:
+        if f.exception() is None:
+            lat.append((time.perf_counter() - ts) * 1e3)
+        else:
+            errors[0] += 1
+        slots.release()
+
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while time.perf_counter() < deadline:
+        slots.acquire()
+        ts = time.perf_counter()
+        try:
+            future = store.submit_updates(name, {"w": ([int(rng.integers(SIZE))], [0.001])}, lr=1.0)
+        except Exception:  # counted and shown; the run goes on
+            errors[0] += 1
+            slots.release()
+            continue
+        future.add_done_callback(functools.partial(_done, ts=ts))
+    for _ in range(depth):  # every update in flight has finished
+        slots.acquire()
+    elapsed = time.perf_counter() - t0
+    return {"updates_per_s": round(len(lat) / elapsed), "updates": len(lat), "errors": errors[0], "in_flight": depth,
+            "p50_ms": round(float(np.percentile(lat, 50)), 2) if lat else None,
+            "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat else None}
 
 
 def whole_chunk_update(store: Store, name: str) -> Update:
@@ -121,18 +161,33 @@ def atomic_section(ctx: BenchContext) -> dict[str, Any]:
         def cstore_update(i: int, g: float) -> None:
             store.apply_update(name, "w", [g], indices=[i], lr=1.0)
         best: dict[str, Any] = {}
+        runs: list[dict[str, Any]] = []
         for threads in (1, 8, 32):
             r = _run_threads(cstore_update, seconds, threads, seed=1)
             _log_atomic(ctx, "cstore apply_update:", r)
             out.update(_flat("atomic_cstore", r))
             if r["updates_per_s"] > best.get("updates_per_s", 0):
-                best = r
+                best = {**r, "form": f"{threads} threads"}
+            runs.append(r)
+        for depth in IN_FLIGHT:
+            r = _run_submitted(store, name, seconds, depth, seed=3)
+            ctx.log(f"  {'cstore submit_updates, 1 thread:':<34} {depth:>3} in flight: {r['updates_per_s']:>6,} "
+                    f"updates/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms"
+                    + (f", {r['errors']} errors" if r["errors"] else ""))
+            out.update({f"atomic_cstore_async{depth}_{k}": v for k, v in r.items() if k != "in_flight"})
+            if r["updates_per_s"] > best.get("updates_per_s", 0):
+                best = {**r, "form": f"1 thread, {depth} in flight"}
+            runs.append(r)
         old = whole_chunk_update(store, name)
         for threads in (1, 8):
             r = _run_threads(old, seconds, threads, seed=2)
             _log_atomic(ctx, "whole-chunk path (before):", r)
             out.update(_flat("atomic_whole_chunk", r))
-        out.update({"atomic_cstore_best_per_s": best["updates_per_s"], "atomic_cstore_best_threads": best["threads"],
+        within = [r["updates_per_s"] for r in runs if r["p99_ms"] is not None and r["p99_ms"] <= GOAL_P99_MS]
+        out.update({"atomic_cstore_best_per_s": best["updates_per_s"], "atomic_cstore_best_form": best["form"],
+                    "atomic_cstore_best_p99_ms": best["p99_ms"],
+                    # the strict reading of the goal: the best rate whose p99 stays within the latency goal
+                    "atomic_cstore_best_per_s_within_p99_goal": max(within, default=0),
                     "atomic_cstore_t1_meets_latency_goal": bool(out["atomic_cstore_t1_p50_ms"] <= GOAL_P50_MS and
                                                                 out["atomic_cstore_t1_p99_ms"] <= GOAL_P99_MS),
                     "atomic_cstore_meets_rate_goal": best["updates_per_s"] >= GOAL_RATE})

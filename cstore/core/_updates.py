@@ -76,15 +76,19 @@ def split_update(info: ModelInfo, param: str, values: Any, indices: Any, update_
         row = int(np.prod(row_shape)) if row_shape else 1
         flat_idx = (idx[:, None] * row + np.arange(row, dtype=np.int64)).reshape(-1)
         flat_vals = vals.reshape(-1)
-        uniq, inverse = np.unique(flat_idx, return_inverse=True)
-        if len(uniq) != len(flat_idx):
-            if update_type == "direct":
-                raise ValidationError(f"direct update of {param!r} has duplicate indices: which value wins "
-                                      f"would be ambiguous")
-            flat_vals = np.bincount(inverse, weights=flat_vals, minlength=len(uniq))
-        else:
-            flat_vals = flat_vals[np.argsort(flat_idx, kind="stable")]
-        flat_idx = uniq
+        if len(flat_idx) > 1 and not bool(np.all(flat_idx[1:] > flat_idx[:-1])):  # (sorted, unique: as is)
+            uniq, inverse = np.unique(flat_idx, return_inverse=True)
+            if len(uniq) != len(flat_idx):
+                if update_type == "direct":
+                    raise ValidationError(f"direct update of {param!r} has duplicate indices: which value wins "
+                                          f"would be ambiguous")
+                flat_vals = np.bincount(inverse, weights=flat_vals, minlength=len(uniq))
+            else:
+                flat_vals = flat_vals[np.argsort(flat_idx, kind="stable")]
+            flat_idx = uniq
+    first, last = int(flat_idx[0] // info.chunk_size), int(flat_idx[-1] // info.chunk_size)
+    if first == last:  # the common atomic update: one chunk, no split
+        return {first: ChunkChange((flat_idx - first * info.chunk_size).astype(np.int32), flat_vals)}
     chunk_of = flat_idx // info.chunk_size
     bounds = np.flatnonzero(np.diff(chunk_of)) + 1
     out = {}

@@ -321,7 +321,7 @@ class Committer:
                  reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
         """Apply the updates' transforms in order; the combined change and the rows it leads to."""
         cur = dict(rows)
-        touched: dict[str, np.ndarray] = {}
+        touched: dict[str, list[np.ndarray]] = defaultdict(list)
         for req in list(reqs):
             try:
                 out = req.transform(k, cur)
@@ -336,11 +336,11 @@ class Committer:
                 continue
             for p, (new, t) in out.items():
                 cur[p] = ChunkRow(p, new, rows[p].version, rows[p].op_id, rows[p].deltas, rows[p].delta_bytes)
-                t = np.asarray(t, dtype=np.int32)
-                touched[p] = t if p not in touched else np.union1d(touched[p], t).astype(np.int32)
+                touched[p].append(np.asarray(t, dtype=np.int32))
         if not touched or not reqs:
             return None
-        return {p: (cur[p].data, t) for p, t in touched.items()}, cur
+        return {p: (cur[p].data, ts[0] if len(ts) == 1 else np.unique(np.concatenate(ts)))
+                for p, ts in touched.items()}, cur
 
     def _fail(self, req: _Request, k: int, group: list[_Request], exc: BaseException) -> None:
         self._known.drop((req.info.model_id, k))

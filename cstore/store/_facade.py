@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import Future
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from cstore.config import Config, Profile, codec_from_env, load_config
 from cstore.core import (DEFAULT_CHUNK_SIZE, HEAD, Alias, ChunkRow, CodecPipeline, CommitMeta, ModelInfo,
                          UpdateResult, check_kind, check_learning_rate, encode_metadata, make_transform, split_update,
                          validate_name, validate_spec)
-from cstore.errors import Closed, ValidationError
+from cstore.errors import Closed, CstoreError, ValidationError
 from cstore.store._catalog import Catalog
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
@@ -213,6 +214,19 @@ class Store:
         commits only the chunks that are missing. Concurrent updates of this process are combined
         into shared commit rounds (see ``cstore/store/_committer.py``).
         """
+        return self.submit_updates(name, updates, lr=lr, update_type=update_type, source=source,
+                                   metadata=metadata, update_id=update_id).result()
+
+    def submit_updates(self, name: str, updates: Mapping[str, Any], *, lr: float = 1.0,
+                       update_type: str = "gradient", source: str = "real_time",
+                       metadata: Mapping[str, Any] | None = None,
+                       update_id: uuid.UUID | None = None) -> Future[UpdateResult]:
+        """:meth:`apply_updates` without waiting: the update is validated now (bad input raises here and
+        writes nothing) and queued; the future gives its :class:`UpdateResult`, or raises what
+        ``apply_updates`` would. For a service with many updates at once: the more are queued, the more
+        share one compare-and-set per chunk, so one thread submitting many outruns many threads waiting
+        on one each. Under a blind profile the commit runs on the calling thread, before this returns.
+        """
         if update_id is not None and (not isinstance(update_id, uuid.UUID) or update_id.version != 1):
             raise ValidationError(f"update_id must be the time-based UUID a PartialCommit carries, got {update_id!r}")
         if update_id is not None and self._committer is None:
@@ -234,8 +248,13 @@ class Store:
         meta = CommitMeta(update_type, step, source, meta_json)
         transform = make_transform(changes, lr, update_type, info.dtype)
         if self._committer is None:
-            return self.chunks.commit(info, chunks, transform, meta, lr=step)
-        return self._committer.submit(info, chunks, transform, meta, lr=step, update_id=update_id).result()
+            done: Future[UpdateResult] = Future()
+            try:
+                done.set_result(self.chunks.commit(info, chunks, transform, meta, lr=step))
+            except CstoreError as exc:
+                done.set_exception(exc)
+            return done
+        return self._committer.submit(info, chunks, transform, meta, lr=step, update_id=update_id)
 
     def record_drift(self, name: str, n: int = 1) -> None:
         """Count a detected drift in this bucket's stats."""

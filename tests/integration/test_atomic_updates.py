@@ -188,6 +188,46 @@ def test_threads_of_one_process_are_combined_and_lose_nothing(store, unique_name
     store.drop_model(unique_name, confirm=unique_name)
 
 
+def test_submitted_updates_are_combined_exact_and_replayable(store, unique_name):
+    """One thread keeps 400 updates in flight through ``submit_updates``: each future gives its result,
+    the updates share compare-and-sets (fewer chunk commits than updates), and the array, the history
+    chain and a replay are exact."""
+    store.create_model(unique_name, {"w": (256,)}, chunk_size=128)
+    start = store.snapshot(unique_name, reason="replay base")
+    futures = [store.submit_updates(unique_name, {"w": ([i % 256], [1.0])}, lr=0.5) for i in range(400)]
+    results = [f.result(timeout=60) for f in futures]
+    assert all(r.chunks == [(i % 256) // 128] for i, r in enumerate(results))
+    expected = np.zeros(256, np.float32)
+    for i in range(400):
+        expected[i % 256] -= 0.5
+    state = store.read_model(unique_name)
+    np.testing.assert_array_equal(state.params["w"], expected)
+    commits = store.history(unique_name)
+    assert len(commits) < 400
+    for k in (0, 1):
+        assert sorted(h.new_version for h in commits if h.chunk == k) == \
+            list(range(2, state.chunk_versions[("w", k)] + 1))
+    np.testing.assert_array_equal(store.replay(unique_name, start)["w"], expected)
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_a_bad_submitted_update_raises_at_once_and_writes_nothing(session, store, base_config, unique_name):
+    store.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+    before = fingerprint(session, store, unique_name)
+    bad = [({"w": ([64], [1.0])}, "out of range"), ({"w": ([3], [float("nan")])}, "NaN"),
+           ({"v": ([3], [1.0])}, "'v'"), ({}, "non-empty mapping")]
+    for updates, match in bad:
+        with pytest.raises(ValidationError, match=match):
+            store.submit_updates(unique_name, updates)
+    with pytest.raises(ValidationError, match="learning rate"):
+        store.submit_updates(unique_name, {"w": ([3], [1.0])}, lr=-1.0)
+    with Store.from_config(dataclasses.replace(base_config, profile="eventual")) as blind:  # commits in the call
+        with pytest.raises(ValidationError, match="out of range"):
+            blind.submit_updates(unique_name, {"w": ([99], [1.0])})
+    assert fingerprint(session, store, unique_name) == before
+    store.drop_model(unique_name, confirm=unique_name)
+
+
 @pytest.mark.slow
 def test_eight_processes_over_two_shared_chunks_never_give_up(base_config, store, unique_name):
     """The issue's run: 8 processes x 100 updates of 8 coordinates over 2 shared chunks."""

@@ -51,6 +51,11 @@ def test_bench_latency_reports_freshness_atomic_updates_and_the_postgres_peer(ba
         assert out[f"atomic_{path}_t1_updates_per_s"] > 0 and out[f"atomic_{path}_t1_errors"] == 0
         assert 0 < out[f"atomic_{path}_t1_p50_ms"] <= out[f"atomic_{path}_t1_p99_ms"]
     assert out["atomic_cstore_t32_updates_per_s"] > 0 and out["micro_cstore_coord_updates_per_s"] > 0
+    for depth in (32, 256):  # one thread keeping updates in flight through submit_updates
+        assert out[f"atomic_cstore_async{depth}_updates_per_s"] > 0 and out[f"atomic_cstore_async{depth}_errors"] == 0
+        assert 0 < out[f"atomic_cstore_async{depth}_p50_ms"] <= out[f"atomic_cstore_async{depth}_p99_ms"]
+    rates = [out[k] for k in out if k.startswith("atomic_cstore_") and k.endswith("_updates_per_s")]
+    assert out["atomic_cstore_best_per_s"] == max(rates) and out["atomic_cstore_best_form"]
     # The peer must run where PostgreSQL is installed (this machine); elsewhere the reason is reported.
     assert not (Path("/usr/lib/postgresql").is_dir() and "postgres_skipped" in out), out.get("postgres_skipped")
     if "postgres_skipped" in out:
