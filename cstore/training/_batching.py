@@ -5,6 +5,8 @@ Pure, no I/O: :func:`select_segments` is tested on its own (``tests/unit/test_fe
 """
 from __future__ import annotations
 
+import bisect
+
 import dataclasses
 import json
 import logging
@@ -144,39 +146,89 @@ def _form(col: Any) -> str:
 
 def hash_rows(hasher: FeatureHasher, feats: list[Mapping[str, Any] | None], keep: list[int],
               spans: Sequence[ColumnSpan] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
-    """CSR rows of the batch's events ``keep`` (``feats``: every event's features, None for those
-    left out); a row the hasher refuses (e.g. from a feature lookup) is skipped with a warning, so that
-    one bad event never blocks its partition.
+    """CSR rows of the batch's events ``keep`` (increasing; ``feats``: every event's features, None for
+    those left out), and the events they are for: a row the hasher refuses (e.g. from a feature
+    lookup) is skipped with a warning, so that one bad event never blocks its partition.
 
     Events in ``spans`` have their features in the span's columns (:data:`~cstore.feedback.IN_COLUMNS`
-    in ``feats``). When the spans hold every kept event (a batch of columnar segments, nothing looked
-    up) they are hashed column by column: the same arrays, several times faster; otherwise the
-    spans' rows are built as dicts and everything is hashed row by row."""
-    bounds = [0] + [b for s in spans for b in (s.start, s.stop)] + [len(keep)]
-    if spans and bounds[::2] == bounds[1::2] and keep == list(range(len(keep))):  # spans tile the kept events
-        parts = [hash_columns(hasher, columns, n) for columns, n in merged_columns(spans)]
-        if all(p is not None for p in parts):
-            done = [p for p in parts if p is not None]
-            offsets = np.cumsum([0] + [int(p[0][-1]) for p in done[:-1]])
-            indptr = np.concatenate([[0]] + [p[0][1:] + o for p, o in zip(done, offsets)]).astype(np.int64)
-            return (indptr, np.concatenate([p[1] for p in done]), np.concatenate([p[2] for p in done]), keep)
-    feats = list(feats)
-    for s in spans:
-        feats[s.start:s.stop] = feature_rows(s.columns, s.stop - s.start)
-    rows = [f for f in (feats[i] for i in keep) if f is not None]
+    in ``feats``). A span whose events are all kept is hashed column by column (the same arrays,
+    several times faster); the other events — sent one by one, looked up, or of a span partly left
+    out — row by row. Real streams mix both (``send`` beside ``send_batch``), so one row event must
+    not send a whole batch down the slow path."""
+    by_start = {sp.start: sp for sp in spans}
+    parts: list[tuple[bool, list[Any]]] = []  # (columnar?, spans | event indices), in event order
+    j = 0
+    while j < len(keep):
+        sp = by_start.get(keep[j])
+        n = sp.stop - sp.start if sp is not None else 0
+        columnar = sp is not None and j + n <= len(keep) and keep[j + n - 1] == sp.stop - 1
+        item: Any = sp if columnar else keep[j]
+        if parts and parts[-1][0] == columnar:
+            parts[-1][1].append(item)
+        else:
+            parts.append((columnar, [item]))
+        j += n if columnar else 1
+    rows_of = _SpanRows(feats, spans)
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    done: list[int] = []
+    for columnar, items in parts:
+        if columnar:
+            hashed = [hash_columns(hasher, columns, n) for columns, n in merged_columns(items)]
+            if all(h is not None for h in hashed):
+                pieces += [h for h in hashed if h is not None]
+                done += [e for sp in items for e in range(sp.start, sp.stop)]
+                continue
+            items = [e for sp in items for e in range(sp.start, sp.stop)]  # declined: the row path decides
+        indptr, idx, val, good = _hash_row_events(hasher, items, rows_of)
+        pieces.append((indptr, idx, val))
+        done += good
+    if not pieces:
+        return (*hasher.transform_many([]), [])
+    offsets = np.cumsum([0] + [int(p[0][-1]) for p in pieces[:-1]])
+    indptr = np.concatenate([[0]] + [p[0][1:] + o for p, o in zip(pieces, offsets)]).astype(np.int64)
+    return indptr, np.concatenate([p[1] for p in pieces]), np.concatenate([p[2] for p in pieces]), done
+
+
+class _SpanRows:
+    """Per-event feature dicts, built from a span's columns when an event needs the row path."""
+
+    def __init__(self, feats: list[Mapping[str, Any] | None], spans: Sequence[ColumnSpan]) -> None:
+        self.feats, self.spans = feats, sorted(spans, key=lambda sp: sp.start)
+        self._starts = [sp.start for sp in self.spans]
+        self._built: dict[int, list[dict[str, Any]] | None] = {}
+
+    def row(self, e: int) -> Mapping[str, Any] | None:
+        """Event ``e``'s features; None when its span's columns cannot be read as rows (warned)."""
+        pos = bisect.bisect_right(self._starts, e) - 1
+        sp = self.spans[pos] if pos >= 0 else None
+        if sp is None or not sp.start <= e < sp.stop:
+            return self.feats[e]
+        if sp.start not in self._built:
+            try:
+                self._built[sp.start] = feature_rows(sp.columns, sp.stop - sp.start)
+            except ValueError as exc:
+                log.warning("skipping %d events whose stored features cannot be read: %s", sp.stop - sp.start, exc)
+                self._built[sp.start] = None
+        rows = self._built[sp.start]
+        return None if rows is None else rows[e - sp.start]
+
+
+def _hash_row_events(hasher: FeatureHasher, events: list[int], rows_of: _SpanRows
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    pairs = [(e, r) for e in events if (r := rows_of.row(e)) is not None]
     try:
-        indptr, idx, val = hasher.transform_many(rows)
-        return indptr, idx, val, keep
+        indptr, idx, val = hasher.transform_many([r for _, r in pairs])
+        return indptr, idx, val, [e for e, _ in pairs]
     except ValueError:
         good = []
-        for i, row in zip(keep, rows):
+        for e, row in pairs:
             try:
                 hasher.transform_one(row)
-                good.append((i, row))
+                good.append((e, row))
             except ValueError as exc:
                 log.warning("skipping an event with unusable features: %s", exc)
         indptr, idx, val = hasher.transform_many([r for _, r in good])
-        return indptr, idx, val, [i for i, _ in good]
+        return indptr, idx, val, [e for e, _ in good]
 
 
 def sample_weights(cfg: LearnerConfig, events: Sequence[Event]) -> np.ndarray:

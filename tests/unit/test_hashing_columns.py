@@ -98,3 +98,46 @@ def test_small_blocks_joined_hash_as_they_would_one_by_one():
     assert idx.tolist() == [i for a in alone for i in a[1].tolist()]
     assert val.tolist() == [v for a in alone for v in a[2].tolist()]
     assert np.diff(indptr).tolist() == [c for a in alone for c in np.diff(a[0]).tolist()]
+
+
+def test_a_batch_mixing_blocks_and_single_events_hashes_each_its_own_way_to_the_row_arrays(monkeypatch):
+    """Producers mix ``send_batch`` (columnar blocks) and ``send`` (one event): the blocks whose events
+    are all kept are hashed by column, the single events, an event whose row is refused and a block
+    partly left out by row — and the whole equals hashing every kept event's dict in order."""
+    from cstore.feedback import IN_COLUMNS, ColumnSpan, feature_rows
+    import cstore.training._batching as batching
+    rng = np.random.default_rng(5)
+    feats: list = []
+    spans = []
+
+    def block(size: int) -> None:
+        cols = [("amount", rng.normal(size=size)),
+                ("merchant", np.array([f"m{k}" for k in rng.integers(0, 9, size)], "S"))]
+        spans.append(ColumnSpan(len(feats), len(feats) + size, cols))
+        feats.extend([IN_COLUMNS] * size)
+
+    block(4)
+    feats.append({"probe_1": 1.0})
+    block(3)
+    block(5)
+    bad = len(feats)
+    feats.append({"bad": object()})  # refused by the hasher: skipped, the rest learned
+    feats.append(None)                # left out (e.g. a lookup that found nothing)
+    block(6)                          # partly left out below
+    feats.append({"probe_2": 1.0, "merchant": "x"})
+    keep = [i for i, f in enumerate(feats) if f is not None and i != spans[-1].start + 2]
+    columnar_calls = []
+    real = batching.hash_columns
+    monkeypatch.setattr(batching, "hash_columns", lambda h, c, n: columnar_calls.append(n) or real(h, c, n))
+    h = FeatureHasher(2**8)
+    indptr, idx, val, done = batching.hash_rows(h, feats, keep, spans)
+
+    rows = {}
+    for sp in spans:
+        rows.update(zip(range(sp.start, sp.stop), feature_rows(sp.columns, sp.stop - sp.start)))
+    expected_events = [i for i in keep if i != bad]
+    ref = FeatureHasher(2**8).transform_many([rows.get(i, feats[i]) for i in expected_events])
+    assert done == expected_events
+    assert np.diff(indptr).tolist() == np.diff(ref[0]).tolist()
+    assert idx.tolist() == ref[1].tolist() and val.tolist() == ref[2].tolist()
+    assert columnar_calls == [4, 8]  # the two runs of whole blocks (3 + 5 joined); the partial block by row
