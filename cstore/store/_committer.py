@@ -3,9 +3,9 @@
 ``Store.apply_update(s)`` hands its change to the :class:`Committer`. A committer thread takes every
 waiting update of a model whose chunks are free, claims those chunks, and commits them in one round:
 
-1. the updates that touch the same chunk (same kind and metadata) are combined into one change, their
-   transforms applied in arrival order to the chunk's known rows (``_known``: no read before the
-   compare-and-set unless the chunk is unknown or another writer moved it);
+1. the updates that touch the same chunk (same kind and metadata) are combined into one change
+   (``_combine``), applied in arrival order to the chunk's known rows (``_known``: no read before
+   the compare-and-set unless the chunk is unknown or another writer moved it);
 2. the history rows of every chunk of the round go in one request (they share a partition);
 3. every chunk's compare-and-set is sent at once — a delta entry when the change is small (``_rows``),
    so one float costs a Paxos round on tens of bytes;
@@ -38,12 +38,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
-
 from cstore.backend import Cas, ChunkWrite, ParamTables
 from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
-from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._combine import Change, combine
+from cstore.store._engine import ChunkEngine
 from cstore.store._known import KnownRows, chunk_op_id, committed, drop_moved, known_or_read
 from cstore.store._rows import plan_write
 from cstore.store._stats import Totals
@@ -53,8 +52,8 @@ log = logging.getLogger("cstore.commit")
 __all__ = ["Committer"]
 
 CONTENDED_S = 5.0  # after a conflict on a model, check its version index before each of its rounds this long
+MAX_PENDING = 8192  # updates queued per process before submit() waits for room (each round scans the queue)
 THREADS = 2  # rounds in flight at once (on disjoint chunks): more would split the waiting updates thinner
-Change = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(eq=False)
@@ -127,6 +126,9 @@ class Committer:
         with self._cond:
             if self._closed:
                 raise CstoreError("this store is closed; connect again")
+            if len(self._pending) >= MAX_PENDING:
+                self._wait_for_room()
+                req.deadline = time.monotonic() + self._timeout_s  # its time starts once it is queued
             self._pending.append(req)
             if not self._threads:
                 self._threads = [threading.Thread(target=self._run, name=f"cstore-committer-{i}", daemon=True)
@@ -135,6 +137,21 @@ class Committer:
                     t.start()
             self._cond.notify()
         return future
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure (lock held): who submits faster than the cluster commits waits here, so the queue
+        (every round scans it) stays bounded; if it stays full for ``timeout_s``, nothing is queued."""
+        deadline = time.monotonic() + self._timeout_s
+        while len(self._pending) >= MAX_PENDING and not self._closed:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransientError(
+                    f"the commit queue of this process stayed full ({len(self._pending)} updates waiting) for "
+                    f"{self._timeout_s:.0f} s: the cluster is not keeping up; wait for the futures you hold "
+                    f"before submitting more, or raise commit_timeout_s (nothing of this update was written)")
+            self._cond.wait(min(left, 0.05))
+        if self._closed:
+            raise CstoreError("this store is closed; connect again")
 
     def close(self) -> None:
         with self._cond:
@@ -213,10 +230,13 @@ class Committer:
 
     def _expire(self, req: _Request) -> None:
         k = min(req.left)
+        why = (f"against concurrent writers ({req.conflicts} conflicts); lower the write rate on this chunk, use a "
+               f"smaller chunk_size, or raise commit_timeout_s") if req.conflicts else (
+               f"behind this process's other queued updates ({len(self._pending)} waiting); submit fewer at once "
+               f"or raise commit_timeout_s")
         self._finish(req, req.error or ConflictError(
-            f"model {req.info.name!r} chunk {k}: not committed within {self._timeout_s:.0f} s against concurrent "
-            f"writers ({req.conflicts} conflicts); lower the write rate on this chunk, use a smaller chunk_size, "
-            f"or raise commit_timeout_s", model=req.info.name, chunk=k, retries=req.conflicts))
+            f"model {req.info.name!r} chunk {k}: not committed within {self._timeout_s:.0f} s {why}",
+            model=req.info.name, chunk=k, retries=req.conflicts))
 
     # -- one round ----------------------------------------------------------------------------------------------
     def _commit_round(self, work: _Round) -> None:
@@ -319,28 +339,13 @@ class Committer:
 
     def _combine(self, info: ModelInfo, k: int, rows: dict[str, ChunkRow],
                  reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
-        """Apply the updates' transforms in order; the combined change and the rows it leads to."""
-        cur = dict(rows)
-        touched: dict[str, list[np.ndarray]] = defaultdict(list)
-        for req in list(reqs):
-            try:
-                out = req.transform(k, cur)
-                missing = [p for p in out if p not in cur]
-                if missing:
-                    raise missing_chunk(info, missing[0], k)
-            except KeyError as exc:
-                self._fail(req, k, reqs, missing_chunk(info, str(exc.args[0]) if exc.args else "?", k))
-                continue
-            except CstoreError as exc:
-                self._fail(req, k, reqs, exc)
-                continue
-            for p, (new, t) in out.items():
-                cur[p] = ChunkRow(p, new, rows[p].version, rows[p].op_id, rows[p].deltas, rows[p].delta_bytes)
-                touched[p].append(np.asarray(t, dtype=np.int32))
-        if not touched or not reqs:
-            return None
-        return {p: (cur[p].data, ts[0] if len(ts) == 1 else np.unique(np.concatenate(ts)))
-                for p, ts in touched.items()}, cur
+        """The updates' combined change of chunk ``k`` and the rows it leads to (``_combine``); the
+        updates whose transform failed are finished with their error and leave ``reqs``."""
+        arrived = list(reqs)
+        change, cur, failed = combine(info, k, rows, [r.transform for r in arrived])
+        for i, exc in failed.items():
+            self._fail(arrived[i], k, reqs, exc)
+        return None if change is None or not reqs else (change, cur)
 
     def _fail(self, req: _Request, k: int, group: list[_Request], exc: BaseException) -> None:
         self._known.drop((req.info.model_id, k))

@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import multiprocessing as mp
 import threading
+import time
 import uuid
 
 import numpy as np
@@ -226,6 +227,31 @@ def test_a_bad_submitted_update_raises_at_once_and_writes_nothing(session, store
             blind.submit_updates(unique_name, {"w": ([99], [1.0])})
     assert fingerprint(session, store, unique_name) == before
     store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_a_full_commit_queue_makes_submit_wait_then_refuse_and_write_nothing(monkeypatch, base_config, unique_name):
+    """Submitting faster than the cluster commits waits for room in the queue (bounded: every round
+    scans it); if none frees within commit_timeout_s the call raises and its update is not written.
+    The cluster is made slow by delaying each round of the real committer by 1.5 s."""
+    import cstore.store._committer as committer_module
+    from cstore.errors import TransientError
+    monkeypatch.setattr(committer_module, "MAX_PENDING", 2)
+    with Store.from_config(dataclasses.replace(base_config, commit_timeout_s=1.0)) as slow:
+        slow.create_model(unique_name, {"w": (64,)}, chunk_size=32)
+        committer = slow._committer
+        real = committer._commit_round
+        monkeypatch.setattr(committer, "_commit_round", lambda work: (time.sleep(1.5), real(work))[1])
+        first = [slow.submit_updates(unique_name, {"w": ([i], [1.0])}) for i in (1, 40)]
+        t0 = time.monotonic()
+        with pytest.raises(TransientError, match="commit queue of this process stayed full"):
+            slow.submit_updates(unique_name, {"w": ([7], [1.0])})
+        assert time.monotonic() - t0 >= 0.9  # it waited for room before refusing
+        for f in first:
+            f.result(timeout=30)
+        expected = np.zeros(64, np.float32)
+        expected[[1, 40]] = -1.0
+        np.testing.assert_array_equal(slow.read_model(unique_name).params["w"], expected)  # not index 7
+        slow.drop_model(unique_name, confirm=unique_name)
 
 
 @pytest.mark.slow
