@@ -16,7 +16,7 @@ Everything cstore stores goes through here, and nothing else imports the driver:
 * schema migrations (:func:`apply_schema`, :func:`schema_status`, shipped as package data in
   ``cql/``) and least-privilege roles (:func:`apply_roles`).
 """
-from cstore.backend._backoff import Backoff
+from cstore.backend._backoff import Backoff, wait_while
 from cstore.backend._baselines import BASELINE_KEYSPACE, BaselineTables
 from cstore.backend._connection import Backend, connect
 from cstore.backend._feedback import FeedbackTables
@@ -35,5 +35,5 @@ __all__ = [
     "Backend", "Backoff", "BaselineTables", "Cas", "ChunkWrite", "DropPlan", "FeedbackTables", "FleetTables",
     "GovernanceTables", "ParamTables", "PredictionTables", "PurgeReport", "PurgeTables", "RolesReport",
     "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir", "migrations",
-    "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements",
+    "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements", "wait_while",
 ]

@@ -1,16 +1,36 @@
-"""Waiting out a failing cluster: exponential back-off with jitter, and error logging that does not flood.
+"""Waiting out a failing or slow cluster: exponential back-off with jitter, and error logging that
+does not flood; and back-pressure waits (:func:`wait_while`).
 
 Background loops that talk to Cassandra (a scorer's refresher, the prediction-log writer) use one
 :class:`Backoff` each, so that an outage costs a log line every ``log_every_s``, not one per attempt.
+Producers that buffer what Cassandra has not taken yet (the feedback writer's buffer, the
+committer's queue) wait with :func:`wait_while` until there is room, for a bounded time.
 """
 from __future__ import annotations
 
 import logging
 import math
 import random
+import threading
 import time
+from collections.abc import Callable
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "wait_while"]
+
+
+def wait_while(cond: threading.Condition, busy: Callable[[], bool], timeout_s: float, *, poll_s: float,
+               check: Callable[[], None] | None = None) -> bool:
+    """Wait on ``cond`` (held by the caller) while ``busy()``, at most ``timeout_s``; False if still
+    busy then. ``check`` runs after each wake-up and may raise (e.g. the producer was closed)."""
+    deadline = time.monotonic() + timeout_s
+    while busy():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        cond.wait(min(left, poll_s))
+        if check is not None:
+            check()
+    return True
 
 
 class Backoff:

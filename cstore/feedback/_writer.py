@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cstore.backend import wait_while
 from cstore.errors import Closed, FeedbackBackPressure, FeedbackWriteFailed, ValidationError
 from cstore.feedback._columns import Batch, encode_block, make_batch, reorder
 from cstore.feedback._events import encode_event, make_event
@@ -182,21 +183,17 @@ class FeedbackWriter:
             self._cond.notify_all()  # the flusher may be sleeping without a deadline
 
     def _wait_for_room(self, size: int) -> None:
-        deadline = time.monotonic() + self.send_timeout_s
         started = time.monotonic()
         # Seal everything so that the flusher can free memory now rather than after a linger.
         for key in list(self._open):
             self._seal(key)
         self._cond.notify_all()
-        while self._buffered + size > self.max_buffer_bytes:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise FeedbackBackPressure(
-                    f"feedback buffer for {self.model!r} full ({self._buffered} of {self.max_buffer_bytes} bytes) "
-                    f"for {self.send_timeout_s:.0f} s: Cassandra is not keeping up; slow down, raise "
-                    f"max_buffer_bytes or send_timeout_s, or add nodes")
-            self._cond.wait(min(left, 0.5))
-            self._check_usable()
+        if not wait_while(self._cond, lambda: self._buffered + size > self.max_buffer_bytes, self.send_timeout_s,
+                          poll_s=0.5, check=self._check_usable):
+            raise FeedbackBackPressure(
+                f"feedback buffer for {self.model!r} full ({self._buffered} of {self.max_buffer_bytes} bytes) "
+                f"for {self.send_timeout_s:.0f} s: Cassandra is not keeping up; slow down, raise "
+                f"max_buffer_bytes or send_timeout_s, or add nodes")
         self.blocked_s += time.monotonic() - started
 
     def _seal(self, key: tuple[int, int]) -> None:

@@ -38,7 +38,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from cstore.backend import Cas, ChunkWrite, ParamTables
+from cstore.backend import Cas, ChunkWrite, ParamTables, wait_while
 from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
 from cstore.store._combine import Change, combine
@@ -141,15 +141,12 @@ class Committer:
     def _wait_for_room(self) -> None:
         """Back-pressure (lock held): who submits faster than the cluster commits waits here, so the queue
         (every round scans it) stays bounded; if it stays full for ``timeout_s``, nothing is queued."""
-        deadline = time.monotonic() + self._timeout_s
-        while len(self._pending) >= MAX_PENDING and not self._closed:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TransientError(
-                    f"the commit queue of this process stayed full ({len(self._pending)} updates waiting) for "
-                    f"{self._timeout_s:.0f} s: the cluster is not keeping up; wait for the futures you hold "
-                    f"before submitting more, or raise commit_timeout_s (nothing of this update was written)")
-            self._cond.wait(min(left, 0.05))
+        if not wait_while(self._cond, lambda: len(self._pending) >= MAX_PENDING and not self._closed,
+                          self._timeout_s, poll_s=0.05):
+            raise TransientError(
+                f"the commit queue of this process stayed full ({len(self._pending)} updates waiting) for "
+                f"{self._timeout_s:.0f} s: the cluster is not keeping up; wait for the futures you hold "
+                f"before submitting more, or raise commit_timeout_s (nothing of this update was written)")
         if self._closed:
             raise CstoreError("this store is closed; connect again")
 
