@@ -188,8 +188,8 @@ class Committer:
         """The next round (lock held): per free, ready chunk of one model the updates it commits — alike
         updates combined, an update with an ``update_id`` alone. None when nothing can go now."""
         now = time.monotonic()
-        for req in [r for r in self._pending if now > r.deadline]:
-            self._expire(req)
+        for req in [r for r in self._pending if now > r.deadline and not self._in_flight(r)]:
+            self._expire(req)  # (one in a round now waits for it: that round may still commit it)
         work: _Round | None = None
         for req in self._pending:
             if work is not None and req.info.model_id != work.info.model_id:
@@ -207,6 +207,9 @@ class Committer:
         if work is not None:
             self._claimed.update((work.info.model_id, k) for k in work.chunks)
         return work
+
+    def _in_flight(self, req: _Request) -> bool:
+        return any((req.info.model_id, k) in self._claimed for k in req.left)
 
     def _finish(self, req: _Request, error: BaseException | None = None) -> None:
         """Complete an update (lock held): its result, or ``error`` (a PartialCommit if chunks committed)."""

@@ -241,6 +241,11 @@ def test_a_full_commit_queue_makes_submit_wait_then_refuse_and_write_nothing(mon
         committer = slow._committer
         real = committer._commit_round
         monkeypatch.setattr(committer, "_commit_round", lambda work: (time.sleep(1.5), real(work))[1])
+        # A round that outlasts commit_timeout_s still decides its updates: the idle committer thread
+        # must not fail one while that round may commit it (the caller would retry a committed update).
+        t0 = time.monotonic()
+        assert slow.submit_updates(unique_name, {"w": ([1], [1.0])}).result(timeout=30).chunks == [0]
+        assert time.monotonic() - t0 >= 1.4
         first = [slow.submit_updates(unique_name, {"w": ([i], [1.0])}) for i in (1, 40)]
         t0 = time.monotonic()
         with pytest.raises(TransientError, match="commit queue of this process stayed full"):
@@ -249,7 +254,7 @@ def test_a_full_commit_queue_makes_submit_wait_then_refuse_and_write_nothing(mon
         for f in first:
             f.result(timeout=30)
         expected = np.zeros(64, np.float32)
-        expected[[1, 40]] = -1.0
+        expected[[1, 40]] = [-2.0, -1.0]
         np.testing.assert_array_equal(slow.read_model(unique_name).params["w"], expected)  # not index 7
         slow.drop_model(unique_name, confirm=unique_name)
 
