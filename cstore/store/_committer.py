@@ -189,7 +189,7 @@ class Committer:
         updates combined, an update with an ``update_id`` alone. None when nothing can go now."""
         now = time.monotonic()
         for req in [r for r in self._pending if now > r.deadline and not self._in_flight(r)]:
-            self._expire(req)  # (one in a round now waits for it: that round may still commit it)
+            self._expire(req)  # (one whose chunk a round holds waits for that round: it may commit it)
         work: _Round | None = None
         for req in self._pending:
             if work is not None and req.info.model_id != work.info.model_id:

@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from concurrent.futures import Future
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any

@@ -6,7 +6,6 @@ Pure, no I/O: :func:`select_segments` is tested on its own (``tests/unit/test_fe
 from __future__ import annotations
 
 import bisect
-
 import dataclasses
 import json
 import logging
