@@ -21,8 +21,8 @@ from cstore.feedback import ColumnSpan, Event, LaneListing, SegmentRef, feature_
 from cstore.learn import FeatureHasher, age_weights, hash_columns, window_weights
 from cstore.training._learner import LearnerConfig
 
-__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "merged_columns",
-           "sample_weights", "select_segments"]
+__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "in_event_order",
+           "merged_columns", "sample_weights", "select_segments"]
 
 log = logging.getLogger("cstore.worker")
 
@@ -186,6 +186,33 @@ def hash_rows(hasher: FeatureHasher, feats: list[Mapping[str, Any] | None], keep
     offsets = np.cumsum([0] + [int(p[0][-1]) for p in pieces[:-1]])
     indptr = np.concatenate([[0]] + [p[0][1:] + o for p, o in zip(pieces, offsets)]).astype(np.int64)
     return indptr, np.concatenate([p[1] for p in pieces]), np.concatenate([p[2] for p in pieces]), done
+
+
+def in_event_order(rows: tuple[np.ndarray, np.ndarray, np.ndarray, list[int]], events: Sequence[Event]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """:func:`hash_rows`' CSR rows and their events sorted by event time (ties keep batch order).
+
+    A batch is gathered segment by segment, partition by partition, so its events arrive grouped by
+    partition. The per-event pass is order-sensitive (FTRL's and AdaGrad's per-coordinate state), and a
+    per-event learner learns events in the order they happened: sorting makes the batch's pass what that
+    learner would do with the same events, whatever partitions and segments they came through.
+
+    >>> ev = [Event(i, 0.0, "explicit", None, t, None, None) for i, t in enumerate([2.0, 1.0, 3.0])]
+    >>> rows = (np.array([0, 1, 3, 4]), np.array([7, 8, 9, 6]), np.ones(4), [0, 1, 2])
+    >>> indptr, idx, val, keep = in_event_order(rows, ev)
+    >>> indptr.tolist(), idx.tolist(), keep
+    ([0, 2, 3, 4], [8, 9, 7, 6], [1, 0, 2])
+    """
+    indptr, idx, val, keep = rows
+    times = np.fromiter((events[i].event_time for i in keep), np.float64, len(keep))
+    if times.size < 2 or bool(np.all(times[1:] >= times[:-1])):
+        return rows
+    order = np.argsort(times, kind="stable")
+    lengths = np.diff(indptr)[order]
+    out_ptr = np.zeros(order.size + 1, np.int64)
+    np.cumsum(lengths, out=out_ptr[1:])
+    take = np.repeat(indptr[:-1][order] - out_ptr[:-1], lengths) + np.arange(out_ptr[-1])
+    return out_ptr, idx[take], val[take], [keep[i] for i in order.tolist()]
 
 
 class _SpanRows:

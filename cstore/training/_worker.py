@@ -39,8 +39,8 @@ from cstore.learn import log_loss, predict_proba_batch
 from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
-from cstore.training._batching import (WorkerOptions, batch_metadata, gather, hash_rows, sample_weights,
-                                      select_segments)
+from cstore.training._batching import (WorkerOptions, batch_metadata, gather, hash_rows, in_event_order,
+                                      sample_weights, select_segments)
 from cstore.training._critical import CriticalLane, Lane, new_committer
 from cstore.training._guard import GuardWatch
 from cstore.training._shared_state import SharedLearnerState
@@ -260,7 +260,7 @@ class Worker:
         loss = score = 0.0
         lr_scale = self.shared.current_lr_scale()
         if keep:
-            indptr, idx, val, keep = hash_rows(learner.hasher, feats, keep, spans)
+            indptr, idx, val, keep = in_event_order(hash_rows(learner.hasher, feats, keep, spans), events)
         if keep:
             y = np.array([events[i].label for i in keep], np.float64)
             s = sample_weights(learner.cfg, [events[i] for i in keep])

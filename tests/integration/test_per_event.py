@@ -4,12 +4,13 @@ conflicting commit replays its steps on the other writer's rows; age weighting (
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 
 from cstore import FeedbackWriter
 from cstore.feedback import decode_payload
-from cstore.learn import AdaGrad, FeatureHasher, FTRLProximal, batch_gradient
+from cstore.learn import MAX_STEPS, AdaGrad, FeatureHasher, FTRLProximal, batch_gradient
 from cstore.training import Worker, create_learner
 from cstore_dev.fraudsim import FraudStream
 from feedback_helpers import all_segments, learned_counts, new_name
@@ -19,16 +20,22 @@ FAST = {"lease_ttl_s": 6, "max_wait_ms": 50, "poll_ms": 20}
 
 def _per_event_reference(opt, events, traces, n_features):
     """One step per event with the optimizer's own float32 step, batches in commit order, events in
-    the order each batch learned them, at the batch's learning-rate scale."""
-    hasher = FeatureHasher(n_features)
+    the order each batch learned them (by event time), at the batch's learning-rate scale."""
     state, bias = opt.init_state(n_features), opt.init_state(1)
     for t in sorted(traces, key=lambda t: t["batch_id"].time):
-        for ev in (ev for _, _, seg_id, _ in t["segments"] for ev in events[seg_id]):
-            indptr, idx, val = hasher.transform_many([ev.features])
-            g = batch_gradient(state["w"], float(bias["w"][0]), indptr, idx, val, np.array([ev.label]), np.ones(1))
-            for k, a in opt.apply({k: state[k][g.indices] for k in state}, g.values, t["lr_scale"]).items():
-                state[k][g.indices] = a
-            bias = opt.apply(bias, np.array([g.bias]), t["lr_scale"])
+        batch = [ev for _, _, seg_id, _ in t["segments"] for ev in events[seg_id]]
+        state, bias = _steps(opt, sorted(batch, key=lambda ev: ev.event_time), t["lr_scale"], state, bias)
+    return state, bias
+
+
+def _steps(opt, events, lr_scale, state, bias):
+    hasher = FeatureHasher(state["w"].size)
+    for ev in events:
+        indptr, idx, val = hasher.transform_many([ev.features])
+        g = batch_gradient(state["w"], float(bias["w"][0]), indptr, idx, val, np.array([ev.label]), np.ones(1))
+        for k, a in opt.apply({k: state[k][g.indices] for k in state}, g.values, lr_scale).items():
+            state[k][g.indices] = a
+        bias = opt.apply(bias, np.array([g.bias]), lr_scale)
     return state, bias
 
 
@@ -64,6 +71,31 @@ def test_the_stored_adagrad_model_equals_a_per_event_learner(store):
     np.testing.assert_allclose(stored["weights"], state["w"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["g2"], state["g2"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(stored["bias"], bias["w"], rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_is_learned_in_the_order_its_events_happened_whatever_partition_they_came_through(store):
+    """A batch is gathered partition by partition; the pass learns it by event time, so one worker that
+    takes the whole stream in one batch (of at most MAX_STEPS events: the pass is exactly per event)
+    ends where a per-event learner over the stream does."""
+    name = new_name("order")
+    create_learner(store, name, n_features=2**10, chunk_size=256, partitions=4, drift="none", drift_response="none")
+    txs = FraudStream(seed=24).sample(MAX_STEPS - 8)
+    t0 = time.time() - 60
+    with FeedbackWriter(store, name, max_batch=1000, linger_ms=5) as w:
+        for i, tx in enumerate(txs):  # explicit, distinct times: the stream's order is the times' order
+            w.send(tx["entity_id"], tx["label"], event_time=t0 + i * 0.01, features=tx["features"])
+    worker = Worker(store, name, batch_size=1000, **FAST)
+    assert worker.run(until_idle=True)["learned"] == len(txs)
+    _, traces = learned_counts(store, name, worker.shared)
+    assert len(traces) == 1 and len({p for p, _, _, _ in traces[0]["segments"]}) == 4  # one batch, 4 partitions
+    opt = FTRLProximal(alpha=0.3, beta=1.0)
+    stream = [SimpleNamespace(features=tx["features"], label=float(tx["label"])) for tx in txs]
+    state, bias = _steps(opt, stream, traces[0]["lr_scale"], opt.init_state(2**10), opt.init_state(1))
+    stored = store.read_model(name).params
+    for param, key in (("weights", "w"), ("z", "z"), ("n", "n")):
+        np.testing.assert_allclose(stored[param], state[key], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stored["bias"], bias["w"], rtol=1e-4, atol=1e-5)
+    assert np.count_nonzero(stored["weights"]) > 20
 
 
 def test_a_conflicting_commit_replays_its_steps_on_the_other_writers_rows(store):
