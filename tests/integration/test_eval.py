@@ -1,9 +1,11 @@
 """``cstore eval`` on the real node: short streams through client, feedback, workers and Cassandra.
 
-Tolerances (stated): on Phishing at the defaults the system's AUC is within 0.003 of the in-memory replica
-of its own maths (per-event passes, the same block delay, no Cassandra), i.e. the distributed path costs
-nothing; against the references (River's FTRL and Vowpal Wabbit, per event, no delay) the block delay
-costs about 0.01 there (benchmarks/QUALITY.md), so the test asks for 0.02. On a stationary control
+Tolerances (stated): on Phishing at the defaults (one worker, block 20) the system's AUC is within 0.001 of
+the in-memory replica of its own maths (per-event passes in event order, the same block delay, no
+Cassandra), i.e. the distributed path costs nothing; against the references (River's FTRL and Vowpal
+Wabbit, per event, no delay) the goal is 0.003 AUC and 0.003 log loss, met there by 0.0001 / 0.0015
+(benchmarks/QUALITY.md); the test allows 0.005 / 0.006 for the worker's batch boundaries, which move the
+learning-rate schedule's updates between runs. On a stationary control
 there is no false alarm; after a rule flip the drift is found within 1,000 events and cstore's AUC
 after it is above both references'; after an abrupt drift the frozen model is at least 0.1 below cstore.
 """
@@ -71,8 +73,8 @@ def test_cli_on_a_stationary_stream_matches_the_references(base_config, tmp_path
     # Every event was scored by the system and learned by the worker exactly once.
     assert sum(w["learned"] for w in report["system"]["workers"]) == 1250
     assert report["cstore_auc"] > 0.95 and report["vw_auc"] > 0.95, report
-    assert abs(report["cstore_auc"] - report["replica_auc"]) <= 0.003, report
-    assert report["auc_gap_vs_best"] >= -0.02, report
+    assert abs(report["cstore_auc"] - report["replica_auc"]) <= 0.001, report
+    assert report["auc_gap_vs_best"] >= -0.005 and report["logloss_gap_vs_best"] <= 0.006, report
     assert report["false_alarms"] <= report["river_adwin_false_alarms"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 

@@ -5,6 +5,7 @@ import click
 
 from cstore.cli import CliContext, json_option, echo_json
 from cstore_dev.evaluation.datasets import DATASETS  # names only: River is imported when a stream is built
+from cstore_dev.evaluation.system import DEFAULT_BLOCK
 
 
 @click.command(name="eval")
@@ -14,8 +15,9 @@ from cstore_dev.evaluation.datasets import DATASETS  # names only: River is impo
                    "the others 10,000].")
 @click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="Worker count K.")
 @click.option("--processes", is_flag=True, help="Run the K workers as `cstore worker` processes (default: threads).")
-@click.option("--block", type=click.IntRange(1, 5000), default=100, show_default=True,
-              help="Events scored before their labels are sent and learned (the bounded micro-batch delay).")
+@click.option("--block", type=click.IntRange(1, 5000), default=DEFAULT_BLOCK, show_default=True,
+              help="Events scored before their labels are sent and learned (the bounded micro-batch delay: the "
+                   "events a model scores while its latest labels are on their way).")
 @click.option("--alpha", type=float, default=0.3, show_default=True, help="FTRL alpha (cstore and River).")
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the synthetic streams.")
 @click.option("--update", type=click.Choice(["per_event", "summed"]), default="per_event", show_default=True,

@@ -11,7 +11,7 @@ from cstore.learn import FeatureHasher
 from cstore_dev.evaluation import metrics
 from cstore_dev.evaluation.datasets import Stream, load
 from cstore_dev.evaluation.references import run_replica, run_river, run_vw
-from cstore_dev.evaluation.system import SystemSettings, run_system
+from cstore_dev.evaluation.system import DEFAULT_BLOCK, SystemSettings, run_system
 
 #: The goals: AUC at least the better reference's minus this, log loss at most the better one's plus this.
 AUC_TOLERANCE = 0.003
@@ -35,7 +35,7 @@ def learner_settings(stream: Stream, *, n_features: int = 2**16, alpha: float = 
 
 
 def evaluate(cfg, dataset: str, *, events: int | None = None, seed: int = 1, workers: int = 1,
-             processes: bool = False, block: int = 100, learner: Mapping[str, Any] | None = None,
+             processes: bool = False, block: int = DEFAULT_BLOCK, learner: Mapping[str, Any] | None = None,
              stream: Stream | None = None) -> dict[str, Any]:
     """Run ``dataset`` through cstore (on the cluster of ``cfg``) and the references; return the report."""
     t0 = time.monotonic()
