@@ -71,7 +71,10 @@ def row(r: dict) -> str:
         workers += f", block {s['block']}"
     if s["seed"] != 1:
         workers += f", seed {s['seed']}"
-    four = lambda m, part="": " / ".join(_f(r[f"{w}_{m}{part}"]) for w in ("cstore", "river", "vw", "frozen"))  # noqa: E731
+
+    def four(metric: str, part: str = "") -> str:  # cstore / River / VW / frozen
+        return " / ".join(_f(r[f"{who}_{metric}{part}"]) for who in ("cstore", "river", "vw", "frozen"))
+
     det = ", ".join(f"{d} ({dl})" for d, dl in zip(r["detections"], r["detection_delays"])) if r["detections"] \
         else "none (–)"
     return (f"| {r['dataset']} | {r['events']:,} | {workers} | {four('auc')} | {_f(r['auc_gap_vs_best'], True)} | "
