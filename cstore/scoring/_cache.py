@@ -110,8 +110,8 @@ class ModelCache:
         self.full_check_s = full_check_s
         self.current: CachedModel | None = None
         self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
-        self.counters = {"polls": 0, "index_reads": 0, "full_checks": 0, "chunks_fetched": 0, "swaps": 0,
-                         "stale_index_rows": 0, "alias_reads": 0}
+        self.counters = {"polls": 0, "index_reads": 0, "full_checks": 0, "chunks_fetched": 0, "chunks_caught_up": 0,
+                         "swaps": 0, "stale_index_rows": 0, "alias_reads": 0}
         self._head: int | None = None             # the head counter the current copy was built from
         self.index_grace_s = INDEX_GRACE_S
         self._behind: dict[tuple[str, int], float] = {}  # index row below the chunk we hold: since when
@@ -253,6 +253,28 @@ class ModelCache:
         self.counters["chunks_fetched"] += len(chunks)
         return rows
 
+    def _catch_up(self, b: Any, cur: CachedModel, moved: list[int]) -> dict[int, dict[str, ChunkRow]]:
+        """The moved chunks: what the cached copy holds of each, caught up from the delta entries above
+        it (a micro-batch's or an update's few coordinates, not the chunk); read whole where a full write
+        came between."""
+        info = cur.info
+        held: dict[int, dict[str, ChunkRow]] = {}
+        for k in moved:
+            held[k] = {}
+            for p in PREDICT_PARAMS:
+                if (p, k) in cur.held:
+                    lo, hi = info.chunk_bounds(p, k)
+                    data = cur.weights[lo:hi] if p == "weights" else np.array([cur.bias], info.dtype)
+                    held[k][p] = ChunkRow(p, data, cur.held[(p, k)], None)
+        got = b.store.chunks.advance(info, held)
+        rows = {k: {p: r for p, r in new.items() if r is not None} for k, new in got.items()
+                if all(r is not None for r in new.values())}
+        self.counters["chunks_caught_up"] += len(rows)
+        whole = [k for k in moved if k not in rows]
+        if whole:
+            rows.update(self._fetch(b, info, whole))
+        return rows
+
     def _load(self, b, info: ModelInfo, index: Mapping[tuple[str, int], int]) -> CachedModel:
         n_features, seed = hashing_config(info)
         hasher = SharedHasher(n_features, seed)
@@ -273,7 +295,7 @@ class ModelCache:
             if version <= cur.version:
                 return cur
             return dataclasses.replace(cur, version=version, loaded_at=time.time())  # optimizer state moved
-        rows = self._fetch(b, info, sorted(moved))
+        rows = self._catch_up(b, cur, sorted(moved))
         return self._build(info, cur.hasher, cur.weights.copy(), cur.bias, cur.held, rows, index, cur.version)
 
     def _build(self, info, hasher, weights: np.ndarray, bias: float, held, rows, index, old_version) -> CachedModel:

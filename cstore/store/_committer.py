@@ -43,7 +43,7 @@ from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform,
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
 from cstore.store._combine import Change, combine
 from cstore.store._engine import ChunkEngine
-from cstore.store._known import KnownRows, chunk_op_id, committed, drop_moved, known_or_read
+from cstore.store._known import KnownRows, catch_up, catch_up_moved, chunk_op_id, committed, known_or_read
 from cstore.store._rows import plan_write
 from cstore.store._stats import Totals
 
@@ -316,14 +316,14 @@ class Committer:
         return self._tables.write_chunks(info.model_id, writes, op_ids, datetime.now(UTC))
 
     def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False) -> dict[int, dict[str, ChunkRow]]:
-        """Current rows of ``chunks``, for a learner's gradient: the known ones the model's version
-        index shows no other writer has moved since (one partition read), the others read now;
-        ``fresh``: all read now (one round trip where the index would say most moved anyway)."""
+        """Current rows of ``chunks``, for a learner's gradient: the known ones caught up with what the
+        model's version index (one partition read) shows another writer has moved since, from its delta
+        entries; the others read whole. ``fresh``: every known one caught up without asking the index
+        (one round trip where the index would say most moved anyway)."""
         if fresh:
-            for k in chunks:
-                self._known.drop((info.model_id, k))
+            catch_up(self._known, self._engine, info, chunks)
         else:
-            drop_moved(self._known, self._tables, info)
+            catch_up_moved(self._known, self._engine, self._tables, info)
         rows, errors = known_or_read(self._known, self._engine, info, chunks)
         if errors:
             raise next(iter(errors.values()))
@@ -331,7 +331,7 @@ class Committer:
 
     def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
         if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
-            drop_moved(self._known, self._tables, info)
+            catch_up_moved(self._known, self._engine, self._tables, info)
         rows, errors = known_or_read(self._known, self._engine, info, list(work.chunks))
         for k, exc in errors.items():
             self._retry_later(info, k, work.chunks[k], exc)

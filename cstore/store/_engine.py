@@ -35,7 +35,7 @@ from cstore.core import (ChunkCommit, ChunkRow, CodecPipeline, CommitMeta, Model
 from cstore.errors import ConflictError, CorruptData, CstoreError, MissingChunk, PartialCommit, UnknownOutcome
 from cstore.store._announcer import Announcer
 from cstore.store._history import op_in_chain
-from cstore.store._rows import decode_row, plan_write
+from cstore.store._rows import advance_row, decode_row, plan_write
 from cstore.store._stats import StatsRecorder, Totals
 
 log = logging.getLogger("cstore.params")
@@ -83,6 +83,20 @@ class ChunkEngine:
         ks = list(chunks)
         per = self._tables.chunks(info.model_id, ks, params)
         return {k: self.decode(info, k, rows, params) for k, rows in zip(ks, per)}
+
+    def advance(self, info: ModelInfo,
+                held: Mapping[int, Mapping[str, ChunkRow]]) -> dict[int, dict[str, ChunkRow | None]]:
+        """The rows in ``held`` brought to their stored versions from the delta entries above them alone
+        (one small read per chunk, concurrently, no chunk data): bit for bit a whole read; None for a
+        row that a full write has passed since (or that is gone): read that one whole."""
+        above = {k: min(r.version for r in rows.values()) for k, rows in held.items() if rows}
+        params = sorted({p for k in above for p in held[k]})
+        out: dict[int, dict[str, ChunkRow | None]] = {}
+        for k, stored in zip(above, self._tables.chunk_tails(info.model_id, above, params)):
+            by_param = {r["param"]: r for r in stored}
+            out[k] = {p: advance_row(self.codec, info, k, row, by_param[p]) if p in by_param else None
+                      for p, row in held[k].items()}
+        return out
 
     def bucket_of(self, info: ModelInfo, op_id: uuid.UUID) -> int:
         return info.history_bucket_of(op_id, self.bucket_s)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from cstore.backend import ParamTables
 from cstore.core import ChunkRow, ModelInfo, ticks_of, uuid_at
@@ -19,7 +20,7 @@ from cstore.errors import CorruptData, CstoreError
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._history import op_in_chain
 
-__all__ = ["KnownRows", "chunk_op_id", "committed", "drop_moved", "known_or_read"]
+__all__ = ["KnownRows", "catch_up", "catch_up_moved", "chunk_op_id", "committed", "known_or_read"]
 
 _BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
 
@@ -50,6 +51,13 @@ class KnownRows:
             while self._bytes > self._budget and len(self._rows) > 1:
                 _, old = self._rows.popitem(last=False)
                 self._bytes -= sum(r.data.nbytes for r in old.values())
+
+    def replace(self, key: tuple[uuid.UUID, int], old: dict[str, ChunkRow], rows: dict[str, ChunkRow]) -> None:
+        """``put`` unless the entry is no longer ``old`` (a commit of this process moved it meanwhile)."""
+        with self._lock:
+            if self._rows.get(key) is not old:
+                return
+        self.put(key, rows)
 
     def drop(self, key: tuple[uuid.UUID, int]) -> None:
         with self._lock:
@@ -84,20 +92,41 @@ def known_or_read(known: KnownRows, engine: ChunkEngine, info: ModelInfo,
     return rows, errors
 
 
-def drop_moved(known: KnownRows, tables: ParamTables, info: ModelInfo) -> None:
-    """Forget the known rows of ``info`` that its version index (one partition read) shows another
-    writer has moved.
+def catch_up(known: KnownRows, engine: ChunkEngine, info: ModelInfo, chunks: Iterable[int]) -> None:
+    """Bring the known rows of ``chunks`` to their stored versions from the delta entries above them
+    (no chunk data crosses the wire); a row that a full write has passed since is forgotten, so the
+    next :func:`known_or_read` reads it whole.
+
+    Another writer's small commits (a second worker of the model: a micro-batch of hashed features
+    touches a few hundred coordinates per chunk) then cost a reader their entries, not the chunk.
+    """
+    held = {k: got for k in chunks if (got := known.get((info.model_id, k))) is not None}
+    if not held:
+        return
+    for k, new in engine.advance(info, held).items():
+        key = (info.model_id, k)
+        caught = {p: r for p, r in new.items() if r is not None}
+        if len(caught) < len(new):
+            known.drop(key)
+        elif any(r is not held[k][p] for p, r in caught.items()):
+            known.replace(key, held[k], caught)
+
+
+def catch_up_moved(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo) -> None:
+    """:func:`catch_up` the known rows of ``info`` that its version index (one partition read) shows
+    another writer has moved.
 
     A model another process writes too (a second worker of the same model) would otherwise find the
     known rows stale at the compare-and-set: each a refused Paxos round, an aborted history row and a
     back-off before the read. The committer checks before every round of a model that had a conflict
     recently; alone on a model, it never pays the extra read.
     """
+    moved = set()
     for r in tables.index(info.model_id):
-        key = (info.model_id, r["chunk"])
-        rows = known.get(key)
+        rows = known.get((info.model_id, r["chunk"]))
         if rows is not None and r["param"] in rows and rows[r["param"]].version < r["version"]:
-            known.drop(key)
+            moved.add(r["chunk"])
+    catch_up(known, engine, info, sorted(moved))
 
 
 def chunk_op_id(update_id: uuid.UUID, chunk: int) -> uuid.UUID:

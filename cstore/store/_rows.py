@@ -30,7 +30,7 @@ from cstore.core import (ChunkRow, CodecPipeline, ModelInfo, chunk_context, deco
                          encode_sparse)
 from cstore.errors import CorruptData
 
-__all__ = ["MAX_DELTAS", "decode_row", "plan_write"]
+__all__ = ["MAX_DELTAS", "advance_row", "decode_row", "plan_write"]
 
 MAX_DELTAS = 32
 _DELTA_SHARE = 16   # a delta entry may be at most 1/16 of the raw chunk ...
@@ -55,7 +55,40 @@ def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str
                           f"the model from a snapshot", model=info.name, param=param, chunk=chunk)
     if not entries:
         return ChunkRow(param, data, version, r["op_id"])
-    data = data.copy()
+    data = _patched(codec, info, chunk, param, data.copy(), entries, where)
+    return ChunkRow(param, data, version, r["op_id"], len(entries), sum(len(b) for b in entries.values()))
+
+
+def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRow,
+                r: Mapping[str, Any]) -> ChunkRow | None:
+    """``held`` brought to the version of the stored row ``r`` (a :meth:`ParamTables.chunk_tails` row read
+    above ``held.version``) by applying the delta entries above it, bit for bit what a whole read gives
+    (an entry sets values, it does not add them). None when a full write came between (its copy is what
+    the reader lacks): read that row whole. ``held`` is returned as it is when the row has not moved, or
+    when ``r`` is older (a replica behind at a weak consistency level)."""
+    param, version, base = held.param, r["version"], r.get("base_version")
+    if version <= held.version:
+        return held
+    if base is None or base > held.version:
+        return None
+    where = f"model {info.name!r} parameter {param!r} chunk {chunk} (version {version})"
+    entries = {v: blob for v, blob in (r.get("deltas") or {}).items() if v > held.version}
+    if sorted(entries) != list(range(held.version + 1, version + 1)):
+        raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from version {held.version} to "
+                          f"{version}; the row was damaged or written outside cstore: restore the model from a "
+                          f"snapshot", model=info.name, param=param, chunk=chunk)
+    data = _patched(codec, info, chunk, param, held.data.copy(), entries, where)
+    new_bytes = sum(len(b) for b in entries.values())
+    # The entries at or below held.version are not read: held counted them when it sits on the same copy;
+    # else their size is estimated (it only decides when a later commit folds the row).
+    same_copy = held.version - held.deltas == base
+    pending = held.delta_bytes + new_bytes if same_copy else (version - base) * new_bytes // len(entries)
+    return ChunkRow(param, data, version, r["op_id"], version - base, pending)
+
+
+def _patched(codec: CodecPipeline, info: ModelInfo, chunk: int, param: str, data: np.ndarray,
+             entries: Mapping[int, bytes], where: str) -> np.ndarray:
+    """``data`` (a private copy) with ``entries`` applied in version order, each checked."""
     for v in sorted(entries):
         try:
             idx, vals = decode_sparse(codec.decode_bytes(entries[v], context=delta_context(info.model_id, chunk,
@@ -66,7 +99,7 @@ def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str
             raise CorruptData(f"{where}: delta entry {v} holds {vals.dtype} values or indices outside the chunk",
                               model=info.name, param=param, chunk=chunk)
         data[idx] = vals
-    return ChunkRow(param, data, version, r["op_id"], len(entries), sum(len(b) for b in entries.values()))
+    return data
 
 
 def plan_write(codec: CodecPipeline, info: ModelInfo, chunk: int, row: ChunkRow, new: np.ndarray,

@@ -46,7 +46,7 @@ def new_committer(store: Store, *, urgent: bool = False) -> Committer | None:
     to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes,
     and the critical lane's (``urgent``) retries at once.
     """
-    # The lane reads its rows fresh each batch, so it keeps only a few between a read and its commit.
+    # The lane catches its rows up each batch (from their delta entries), so it keeps the ones it touches.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
                      known_bytes=16 << 20 if urgent else None) if store.profile.lwt else None
 

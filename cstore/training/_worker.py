@@ -267,7 +267,7 @@ class Worker:
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
             with self.turn.taken(skip=lane.critical):  # one bulk commit of this model at a time
                 committer = lane.committer
-                # The critical lane reads its few chunks fresh: the bulk loop has moved most of them since.
+                # The critical lane catches its few chunks up: the bulk loop has moved most of them since.
                 current = committer.rows(self.info, touched, fresh=lane.critical) if committer else \
                     self.store.chunks.read(self.info, touched)
                 for k, rows in current.items():

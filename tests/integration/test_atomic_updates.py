@@ -280,3 +280,71 @@ def test_eight_processes_over_two_shared_chunks_never_give_up(base_config, store
     print(f"\n8x100 updates over 2 chunks: {sum(o['conflicts'] for o in outcomes)} conflicts, 0 give-ups, exact")
     assert sum(o["conflicts"] for o in outcomes) > 0, "the processes must contend, or this proves nothing"
     store.drop_model(unique_name, confirm=unique_name)
+
+
+def _counting_reads(monkeypatch, engine):
+    """Count the whole-chunk reads ``engine`` makes (the database is real; only the calls are counted)."""
+    whole = collections.Counter()
+    read = engine.read
+
+    def counted(info, chunks, params=None):
+        whole["chunks"] += len(list(chunks))
+        return read(info, chunks, params)
+    monkeypatch.setattr(engine, "read", counted)
+    return whole
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_learner_catches_up_another_writers_small_commits_from_their_entries(monkeypatch, base_config, store,
+                                                                              unique_name, fresh):
+    """A second writer (another worker of the model) moves chunks with small commits: a learner that
+    knows those chunks brings them up to date from the delta entries alone, bit for bit what a whole
+    read gives; a commit that rewrites a chunk whole makes it read that chunk whole again."""
+    from cstore.store import Committer
+    store.create_model(unique_name, {"w": (8192,), "g": (8192,)}, chunk_size=4096)
+    info = store.model_info(unique_name)
+    with Store.from_config(base_config) as mine:
+        committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0)
+        try:
+            whole = _counting_reads(monkeypatch, mine.chunks)
+            committer.rows(info, [0, 1])  # first sight: read whole
+            assert whole["chunks"] == 2
+            for i in range(5):  # the other writer: a few coordinates of both chunks, both parameters
+                store.apply_updates(unique_name, {"w": ([i, 4100 + i, 8000 - i], np.full(3, 0.25 + i, "float32")),
+                                                  "g": ([9 * i, 5000 + i], np.full(2, -1.5 * i, "float32"))}, lr=1.0)
+            rows = committer.rows(info, [0, 1], fresh=fresh)
+            assert whole["chunks"] == 2, "the moved chunks were read whole, not caught up"
+            truth = store.chunks.read(info, [0, 1])
+            for k in (0, 1):
+                for p in ("w", "g"):
+                    assert rows[k][p].version == truth[k][p].version == 6
+                    np.testing.assert_array_equal(rows[k][p].data, truth[k][p].data)
+                    assert (rows[k][p].deltas, rows[k][p].delta_bytes) == (truth[k][p].deltas, truth[k][p].delta_bytes)
+            store.apply_update(unique_name, "w", np.ones(4096, "float32"), indices=list(range(4096)), lr=1.0)
+            rows = committer.rows(info, [0, 1], fresh=fresh)  # chunk 0 was written whole: read whole
+            assert whole["chunks"] == 3
+            truth = store.chunks.read(info, [0, 1])
+            for k in (0, 1):
+                for p in ("w", "g"):
+                    assert rows[k][p].version == truth[k][p].version
+                    np.testing.assert_array_equal(rows[k][p].data, truth[k][p].data)
+        finally:
+            committer.close()
+
+
+def test_a_lost_delta_entry_is_refused_by_a_learner_catching_up(session, base_config, store, unique_name):
+    from cstore.store import Committer
+    store.create_model(unique_name, {"w": (2048,)}, chunk_size=1024)
+    info = store.model_info(unique_name)
+    with Store.from_config(base_config) as mine:
+        committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0)
+        try:
+            committer.rows(info, [0])  # known at version 1
+            for i in range(3):
+                store.apply_update(unique_name, "w", [1.0], indices=[i], lr=1.0)
+            session.execute("UPDATE chunks SET deltas = deltas - {3} WHERE model_id=%s AND chunk=0 AND param='w'",
+                            (info.model_id,))
+            with pytest.raises(CorruptData, match=r"chunk 0.*delta entries \[2, 4\] do not lead from version 1 to 4"):
+                committer.rows(info, [0], fresh=True)
+        finally:
+            committer.close()
