@@ -41,10 +41,11 @@ from datetime import UTC, datetime
 from cstore.backend import Cas, ChunkWrite, ParamTables, wait_while
 from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
+from cstore.store._announcer import Announcer
 from cstore.store._combine import Change, combine
 from cstore.store._engine import ChunkEngine
 from cstore.store._known import KnownRows, catch_up, catch_up_moved, chunk_op_id, committed, known_or_read
-from cstore.store._rows import plan_write
+from cstore.store._rows import plan_write, rows_after
 from cstore.store._stats import Totals
 
 log = logging.getLogger("cstore.commit")
@@ -85,9 +86,11 @@ class Committer:
     def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float, urgent: bool = False,
                  known_bytes: int | None = None) -> None:
         """``urgent``: retry a refused chunk at once instead of after a jittered back-off (a critical
-        lane: its commits are small and rare, and the bulk writer it lost to backs off itself).
+        lane: its commits are small and rare, and the bulk writer it lost to backs off itself), and
+        announce on an announcer of its own, never queued behind a bulk batch's index rows.
         ``known_bytes``: the budget of rows kept between commits (default 256 MiB)."""
         self._engine, self._tables = engine, tables
+        self._announcer = Announcer(tables) if urgent else engine.announcer
         self._timeout_s, self._urgent = timeout_s, urgent
         self._known = KnownRows() if known_bytes is None else KnownRows(known_bytes)
         self._pending: list[_Request] = []
@@ -156,6 +159,8 @@ class Committer:
             self._cond.notify_all()
         for t in self._threads:
             t.join(timeout=self._timeout_s + 5)
+        if self._announcer is not self._engine.announcer:
+            self._announcer.close()
 
     # -- the committer threads ----------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -306,7 +311,7 @@ class Committer:
                     for req in work.chunks[k]:
                         self._chunk_done(req, k, commit)
         if done:  # acknowledged already: the index rows and the doorbell follow without holding the round up
-            engine.announcer.announce(info, [(p, c.chunk, v, c.op_id) for c in done for p, v in c.new_versions.items()])
+            self._announcer.announce(info, [(p, c.chunk, v, c.op_id) for c in done for p, v in c.new_versions.items()])
             self._record(info, done, work)
 
     def _send(self, info: ModelInfo, writes: dict[int, dict[str, ChunkWrite]],
@@ -360,16 +365,7 @@ class Committer:
             self._streak.pop(key, None)
             self._not_before.pop(key, None)
             refused = self._refused.pop(key, 0)
-        new_rows = {}
-        for p, r in after.items():
-            w = writes.get(p)
-            if w is None:
-                new_rows[p] = r
-            elif w.data is not None:
-                new_rows[p] = ChunkRow(p, r.data, r.version + 1, op_id)
-            else:
-                new_rows[p] = ChunkRow(p, r.data, r.version + 1, op_id, r.deltas + 1, r.delta_bytes + w.nbytes)
-        self._known.put(key, new_rows)
+        self._known.put(key, rows_after(after, writes, op_id))
         return ChunkCommit(k, op_id, {p: before[p].version for p in change},
                            {p: before[p].version + 1 for p in change}, sum(len(t) for _, t in change.values()),
                            retries=refused, conflicts=refused, bytes_written=sum(w.nbytes for w in writes.values()),

@@ -20,6 +20,7 @@ entry keyed by a version two blind writers both claim would mix their chunks.
 """
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,7 +31,7 @@ from cstore.core import (ChunkRow, CodecPipeline, ModelInfo, chunk_context, deco
                          encode_sparse)
 from cstore.errors import CorruptData
 
-__all__ = ["MAX_DELTAS", "advance_row", "decode_row", "plan_write"]
+__all__ = ["MAX_DELTAS", "advance_row", "decode_row", "plan_write", "rows_after"]
 
 MAX_DELTAS = 32
 _DELTA_SHARE = 16   # a delta entry may be at most 1/16 of the raw chunk ...
@@ -117,3 +118,17 @@ def plan_write(codec: CodecPipeline, info: ModelInfo, chunk: int, row: ChunkRow,
             return ChunkWrite(row.version, row.version - row.deltas, delta=delta), sparse
     data = codec.encode(new, context=chunk_context(info.model_id, chunk, row.param))
     return ChunkWrite(row.version, version, data=data, fold=row.deltas > 0), sparse
+
+
+def rows_after(new: Mapping[str, ChunkRow], writes: Mapping[str, ChunkWrite], op_id: uuid.UUID) -> dict[str, ChunkRow]:
+    """The stored rows once ``writes`` (planned by :func:`plan_write`) committed ``new`` under ``op_id``."""
+    out = {}
+    for p, r in new.items():
+        w = writes.get(p)
+        if w is None:
+            out[p] = r
+        elif w.data is not None:
+            out[p] = ChunkRow(p, r.data, r.version + 1, op_id)
+        else:
+            out[p] = ChunkRow(p, r.data, r.version + 1, op_id, r.deltas + 1, r.delta_bytes + w.nbytes)
+    return out

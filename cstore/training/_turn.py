@@ -6,9 +6,10 @@ events/s (``cstore bench latency``), 1,836 refused rounds for 2,199 chunk commit
 round, an aborted history row, a re-read and a back-off. A worker that shares its model (it does not
 hold every partition of its group) therefore takes the model's *commit turn* — one cell of
 ``commit_turns``, taken by compare-and-set with a TTL — before it reads the chunks its batch will
-change, and gives it up once the commit is acknowledged and announced, so the next holder's read of
-the version index sees every chunk that moved. Fetching, decoding and hashing the next batch go on
-meanwhile, outside the turn.
+change, and gives it up as soon as the commit is acknowledged. The next holder catches those chunks up
+from their rows (the delta entries above the versions it holds), not from the version index, so it
+need not wait for the announcement, which trails the commit. Fetching, decoding and hashing the next
+batch go on meanwhile, outside the turn.
 
 The turn is only an optimisation: each chunk commit keeps its own version check. A holder that dies
 or stalls past the TTL lets the others in (a late commit then meets a conflict, handled as before);
@@ -41,14 +42,13 @@ class CommitTurn:
     """The commit turn of one model, as one worker takes it (see the module docstring)."""
 
     def __init__(self, tables: FleetTables, model_id: uuid.UUID, holder: str, *, shared: Callable[[], bool],
-                 flush: Callable[[], object], stop: threading.Event, stats: dict[str, Any],
+                 stop: threading.Event, stats: dict[str, Any],
                  ttl_s: int = TTL_S, wait_s: float = WAIT_S, poll_s: float = POLL_S) -> None:
         """``shared()``: does another worker commit to this model now (else the turn is skipped)?
-        ``flush()``: wait until this process's commits are announced (before giving the turn up).
         ``stop``: set when the worker stops (waiting ends). ``stats``: the worker's, which gain
         ``turns`` (taken), ``turn_wait_s`` (spent taking them) and ``turns_missed`` (waits that ran out)."""
         self._tables, self._model_id, self._holder = tables, model_id, holder
-        self._shared, self._flush, self._stop = shared, flush, stop
+        self._shared, self._stop = shared, stop
         self._ttl_s, self._wait_s, self._poll_s = ttl_s, wait_s, poll_s
         self.stats = stats
         stats.update(turns=0, turn_wait_s=0.0, turns_missed=0)
@@ -88,7 +88,6 @@ class CommitTurn:
 
     def _give(self) -> None:
         try:
-            self._flush()  # the next holder reads the version index: it must show our chunks moved
             self._tables.give_turn(self._model_id, self._holder)
         except CstoreError as exc:  # it lapses by its TTL
             log.warning("model %s: could not give the commit turn up (%s); it lapses in %d s", self._model_id,
@@ -97,7 +96,7 @@ class CommitTurn:
 
 def worker_turn(worker: Any) -> CommitTurn:
     """The commit turn of a :class:`~cstore.training.Worker`: shared while it holds only some of its
-    group's partitions (another worker holds the rest), given up once its store's announcer is flushed."""
+    group's partitions (another worker holds the rest)."""
     return CommitTurn(worker.store.backend.fleet, worker.info.model_id, worker.worker_id,
                       shared=lambda: len(worker.leases.held()) < worker.fcfg.partitions,
-                      flush=worker.store.chunks.announcer.flush, stop=worker._stop, stats=worker.stats)
+                      stop=worker._stop, stats=worker.stats)

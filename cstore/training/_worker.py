@@ -265,10 +265,10 @@ class Worker:
             y = np.array([events[i].label for i in keep], np.float64)
             s = sample_weights(learner.cfg, [events[i] for i in keep])
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
-            with self.turn.taken(skip=lane.critical):  # one bulk commit of this model at a time
+            with self.turn.taken(skip=lane.critical) as turn:  # one bulk commit of this model at a time
                 committer = lane.committer
-                # The critical lane catches its few chunks up: the bulk loop has moved most of them since.
-                current = committer.rows(self.info, touched, fresh=lane.critical) if committer else \
+                # From the rows, not the index: the bulk loop moved the lane's chunks, the last holder the turn's.
+                current = committer.rows(self.info, touched, fresh=lane.critical or turn) if committer else \
                     self.store.chunks.read(self.info, touched)
                 for k, rows in current.items():
                     lo, hi = self.info.chunk_bounds("weights", k)
