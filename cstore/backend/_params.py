@@ -26,8 +26,10 @@ _CHUNK = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ?"
 _CHUNK_PARAMS = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 _CHUNK_VERSIONS = "SELECT param, version FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 # A reader that holds a chunk at some version needs only the entries above it (no `data`), unless a
-# full write came between: the row's base_version then says so (a map slice: Cassandra 4.0+).
-_CHUNK_TAIL = ("SELECT param, version, op_id, base_version, deltas[?..] AS deltas FROM chunks "
+# full write came between: the row's base_version then says so. The whole map is read (at most a
+# quarter of a chunk): a map slice (`deltas[?..]`) works on one node, but Cassandra 5.0.9 answers it
+# with a server error (UnsupportedOperationException) on a replicated keyspace.
+_CHUNK_TAIL = ("SELECT param, version, op_id, base_version, deltas FROM chunks "
                "WHERE model_id = ? AND chunk = ? AND param IN ?")
 _CHUNK_INIT = ("INSERT INTO chunks (model_id, chunk, param, data, version, op_id, updated_at) "
                "VALUES (?, ?, ?, ?, 1, ?, ?)")
@@ -136,11 +138,11 @@ class ParamTables:
         """``param`` and ``version`` of many chunks, from the chunk rows themselves (not the index)."""
         return self._r.many(_CHUNK_VERSIONS, [(model_id, k, list(params)) for k in chunks], op="read_model")
 
-    def chunk_tails(self, model_id: uuid.UUID, above: Mapping[int, int], params: Sequence[str]) -> list[list[Row]]:
-        """Of each chunk ``k`` in ``above``: ``param``, ``version``, ``op_id``, ``base_version`` and the
-        delta entries with versions above ``above[k]``, without the chunk's data (in ``above``'s order)."""
-        return self._r.many(_CHUNK_TAIL, [(v + 1, model_id, k, list(params)) for k, v in above.items()],
-                            op="read_model", concurrency=64)
+    def chunk_tails(self, model_id: uuid.UUID, chunks: Sequence[int], params: Sequence[str]) -> list[list[Row]]:
+        """Of each chunk: ``param``, ``version``, ``op_id``, ``base_version`` and the delta entries, without
+        the chunk's data (in the order of ``chunks``)."""
+        return self._r.many(_CHUNK_TAIL, [(model_id, k, list(params)) for k in chunks], op="read_model",
+                            concurrency=64)
 
     def init_chunks(self, rows: Iterable[tuple[uuid.UUID, int, str, bytes, uuid.UUID, datetime]]) -> None:
         """Version-1 rows of a new model: ``(model_id, chunk, param, blob, op_id, now)`` each."""

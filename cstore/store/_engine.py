@@ -89,10 +89,10 @@ class ChunkEngine:
         """The rows in ``held`` brought to their stored versions from the delta entries above them alone
         (one small read per chunk, concurrently, no chunk data): bit for bit a whole read; None for a
         row that a full write has passed since (or that is gone): read that one whole."""
-        above = {k: min(r.version for r in rows.values()) for k, rows in held.items() if rows}
-        params = sorted({p for k in above for p in held[k]})
+        chunks = [k for k, rows in held.items() if rows]
+        params = sorted({p for k in chunks for p in held[k]})
         out: dict[int, dict[str, ChunkRow | None]] = {}
-        for k, stored in zip(above, self._tables.chunk_tails(info.model_id, above, params)):
+        for k, stored in zip(chunks, self._tables.chunk_tails(info.model_id, chunks, params)):
             by_param = {r["param"]: r for r in stored}
             out[k] = {p: advance_row(self.codec, info, k, row, by_param[p]) if p in by_param else None
                       for p, row in held[k].items()}

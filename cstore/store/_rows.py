@@ -62,8 +62,8 @@ def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str
 
 def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRow,
                 r: Mapping[str, Any]) -> ChunkRow | None:
-    """``held`` brought to the version of the stored row ``r`` (a :meth:`ParamTables.chunk_tails` row read
-    above ``held.version``) by applying the delta entries above it, bit for bit what a whole read gives
+    """``held`` brought to the version of the stored row ``r`` (a :meth:`ParamTables.chunk_tails` row) by
+    applying the delta entries above ``held.version``, bit for bit what a whole read gives
     (an entry sets values, it does not add them). None when a full write came between (its copy is what
     the reader lacks): read that row whole. ``held`` is returned as it is when the row has not moved, or
     when ``r`` is older (a replica behind at a weak consistency level)."""
@@ -73,18 +73,14 @@ def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRo
     if base is None or base > held.version:
         return None
     where = f"model {info.name!r} parameter {param!r} chunk {chunk} (version {version})"
-    entries = {v: blob for v, blob in (r.get("deltas") or {}).items() if v > held.version}
+    pending = {v: blob for v, blob in (r.get("deltas") or {}).items() if v > base}
+    entries = {v: blob for v, blob in pending.items() if v > held.version}
     if sorted(entries) != list(range(held.version + 1, version + 1)):
         raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from version {held.version} to "
                           f"{version}; the row was damaged or written outside cstore: restore the model from a "
                           f"snapshot", model=info.name, param=param, chunk=chunk)
     data = _patched(codec, info, chunk, param, held.data.copy(), entries, where)
-    new_bytes = sum(len(b) for b in entries.values())
-    # The entries at or below held.version are not read: held counted them when it sits on the same copy;
-    # else their size is estimated (it only decides when a later commit folds the row).
-    same_copy = held.version - held.deltas == base
-    pending = held.delta_bytes + new_bytes if same_copy else (version - base) * new_bytes // len(entries)
-    return ChunkRow(param, data, version, r["op_id"], version - base, pending)
+    return ChunkRow(param, data, version, r["op_id"], len(pending), sum(len(b) for b in pending.values()))
 
 
 def _patched(codec: CodecPipeline, info: ModelInfo, chunk: int, param: str, data: np.ndarray,
