@@ -323,8 +323,8 @@ class Committer:
     def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False) -> dict[int, dict[str, ChunkRow]]:
         """Current rows of ``chunks``, for a learner's gradient: the known ones caught up with what the
         model's version index (one partition read) shows another writer has moved since, from its delta
-        entries; the others read whole. ``fresh``: every known one caught up without asking the index
-        (one round trip where the index would say most moved anyway)."""
+        entries; the others read whole. ``fresh``: all of them caught up without asking the index (one
+        round trip where the index would say most moved anyway); a few are read whole instead."""
         if fresh:
             catch_up(self._known, self._engine, info, chunks)
         else:

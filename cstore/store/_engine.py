@@ -42,6 +42,9 @@ log = logging.getLogger("cstore.params")
 
 Chunks = dict[int, dict[str, ChunkRow]]
 
+#: Reads of at least this many moved chunks catch them up from their delta entries (``advance``).
+CATCH_UP_FROM = 8
+
 
 class ChunkEngine:
     """Reads and commits chunks through one backend, with its consistency profile."""
@@ -88,7 +91,13 @@ class ChunkEngine:
                 held: Mapping[int, Mapping[str, ChunkRow]]) -> dict[int, dict[str, ChunkRow | None]]:
         """The rows in ``held`` brought to their stored versions from the delta entries above them alone
         (one small read per chunk, concurrently, no chunk data): bit for bit a whole read; None for a
-        row that a full write has passed since (or that is gone): read that one whole."""
+        row that a full write has passed since (or that is gone): read that one whole.
+
+        Fewer than :data:`CATCH_UP_FROM` chunks are all None without a read: catching up costs a second
+        round trip after a fold, and a few chunks (a critical label's, an atomic update's) are cheap
+        to read whole in one, which is what their readers wait for."""
+        if len(held) < CATCH_UP_FROM:
+            return {k: {p: None for p in rows} for k, rows in held.items()}
         chunks = [k for k, rows in held.items() if rows]
         params = sorted({p for k in chunks for p in held[k]})
         out: dict[int, dict[str, ChunkRow | None]] = {}

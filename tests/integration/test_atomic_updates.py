@@ -299,54 +299,67 @@ def test_a_learner_catches_up_another_writers_small_commits_from_their_entries(m
                                                                               unique_name, fresh):
     """A second writer (another worker of the model) moves chunks with small commits: a learner that
     knows those chunks brings them up to date from the delta entries alone, bit for bit what a whole
-    read gives; a commit that rewrites a chunk whole makes it read that chunk whole again."""
-    from cstore.store import Committer
-    store.create_model(unique_name, {"w": (8192,), "g": (8192,)}, chunk_size=4096)
+    read gives; a commit that rewrites a chunk whole makes it read that chunk whole again; a read of a
+    few chunks (fewer than CATCH_UP_FROM) is whole, one round trip."""
+    from cstore.store import CATCH_UP_FROM, Committer
+    n = CATCH_UP_FROM
+    store.create_model(unique_name, {"w": (1024 * n,), "g": (1024 * n,)}, chunk_size=1024)
     info = store.model_info(unique_name)
+    everything = list(range(n))
     with Store.from_config(base_config) as mine:
         committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0)
         try:
             whole = _counting_reads(monkeypatch, mine.chunks)
-            committer.rows(info, [0, 1])  # first sight: read whole
-            assert whole["chunks"] == 2
-            for i in range(5):  # the other writer: a few coordinates of both chunks, both parameters
-                store.apply_updates(unique_name, {"w": ([i, 4100 + i, 8000 - i], np.full(3, 0.25 + i, "float32")),
-                                                  "g": ([9 * i, 5000 + i], np.full(2, -1.5 * i, "float32"))}, lr=1.0)
+            committer.rows(info, everything)  # first sight: read whole
+            assert whole["chunks"] == n
+            for i in range(5):  # the other writer: a few coordinates of every chunk, both parameters
+                idx = [1024 * k + 7 * i for k in everything]
+                store.apply_updates(unique_name, {"w": (idx, np.full(n, 0.25 + i, "float32")),
+                                                  "g": (idx[::2], np.full(len(idx[::2]), -1.5 * i, "float32"))},
+                                    lr=1.0)
             store.chunks.announcer.flush()  # without ``fresh`` the learner asks the index, which trails commits
-            rows = committer.rows(info, [0, 1], fresh=fresh)
-            assert whole["chunks"] == 2, "the moved chunks were read whole, not caught up"
-            truth = store.chunks.read(info, [0, 1])
-            for k in (0, 1):
+            rows = committer.rows(info, everything, fresh=fresh)
+            assert whole["chunks"] == n, "the moved chunks were read whole, not caught up"
+            truth = store.chunks.read(info, everything)
+            for k in everything:
                 for p in ("w", "g"):
-                    assert rows[k][p].version == truth[k][p].version == 6
+                    assert rows[k][p].version == truth[k][p].version == (6 if p == "w" or k % 2 == 0 else 1)
                     np.testing.assert_array_equal(rows[k][p].data, truth[k][p].data)
                     assert (rows[k][p].deltas, rows[k][p].delta_bytes) == (truth[k][p].deltas, truth[k][p].delta_bytes)
-            store.apply_update(unique_name, "w", np.ones(4096, "float32"), indices=list(range(4096)), lr=1.0)
+            store.apply_updates(unique_name, {"w": (list(range(1024)), np.ones(1024, "float32")),
+                                              "g": ([1030], [1.0])}, lr=1.0)  # chunk 0's w written whole
+            store.apply_updates(unique_name, {"w": ([1024 * k + 3 for k in everything], np.ones(n, "float32"))})
             store.chunks.announcer.flush()
-            rows = committer.rows(info, [0, 1], fresh=fresh)  # chunk 0 was written whole: read whole
-            assert whole["chunks"] == 3
-            truth = store.chunks.read(info, [0, 1])
-            for k in (0, 1):
+            rows = committer.rows(info, everything, fresh=fresh)
+            assert whole["chunks"] == n + 1  # chunk 0 was written whole: read whole; the others caught up
+            truth = store.chunks.read(info, everything)
+            for k in everything:
                 for p in ("w", "g"):
                     assert rows[k][p].version == truth[k][p].version
                     np.testing.assert_array_equal(rows[k][p].data, truth[k][p].data)
+            store.apply_update(unique_name, "w", [2.0], indices=[5], lr=1.0)
+            store.chunks.announcer.flush()
+            rows = committer.rows(info, [0], fresh=fresh)
+            assert whole["chunks"] == n + 2  # one moved chunk: read whole, not caught up
+            np.testing.assert_array_equal(rows[0]["w"].data, store.chunks.read(info, [0])[0]["w"].data)
         finally:
             committer.close()
 
 
 def test_a_lost_delta_entry_is_refused_by_a_learner_catching_up(session, base_config, store, unique_name):
-    from cstore.store import Committer
-    store.create_model(unique_name, {"w": (2048,)}, chunk_size=1024)
+    from cstore.store import CATCH_UP_FROM, Committer
+    store.create_model(unique_name, {"w": (1024 * CATCH_UP_FROM,)}, chunk_size=1024)
     info = store.model_info(unique_name)
+    everything = list(range(CATCH_UP_FROM))
     with Store.from_config(base_config) as mine:
         committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0)
         try:
-            committer.rows(info, [0])  # known at version 1
+            committer.rows(info, everything)  # known at version 1
             for i in range(3):
                 store.apply_update(unique_name, "w", [1.0], indices=[i], lr=1.0)
             session.execute("UPDATE chunks SET deltas = deltas - {3} WHERE model_id=%s AND chunk=0 AND param='w'",
                             (info.model_id,))
             with pytest.raises(CorruptData, match=r"chunk 0.*delta entries \[2, 4\] do not lead from version 1 to 4"):
-                committer.rows(info, [0], fresh=True)
+                committer.rows(info, everything, fresh=True)
         finally:
             committer.close()

@@ -104,10 +104,30 @@ def test_a_quiet_model_costs_one_head_read_per_poll(store, client, unique_name):
     store.apply_update(name, "weights", [0.5], indices=[3], lr=1.0)  # one commit: one index read, one chunk
     assert model.wait_for_version(store.head_version(name), 2.0)
     moved = model.status()
-    # ... caught up from its one delta entry: no chunk data is read
-    assert moved["index_reads"] > quiet["index_reads"] and moved["chunks_caught_up"] == quiet["chunks_caught_up"] + 1
-    assert moved["chunks_fetched"] == quiet["chunks_fetched"]
+    assert moved["index_reads"] > quiet["index_reads"] and moved["chunks_fetched"] == quiet["chunks_fetched"] + 1
     assert store.read_model(name).params["weights"][3] == -1.0 and model.version == store.head_version(name)
+
+
+def test_a_commit_that_moves_many_chunks_reaches_the_scorer_as_delta_entries(store, client, unique_name):
+    """A micro-batch moves every chunk a little: the scorer catches them up from their entries (no chunk
+    data read) and holds exactly what the store holds; after a chunk is written whole it reads that one."""
+    name = make_model(store, unique_name, n_features=16384, chunk_size=1024)  # 16 chunks of 4 KiB
+    model = client.model(name)
+    assert model.wait_for_version(store.head_version(name), 2.0)
+    before = model.status()
+    for step in range(3):
+        idx = list(range(step, 16384, 512))  # two coordinates in each chunk
+        store.apply_update(name, "weights", [0.25 * (step + 1)] * len(idx), indices=idx, lr=1.0)
+        assert model.wait_for_version(store.head_version(name), 2.0)
+    after = model.status()
+    assert after["chunks_caught_up"] - before["chunks_caught_up"] >= 16
+    assert after["chunks_fetched"] == before["chunks_fetched"]
+    np.testing.assert_array_equal(model._cache.current.weights, store.read_model(name).params["weights"])
+    store.apply_update(name, "weights", np.ones(1024, "float32"), indices=list(range(1024)), lr=1.0)  # chunk 0 whole
+    store.apply_update(name, "weights", [0.5] * 32, indices=list(range(7, 16384, 512)), lr=1.0)
+    assert model.wait_for_version(store.head_version(name), 2.0)
+    assert model.status()["chunks_fetched"] - after["chunks_fetched"] >= 1
+    np.testing.assert_array_equal(model._cache.current.weights, store.read_model(name).params["weights"])
 
 
 def test_a_rollback_is_picked_up_like_any_update(store, client, unique_name):
