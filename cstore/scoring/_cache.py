@@ -268,7 +268,7 @@ class ModelCache:
                     held[k][p] = ChunkRow(p, data, cur.held[(p, k)], None)
         got = b.store.chunks.advance(info, held)
         rows = {k: {p: r for p, r in new.items() if r is not None} for k, new in got.items()
-                if all(r is not None for r in new.values())}
+                if new and all(r is not None for r in new.values())}
         self.counters["chunks_caught_up"] += len(rows)
         whole = [k for k in moved if k not in rows]
         if whole:

@@ -42,22 +42,22 @@ class KnownRows:
             return rows
 
     def put(self, key: tuple[uuid.UUID, int], rows: dict[str, ChunkRow]) -> None:
+        self.replace(key, None, rows)
+
+    def replace(self, key: tuple[uuid.UUID, int], old: dict[str, ChunkRow] | None, rows: dict[str, ChunkRow]) -> None:
+        """``put`` unless the entry is no longer ``old`` (a commit of this process moved it meanwhile);
+        ``old`` None: in any case."""
         for r in rows.values():
             r.data.flags.writeable = False  # shared by every later transform: nobody may write it
         with self._lock:
+            if old is not None and self._rows.get(key) is not old:
+                return
             self._drop(key)
             self._rows[key] = rows
             self._bytes += sum(r.data.nbytes for r in rows.values())
             while self._bytes > self._budget and len(self._rows) > 1:
-                _, old = self._rows.popitem(last=False)
-                self._bytes -= sum(r.data.nbytes for r in old.values())
-
-    def replace(self, key: tuple[uuid.UUID, int], old: dict[str, ChunkRow], rows: dict[str, ChunkRow]) -> None:
-        """``put`` unless the entry is no longer ``old`` (a commit of this process moved it meanwhile)."""
-        with self._lock:
-            if self._rows.get(key) is not old:
-                return
-        self.put(key, rows)
+                _, evicted = self._rows.popitem(last=False)
+                self._bytes -= sum(r.data.nbytes for r in evicted.values())
 
     def drop(self, key: tuple[uuid.UUID, int]) -> None:
         with self._lock:
