@@ -21,7 +21,8 @@ _HISTORY_BUCKET_ADD = "INSERT INTO history_buckets (model_id, day, bucket) VALUE
 _HISTORY_BUCKETS = "SELECT bucket FROM history_buckets WHERE model_id = ? AND day = ?"
 _MODEL_DROP = "DELETE FROM models WHERE name = ? IF model_id = ?"
 # -- chunks (a row is `data` at `base_version`, plus the delta entries above it: migration 005) ----------
-_CHUNK_COLUMNS = "param, data, version, op_id, base_version, deltas"
+_ROW_HEADER = "param, version, op_id, base_version, deltas"  # a chunk row without its `data`
+_CHUNK_COLUMNS = f"data, {_ROW_HEADER}"
 _CHUNK = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ?"
 _CHUNK_PARAMS = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 _CHUNK_VERSIONS = "SELECT param, version FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
@@ -29,8 +30,7 @@ _CHUNK_VERSIONS = "SELECT param, version FROM chunks WHERE model_id = ? AND chun
 # full write came between: the row's base_version then says so. The whole map is read (at most a
 # quarter of a chunk): a map slice (`deltas[?..]`) works on one node, but Cassandra 5.0.9 answers it
 # with a server error (UnsupportedOperationException) on a replicated keyspace.
-_CHUNK_TAIL = ("SELECT param, version, op_id, base_version, deltas FROM chunks "
-               "WHERE model_id = ? AND chunk = ? AND param IN ?")
+_CHUNK_TAIL = f"SELECT {_ROW_HEADER} FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
 _CHUNK_INIT = ("INSERT INTO chunks (model_id, chunk, param, data, version, op_id, updated_at) "
                "VALUES (?, ?, ?, ?, 1, ?, ?)")
 _WHERE_ROW = " WHERE model_id = ? AND chunk = ? AND param = ?"

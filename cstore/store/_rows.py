@@ -50,10 +50,8 @@ def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str
         raise CorruptData(f"{where}: {exc}", model=info.name, param=param, chunk=chunk) from None
     base = r.get("base_version")
     entries = {v: blob for v, blob in (r.get("deltas") or {}).items() if base is None or v > base}
-    if base is not None and sorted(entries) != list(range(base + 1, version + 1)):
-        raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from its copy at version "
-                          f"{base} to version {version}; the row was damaged or written outside cstore: restore "
-                          f"the model from a snapshot", model=info.name, param=param, chunk=chunk)
+    if base is not None:
+        _check_chain(entries, base, version, f"its copy at version {base}", where, info, param, chunk)
     if not entries:
         return ChunkRow(param, data, version, r["op_id"])
     data = _patched(codec, info, chunk, param, data.copy(), entries, where)
@@ -75,12 +73,19 @@ def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRo
     where = f"model {info.name!r} parameter {param!r} chunk {chunk} (version {version})"
     pending = {v: blob for v, blob in (r.get("deltas") or {}).items() if v > base}
     entries = {v: blob for v, blob in pending.items() if v > held.version}
-    if sorted(entries) != list(range(held.version + 1, version + 1)):
-        raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from version {held.version} to "
-                          f"{version}; the row was damaged or written outside cstore: restore the model from a "
-                          f"snapshot", model=info.name, param=param, chunk=chunk)
+    _check_chain(entries, held.version, version, f"version {held.version}", where, info, param, chunk)
     data = _patched(codec, info, chunk, param, held.data.copy(), entries, where)
     return ChunkRow(param, data, version, r["op_id"], len(pending), sum(len(b) for b in pending.values()))
+
+
+def _check_chain(entries: Mapping[int, bytes], start: int, version: int, origin: str, where: str, info: ModelInfo,
+                 param: str, chunk: int) -> None:
+    """Raise unless ``entries`` are exactly versions ``start + 1 … version`` (a lost or foreign entry is
+    caught, never silently skipped); ``origin`` names what they should lead from."""
+    if sorted(entries) != list(range(start + 1, version + 1)):
+        raise CorruptData(f"{where}: its delta entries {sorted(entries)} do not lead from {origin} to version "
+                          f"{version}; the row was damaged or written outside cstore: restore the model from a "
+                          f"snapshot", model=info.name, param=param, chunk=chunk)
 
 
 def _patched(codec: CodecPipeline, info: ModelInfo, chunk: int, param: str, data: np.ndarray,

@@ -46,7 +46,8 @@ def new_committer(store: Store, *, urgent: bool = False) -> Committer | None:
     to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes,
     and the critical lane's (``urgent``) retries at once.
     """
-    # The lane catches its rows up each batch (from their delta entries), so it keeps the ones it touches.
+    # The lane refreshes the rows it touches each batch (caught up from their delta entries when a label
+    # touches many chunks, read whole when few), so it keeps them between batches.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
                      known_bytes=16 << 20 if urgent else None) if store.profile.lwt else None
 

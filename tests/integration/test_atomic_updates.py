@@ -359,7 +359,8 @@ def test_a_lost_delta_entry_is_refused_by_a_learner_catching_up(session, base_co
                 store.apply_update(unique_name, "w", [1.0], indices=[i], lr=1.0)
             session.execute("UPDATE chunks SET deltas = deltas - {3} WHERE model_id=%s AND chunk=0 AND param='w'",
                             (info.model_id,))
-            with pytest.raises(CorruptData, match=r"chunk 0.*delta entries \[2, 4\] do not lead from version 1 to 4"):
+            with pytest.raises(CorruptData,
+                               match=r"chunk 0.*delta entries \[2, 4\] do not lead from version 1 to version 4"):
                 committer.rows(info, everything, fresh=True)
         finally:
             committer.close()
