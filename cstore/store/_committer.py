@@ -14,8 +14,9 @@ waiting update of a model whose chunks are free, claims those chunks, and commit
 
 Several threads run rounds at once on disjoint chunks (a chunk is claimed by one round at a time), so
 a round waiting for Paxos does not hold up updates of other chunks. A refused compare-and-set (another
-process won) drops the known rows of that chunk and retries it in a later round, after a jittered
-back-off; transient errors retry too. An update keeps retrying for ``commit_timeout_s`` before it
+process won) retries the chunk in a later round, after a jittered back-off, on its known rows caught
+up from the winner's delta entries (read whole only if the winner folded the row); transient errors
+retry too. An update keeps retrying for ``commit_timeout_s`` before it
 raises: :class:`~cstore.errors.ConflictError` or the transient error when nothing of it committed,
 :class:`~cstore.errors.PartialCommit` when some of its chunks did.
 
@@ -99,6 +100,7 @@ class Committer:
         self._streak: dict[tuple[uuid.UUID, int], int] = defaultdict(int)   # failed tries since the last commit
         self._refused: dict[tuple[uuid.UUID, int], int] = defaultdict(int)  # ... of which refused (conflicts)
         self._contended: dict[uuid.UUID, float] = {}  # model -> time of its last refused compare-and-set
+        self._stale: set[tuple[uuid.UUID, int]] = set()  # known rows another writer moved (a refused CAS)
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
@@ -335,8 +337,13 @@ class Committer:
         return rows
 
     def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
+        with self._cond:
+            stale = [k for k in work.chunks if (info.model_id, k) in self._stale]
+            self._stale.difference_update((info.model_id, k) for k in stale)
         if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
-            catch_up_moved(self._known, self._engine, self._tables, info)
+            catch_up_moved(self._known, self._engine, self._tables, info, also=stale)
+        elif stale:
+            catch_up(self._known, self._engine, info, stale)
         rows, errors = known_or_read(self._known, self._engine, info, list(work.chunks))
         for k, exc in errors.items():
             self._retry_later(info, k, work.chunks[k], exc)
@@ -372,11 +379,13 @@ class Committer:
                            touched={p: t for p, (_, t) in change.items()})
 
     def _conflict(self, info: ModelInfo, k: int, reqs: list[_Request], op_id: uuid.UUID, change: Change) -> None:
+        # The known row stays: the retry catches it up from the delta entries the winner added (a few
+        # coordinates, not the chunk), or reads it whole if the winner folded it.
         key = (info.model_id, k)
-        self._known.drop(key)
         self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
                                    op_id, change)
         with self._cond:
+            self._stale.add(key)
             self._contended[info.model_id] = time.monotonic()
             self._streak[key] += 1
             self._refused[key] += 1

@@ -2,7 +2,7 @@
 
 * :class:`KnownRows` — the chunk rows this process committed or read last. A compare-and-set against
   them needs no read first; if another writer moved the chunk meanwhile, the compare-and-set is refused
-  and the chunk is read again, so a stale entry costs a retry, never an update.
+  and the entry is caught up (:func:`catch_up`), so a stale entry costs a retry, never an update.
 * :func:`chunk_op_id` / :func:`committed` — an update spanning chunks commits chunk ``k`` under an op id
   derived from its ``update_id``; whether that op is on the chunk's commit chain tells, exactly, whether
   a re-submitted update already committed that chunk.
@@ -112,16 +112,17 @@ def catch_up(known: KnownRows, engine: ChunkEngine, info: ModelInfo, chunks: Ite
             known.replace(key, held[k], caught)
 
 
-def catch_up_moved(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo) -> None:
+def catch_up_moved(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo,
+                   also: Iterable[int] = ()) -> None:
     """:func:`catch_up` the known rows of ``info`` that its version index (one partition read) shows
-    another writer has moved.
+    another writer has moved, and those of ``also`` (known to have moved: the index trails commits).
 
     A model another process writes too (a second worker of the same model) would otherwise find the
     known rows stale at the compare-and-set: each a refused Paxos round, an aborted history row and a
     back-off before the read. The committer checks before every round of a model that had a conflict
     recently; alone on a model, it never pays the extra read.
     """
-    moved = set()
+    moved = set(also)
     for r in tables.index(info.model_id):
         rows = known.get((info.model_id, r["chunk"]))
         if rows is not None and r["param"] in rows and rows[r["param"]].version < r["version"]:

@@ -364,3 +364,30 @@ def test_a_lost_delta_entry_is_refused_by_a_learner_catching_up(session, base_co
                 committer.rows(info, everything, fresh=True)
         finally:
             committer.close()
+
+
+def test_a_refused_commit_catches_its_chunks_up_instead_of_reading_them_whole(monkeypatch, base_config, store,
+                                                                              unique_name):
+    """Another writer's small commits land between this process's last commit and its next one: every
+    compare-and-set is refused, and the retry brings the known rows up from the winner's delta entries
+    (no chunk read whole), then commits on top of them: both writers' changes are in the stored array."""
+    from cstore.store import CATCH_UP_FROM, Committer
+    n = CATCH_UP_FROM
+    store.create_model(unique_name, {"w": (1024 * n,)}, chunk_size=1024)
+    every = list(range(n))
+    with Store.from_config(base_config) as mine:
+        mine._committer.close()  # an urgent committer retries a refused chunk at once: one retry round, not
+        mine._committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0, urgent=True)  # jittered ones
+        first = mine.apply_updates(unique_name, {"w": ([1024 * k for k in every], np.ones(n, "float32"))})
+        assert first.versions == {("w", k): 2 for k in every}
+        store.apply_updates(unique_name, {"w": ([1024 * k + 1 for k in every], np.full(n, 2.0, "float32"))})
+        whole = _counting_reads(monkeypatch, mine.chunks)
+        second = mine.apply_updates(unique_name, {"w": ([1024 * k + 2 for k in every], np.full(n, 3.0, "float32"))})
+        assert sum(c.conflicts for c in second.commits) == n, "every chunk must have been refused once"
+        assert whole["chunks"] == 0, "a refused chunk was read whole instead of caught up from its entries"
+        assert second.versions == {("w", k): 4 for k in every}
+    stored = store.read_model(unique_name).params["w"].reshape(n, 1024)
+    sign = float(stored[0, 0])  # the update's sign convention (w += or -= lr * value), from the first write
+    assert abs(sign) == 1.0
+    np.testing.assert_array_equal(stored[:, :3], np.tile(np.float32([1.0, 2.0, 3.0]) * sign, (n, 1)))
+    assert not stored[:, 3:].any()
