@@ -287,7 +287,8 @@ class Committer:
                 ready.difference_update(per_chunk)
                 for k in per_chunk:
                     self._retry_later(info, k, work.chunks[k], exc)
-        outcomes = self._send(info, {k: writes[k] for k in ready}, op_ids)
+        outcomes: dict[int, Cas | CstoreError] = self._tables.write_chunks(
+            info.model_id, {k: writes[k] for k in ready}, op_ids, datetime.now(UTC)) if ready else {}
         done: list[ChunkCommit] = []
         for k, outcome in outcomes.items():
             if isinstance(outcome, Cas) and outcome.applied is None:
@@ -316,12 +317,6 @@ class Committer:
             self._announcer.announce(info, [(p, c.chunk, v, c.op_id) for c in done for p, v in c.new_versions.items()])
             self._record(info, done, work)
 
-    def _send(self, info: ModelInfo, writes: dict[int, dict[str, ChunkWrite]],
-              op_ids: dict[int, uuid.UUID]) -> dict[int, Cas | CstoreError]:
-        if not writes:
-            return {}
-        return self._tables.write_chunks(info.model_id, writes, op_ids, datetime.now(UTC))
-
     def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False) -> dict[int, dict[str, ChunkRow]]:
         """Current rows of ``chunks``, for a learner's gradient: the known ones caught up with what the
         model's version index (one partition read) shows another writer has moved since, from its delta
@@ -337,7 +332,7 @@ class Committer:
         return rows
 
     def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
-        with self._cond:
+        with self._cond:  # the chunks refused last time: their known rows are behind the winner's commit
             stale = [k for k in work.chunks if (info.model_id, k) in self._stale]
             self._stale.difference_update((info.model_id, k) for k in stale)
         if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
@@ -379,9 +374,7 @@ class Committer:
                            touched={p: t for p, (_, t) in change.items()})
 
     def _conflict(self, info: ModelInfo, k: int, reqs: list[_Request], op_id: uuid.UUID, change: Change) -> None:
-        # The known row stays: the retry catches it up from the delta entries the winner added (a few
-        # coordinates, not the chunk), or reads it whole if the winner folded it.
-        key = (info.model_id, k)
+        key = (info.model_id, k)  # its known row stays: the retry catches it up (``_rows``), not reads it whole
         self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
                                    op_id, change)
         with self._cond:
