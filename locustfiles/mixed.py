@@ -60,19 +60,23 @@ class LabelUser(CstoreUser):
 
 
 class CriticalLabelUser(CstoreUser):
-    """Critical labels (a confirmed chargeback) and how soon the scorers' cached model reflects them."""
+    """Critical labels (a confirmed chargeback) and how soon the scorers' cached model reflects them.
+
+    Each label is a real one: a transaction's features (so it touches as many chunks as a chargeback
+    would) plus one feature no other event carries, which is what the freshness check looks at."""
 
     weight = 1
 
     @task
     def critical_label(self) -> None:
         feature = f"critical_probe_{os.getpid()}_{next(_probes)}"  # a feature no other event carries
+        features = {**self.stream.sample(1, prefix=self.prefix)[0]["features"], feature: 1.0}
         sent = time.perf_counter()
         durable: list[bool] = []
 
         def send() -> None:
             self.cs.client.feedback(f"{self.prefix}-crit-{feature}", 1, model=self.cs.model_name, kind="explicit",
-                                    features={feature: 1.0}, critical=True)
+                                    features=features, critical=True)
             durable.append(True)
         self.call("critical_label", send)
         if not durable:

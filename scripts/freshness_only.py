@@ -38,13 +38,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--label", default="run")
+    ap.add_argument("--probes", default="full", choices=("full", "one"),
+                    help="probe labels with a transaction's ~30 features and the probe's (full), or the probe's alone")
     args = ap.parse_args()
     ctx = BenchContext(load_config(), duration=args.seconds, workers=args.workers, log=lambda m: None)
     load0, at, cpu0, t0 = os.getloadavg()[0], time.strftime("%H:%M:%S"), node_cpu_s(), time.monotonic()
-    out = run_freshness(ctx, args.seconds)
+    out = run_freshness(ctx, args.seconds, probes=args.probes)
     cpu1 = node_cpu_s()
     node = None if cpu0 is None or cpu1 is None else round(100 * (cpu1 - cpu0) / (time.monotonic() - t0))
-    print(json.dumps({"label": args.label, "at": at, "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
+    print(json.dumps({"label": args.label, "probes": args.probes, "at": at,
+                      "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
                       **{k: out.get(k) for k in KEYS}, "node_cpu_pct": node}))
 
 

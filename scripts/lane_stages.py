@@ -22,18 +22,20 @@ from typing import Any
 
 import numpy as np
 
-from cstore.bench._latency import producer_main
-from cstore.bench._workload import run_worker_until
+from cstore.bench._latency import probe_features, producer_main
+from cstore.bench._workload import run_worker_until, transactions
 from cstore.config import Config, load_config
 from cstore.feedback import send_feedback
 from cstore.store import Store
 from cstore.training import Worker, create_learner
 
 
-def sender(cfg: Config, name: str, n: int) -> None:
+def sender(cfg: Config, name: str, n: int, probes: str = "full") -> None:
+    pool = transactions(2000)
     with Store.from_config(cfg) as store:
         for i in range(n):
-            send_feedback(store, name, f"c{i}", 1, features={f"lane_probe_{i}": 1.0}, critical=True)
+            send_feedback(store, name, f"c{i}", 1, features=probe_features(pool, i, f"lane_probe_{i}", probes),
+                          critical=True)
             time.sleep(0.25)
 
 
@@ -47,6 +49,8 @@ def main() -> None:
     ap.add_argument("--bulk-rate", type=int, default=5000)
     ap.add_argument("--labels", type=int, default=50)
     ap.add_argument("--bulk-elsewhere", action="store_true")
+    ap.add_argument("--probes", default="full", choices=("full", "one"),
+                    help="labels with a transaction's ~30 features and a probe feature (full), or the probe alone")
     args = ap.parse_args()
     cfg = load_config()
     spawn = mp.get_context("spawn")
@@ -74,7 +78,7 @@ def main() -> None:
                                  ("batch", worker, "_learn")):
             timed(label, obj, attr)
         stop, out = spawn.Event(), spawn.Queue()
-        procs = [spawn.Process(target=sender, args=(cfg, name, args.labels))]
+        procs = [spawn.Process(target=sender, args=(cfg, name, args.labels, args.probes))]
         if args.bulk_rate:
             procs.append(spawn.Process(target=producer_main, args=(cfg, name, args.bulk_rate, [], out, stop)))
         if args.bulk_elsewhere:

@@ -6,10 +6,15 @@ Freshness (this module). Everything at default settings, in separate processes a
   model of 2^20 hashed features;
 * one bulk producer process sending feedback as columns (``FeedbackWriter.send_batch``) at
   ``BULK_RATE`` events/s, and every ``PROBE_EVERY_S`` one *bulk probe*: an ordinary (not critical)
-  label, through the same writer, carrying a feature no other event has;
-* in this process, a *critical prober* sending one ``critical=True`` label with its own unique feature
-  every ``PROBE_EVERY_S`` (``send_feedback``: durable on return), and a scorer (``Client().model()``)
-  whose cached copy is sampled every millisecond for the probes' features.
+  label, through the same writer;
+* in this process, a *critical prober* sending one ``critical=True`` label every ``PROBE_EVERY_S``
+  (``send_feedback``: durable on return), and a scorer (``Client().model()``) whose cached copy is
+  sampled every millisecond for the probes' features.
+
+A probe label is a real one: a transaction of the workload's pool (its ~30 features, so it touches
+~27 of the model's 64 chunks, like a chargeback on a scored payment), plus one feature no other event
+has, which is what the watcher looks at. ``probe_features="one"`` sends the probe feature alone (two
+chunks: the earlier form of this bench, kept to compare with).
 
 A probe's freshness is the time from the call that sent it to the first sample in which the scorer's
 prediction for its feature moved (``logit(p(feature)) - logit(p({}))``: the weight the label gave
@@ -64,7 +69,16 @@ def _columns(pool: list[dict[str, Any]], lo: int, n: int) -> dict[str, np.ndarra
     return {k: np.array([r[k] for r in rows]) for k in rows[0]}
 
 
-def producer_main(cfg: Config, model: str, rate: int, probes: list[str], out: Any, stop: Any) -> None:
+def probe_features(pool: list[dict[str, Any]], i: int, probe: str, kind: str) -> dict[str, Any]:
+    """The features of probe label ``i``: a pool transaction's and the probe's own (``kind="full"``),
+    or the probe's alone (``"one"``)."""
+    if kind == "one":
+        return {probe: 1.0}
+    return {**pool[(7 * i) % len(pool)], probe: 1.0}
+
+
+def producer_main(cfg: Config, model: str, rate: int, probes: list[str], out: Any, stop: Any,
+                  kind: str = "full") -> None:
     """The bulk producer process: column batches at ``rate`` events/s, and the bulk probes."""
     store = Store.from_config(cfg)
     pool = transactions(2000)
@@ -83,7 +97,7 @@ def producer_main(cfg: Config, model: str, rate: int, probes: list[str], out: An
                 now = time.monotonic()
                 if now >= next_probe and p < len(probes):
                     t = time.monotonic()
-                    writer.send(f"bprobe-{p}", 1, kind="explicit", features={probes[p]: 1.0})
+                    writer.send(f"bprobe-{p}", 1, kind="explicit", features=probe_features(pool, p, probes[p], kind))
                     out.put(("probe", p, t))
                     p += 1
                     next_probe = now + PROBE_EVERY_S * np.random.uniform(0.6, 1.4)
@@ -144,7 +158,12 @@ def _stats(ms: list[float], prefix: str) -> dict[str, Any]:
             f"{prefix}_max_ms": round(max(ms), 1), f"{prefix}_probes": len(ms)}
 
 
-def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> dict[str, Any]:
+PROBE_KINDS = ("full", "one")
+
+
+def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE, probes: str = "full") -> dict[str, Any]:
+    if probes not in PROBE_KINDS:
+        raise ValueError(f"probes must be one of {', '.join(PROBE_KINDS)}, got {probes!r}")
     spawn = mp.get_context("spawn")  # the driver's threads and sockets must not be forked
     store = Store.from_config(ctx.config)
     n_probes = int(seconds / PROBE_EVERY_S * 2) + 20
@@ -165,11 +184,14 @@ def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> d
             client = Client(config=ctx.config)
             prod_out = spawn.Queue()
             pstop = spawn.Event()
-            producer = spawn.Process(target=producer_main, args=(ctx.config, name, rate, bulk_names, prod_out, pstop),
+            producer = spawn.Process(target=producer_main,
+                                     args=(ctx.config, name, rate, bulk_names, prod_out, pstop, probes),
                                      daemon=True, name="cstore-bench-producer")
             try:
                 out = _measure(ctx, store, client, name, seconds, rate, readies, producer, prod_out,
-                               crit_names, bulk_names, pstop)
+                               crit_names, bulk_names, pstop, [probe_features(pool, i, n, probes)
+                                                               for i, n in enumerate(crit_names)])
+                out["probe_features"] = probes
                 stop.set()
                 out.update(_worker_figures([wout.get(timeout=60) for _ in workers], store.stats(name)))
                 return out
@@ -187,7 +209,7 @@ def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE) -> d
 
 def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds: float, rate: int,
              readies: list[Any], producer: Any, prod_out: Any, crit_names: list[str], bulk_names: list[str],
-             stop: Any) -> dict[str, Any]:
+             stop: Any, crit_features: list[dict[str, Any]]) -> dict[str, Any]:
     for r in readies:
         if not r.wait(60):
             raise RuntimeError("a bench worker process did not start within 60 s")
@@ -196,7 +218,7 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
     watcher.start()
     # Warm-up (not measured): the critical lane is leased and learns one label end to end.
     t = time.monotonic()
-    send_feedback(store, name, "warmup", 1, features={crit_names[-1]: 1.0}, critical=True)
+    send_feedback(store, name, "warmup", 1, features=crit_features[-1], critical=True)
     watcher.expect(crit_names[-1], t)
     while crit_names[-1] not in watcher.seen:
         if time.monotonic() - t > 60:
@@ -216,7 +238,7 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
     i = 0
     while time.monotonic() - t0 < seconds:
         t = time.monotonic()
-        send_feedback(store, name, f"crit-{i}", 1, kind="explicit", features={crit_names[i]: 1.0}, critical=True)
+        send_feedback(store, name, f"crit-{i}", 1, kind="explicit", features=crit_features[i], critical=True)
         send_ms.append((time.monotonic() - t) * 1e3)
         watcher.expect(crit_names[i], t)
         crit_sent[crit_names[i]] = t
