@@ -44,7 +44,7 @@ def transactions(n: int, seed: int = 7, per_event: int = 30) -> list[dict[str, f
 def temp_learner(store: Store, prefix: str, **options: Any) -> Iterator[str]:
     """A throw-away FTRL learner model named ``<prefix>_<random>``, dropped on the way out."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    create_learner(store, name, **{"n_features": 1 << 20, "chunk_size": 16384, **options})
+    create_learner(store, name, **{"n_features": 1 << 20, **options})  # the default chunk size: what users get
     try:
         yield name
     finally:

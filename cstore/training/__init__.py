@@ -10,14 +10,14 @@
   Cassandra (compare-and-set with TTLs); :class:`SharedLearnerState` — the consumer group's drift
   detector and learning-rate schedule, one compare-and-set row.
 """
-from cstore.training._learner import (DRIFT_DETECTORS, DRIFT_RESPONSES, OPTIMIZERS, Learner, LearnerConfig,
-                                      commit_federated, create_learner, learner_config)
+from cstore.training._learner import (DRIFT_DETECTORS, DRIFT_RESPONSES, LEARNER_CHUNK_SIZE, OPTIMIZERS, Learner,
+                                      LearnerConfig, commit_federated, create_learner, learner_config)
 from cstore.training._leases import Lease, LeaseManager, new_worker_id
 from cstore.training._shared_state import DEFAULT_WARMUP, BatchOutcome, SharedLearnerState, drift_score, make_detector
 from cstore.training._batching import FeatureLookup, WorkerOptions, select_segments
 from cstore.training._worker import Worker
 
-__all__ = ["DEFAULT_WARMUP", "DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "BatchOutcome", "FeatureLookup",
-           "Learner", "LearnerConfig", "Lease", "LeaseManager", "SharedLearnerState", "Worker", "WorkerOptions",
-           "commit_federated", "create_learner", "drift_score", "learner_config", "make_detector", "new_worker_id",
-           "select_segments"]
+__all__ = ["DEFAULT_WARMUP", "DRIFT_DETECTORS", "DRIFT_RESPONSES", "LEARNER_CHUNK_SIZE", "OPTIMIZERS",
+           "BatchOutcome", "FeatureLookup", "Learner", "LearnerConfig", "Lease", "LeaseManager",
+           "SharedLearnerState", "Worker", "WorkerOptions", "commit_federated", "create_learner", "drift_score",
+           "learner_config", "make_detector", "new_worker_id", "select_segments"]

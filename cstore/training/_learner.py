@@ -43,8 +43,16 @@ from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, Feat
 from cstore.store import Store
 from cstore.training._shared_state import DEFAULT_WARMUP, make_detector
 
-__all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "OPTIMIZERS", "UPDATES", "Learner", "LearnerConfig",
-           "commit_federated", "create_learner", "learner_config"]
+__all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "LEARNER_CHUNK_SIZE", "OPTIMIZERS", "UPDATES", "Learner",
+           "LearnerConfig", "commit_federated", "create_learner", "learner_config"]
+
+# Weights per chunk of a learner (a chunk is one compare-and-set). A label of ~30 hashed features
+# touches ~min(30, chunks) chunks, so a critical label of a 2^20-feature model at 16,384 costs ~27
+# Paxos rounds and a bulk batch 64; at 65,536 they are ~14 and 16. Measured with realistic critical
+# labels beside 5,000 bulk events/s (benchmarks/RESULTS.md, "Critical labels with their features"):
+# learned 1,913-2,592 -> 1,993-3,926 events/s, critical p50 466-729 -> 354-456 ms. A plain model's
+# chunks (create_model: atomic updates of a few coordinates) stay at DEFAULT_CHUNK_SIZE.
+LEARNER_CHUNK_SIZE = 65536
 
 OPTIMIZERS = {"ftrl": "FTRLProximal", "adagrad": "AdaGrad", "sgd": "SGD"}
 DRIFT_DETECTORS = ("page_hinkley", "adwin", "none")
@@ -87,7 +95,7 @@ def _param_names(opt_name: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimizer: str = "ftrl", alpha: float = 0.3,
                    beta: float = 1.0, l1: float = 0.0, l2: float = 0.0, lr: float = 0.1, hash_seed: int = 0,
-                   chunk_size: int = 16384, kind_weights: Mapping[str, float] | None = None,
+                   chunk_size: int = LEARNER_CHUNK_SIZE, kind_weights: Mapping[str, float] | None = None,
                    half_life_s: float | None = None, drift: str = "page_hinkley",
                    drift_params: Mapping[str, Any] | None = None, drift_confirmations: int = 2,
                    drift_within: int = 2000, drift_warmup: int = DEFAULT_WARMUP, drift_response: str = "boost",

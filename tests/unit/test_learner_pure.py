@@ -82,3 +82,13 @@ def test_history_bucket_of_an_op_is_exact_at_bucket_boundaries():
     assert info.history_bucket_of(uuid_at(edge), 3600) == 29_666_666
     legacy = ModelInfo("m", uuid.uuid4(), CS, "float32", {"w": (CS,)})  # no stored bucket: the default
     assert legacy.history_bucket_seconds(3600) == 3600 and info.history_bucket_seconds(3600) == 60
+
+
+def test_the_cli_creates_learners_with_the_api_chunk_size():
+    """`cstore model create-learner` and cstore.create_learner() default to the same chunk size."""
+    import inspect
+
+    from cstore.cli._worker import create_learner_cmd
+    from cstore.training import LEARNER_CHUNK_SIZE, create_learner
+    cli_default = next(p.default for p in create_learner_cmd.params if p.name == "chunk_size")
+    assert cli_default == inspect.signature(create_learner).parameters["chunk_size"].default == LEARNER_CHUNK_SIZE
