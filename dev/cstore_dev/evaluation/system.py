@@ -132,7 +132,9 @@ def run_system(cfg, stream: Stream, settings: SystemSettings) -> SystemResult:
     admin = Store.from_config(cfg)
     name = f"eval-{stream.name}-{uuid.uuid4().hex[:8]}"
     k = settings.workers
-    info = create_learner(admin, name, partitions=max(2, k), **settings.learner)
+    # One partition per worker, and (below) one segment per block: a worker lists a block whole or not at
+    # all, so one worker learns each block as one batch in event order, as its in-memory replica does.
+    info = create_learner(admin, name, partitions=k, **settings.learner)
     lcfg = learner_config(info).to_dict()
     _, fcfg = context(admin).layout(name)
     reader = FeedbackReader(admin.backend.feedback, fcfg, "default")
@@ -151,7 +153,8 @@ def run_system(cfg, stream: Stream, settings: SystemSettings) -> SystemResult:
         else:
             worker_store = Store.from_config(cfg)
             fleet = _ThreadFleet(worker_store, name, k, opts)
-        writer = FeedbackWriter(admin, name, linger_ms=1.0, max_batch=max(settings.block, 1))
+        # Segments are sealed when a block is complete (max_batch) or flushed, never by the linger mid-block.
+        writer = FeedbackWriter(admin, name, linger_ms=60_000.0, max_batch=max(settings.block, 1))
         proba = np.empty(stream.n)
         detections: list[int] = []
         seen_drifts, stale, version = 0, 0, 0
