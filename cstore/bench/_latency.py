@@ -12,9 +12,10 @@ Freshness (this module). Everything at default settings, in separate processes a
   sampled every millisecond for the probes' features.
 
 A probe label is a real one: a transaction of the workload's pool (its ~30 features, so it touches
-~27 of the model's 64 chunks, like a chargeback on a scored payment), plus one feature no other event
-has, which is what the watcher looks at. ``probe_features="one"`` sends the probe feature alone (two
-chunks: the earlier form of this bench, kept to compare with).
+~13 of the model's 16 chunks at the learner's default chunk size, like a chargeback on a scored
+payment), plus one feature no other event has, which is what the watcher looks at.
+``probe_features="one"`` sends the probe feature alone (two chunks: the earlier form of this bench,
+kept to compare with).
 
 A probe's freshness is the time from the call that sent it to the first sample in which the scorer's
 prediction for its feature moved (``logit(p(feature)) - logit(p({}))``: the weight the label gave

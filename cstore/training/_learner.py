@@ -47,11 +47,12 @@ __all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "LEARNER_CHUNK_SIZE", "OPTIMIZE
            "LearnerConfig", "commit_federated", "create_learner", "learner_config"]
 
 # Weights per chunk of a learner (a chunk is one compare-and-set). A label of ~30 hashed features
-# touches ~min(30, chunks) chunks, so a critical label of a 2^20-feature model at 16,384 costs ~27
-# Paxos rounds and a bulk batch 64; at 65,536 they are ~14 and 16. Measured with realistic critical
-# labels beside 5,000 bulk events/s (benchmarks/RESULTS.md, "Critical labels with their features"):
-# learned 1,913-2,592 -> 1,993-3,926 events/s, critical p50 466-729 -> 354-456 ms. A plain model's
-# chunks (create_model: atomic updates of a few coordinates) stay at DEFAULT_CHUNK_SIZE.
+# touches up to min(30, chunks) chunks (a transaction of the bench's pool: 24.6 of 64 on average, 13.3
+# of 16), so a critical label of a 2^20-feature model at 16,384 costs ~25 Paxos rounds and a bulk
+# batch 64; at 65,536 ~13 and 16. Measured with realistic critical labels beside 5,000 bulk events/s
+# (benchmarks/RESULTS.md, "Critical labels with their features"): learned 1,913-2,592 -> 1,993-3,926
+# events/s, critical p50 466-729 -> 354-456 ms. A plain model's chunks (create_model: atomic updates of
+# a few coordinates) stay at DEFAULT_CHUNK_SIZE.
 LEARNER_CHUNK_SIZE = 65536
 
 OPTIMIZERS = {"ftrl": "FTRLProximal", "adagrad": "AdaGrad", "sgd": "SGD"}
