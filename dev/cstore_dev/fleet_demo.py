@@ -52,19 +52,20 @@ def stop_workers(procs: list[subprocess.Popen]) -> None:
 
 
 class CriticalProbe:
-    """Sends a critical label carrying a feature of its own and times until the scorer has learned it."""
+    """Sends a critical label (a transaction's features and a feature of its own) and times until the
+    scorer has learned it: the probe feature moves only with this label."""
 
     def __init__(self, store, client, name: str, n_features: int) -> None:
         self.store, self.model, self.name = store, client.model(name), name
         self.hasher, self.i, self.pending = FeatureHasher(n_features), 0, None
         self.fresh_ms: list[float] = []
 
-    def send(self) -> None:
+    def send(self, features: dict) -> None:
         feature = f"demo_chargeback_{self.i}"
         self.i += 1
         t = time.monotonic()
-        send_feedback(self.store, self.name, f"chargeback-{self.i}", 1, kind="explicit", features={feature: 1.0},
-                      critical=True)
+        send_feedback(self.store, self.name, f"chargeback-{self.i}", 1, kind="explicit",
+                      features={**features, feature: 1.0}, critical=True)
         self.pending = (feature, t)
 
     def poll(self) -> None:
@@ -97,9 +98,9 @@ def run(store, *, seconds: float = 30.0, rate: float = 3000.0, workers: int = 2,
         with FeedbackWriter(store, name, linger_ms=50) as writer:
             while (now := time.monotonic() - start) < seconds:
                 probe.poll()
-                if now >= 3 * probe.i + 3 and probe.pending is None:
-                    probe.send()
                 txs = gen.sample(max(1, int(rate / 10)))
+                if now >= 3 * probe.i + 3 and probe.pending is None:
+                    probe.send(txs[0]["features"])
                 if weights is not None:
                     indptr, idx, val = hasher.transform_many([t["features"] for t in txs])
                     p = predict_proba_batch(weights, bias, indptr, idx, val)
