@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 
-from cstore.bench._latency import run_freshness
+from cstore.bench._latency import PROBE_HELP, PROBE_KINDS, run_freshness
 from cstore.bench._runner import BenchContext
 from cstore.config import load_config
 
@@ -38,8 +38,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--label", default="run")
-    ap.add_argument("--probes", default="full", choices=("full", "one"),
-                    help="probe labels with a transaction's ~30 features and the probe's (full), or the probe's alone")
+    ap.add_argument("--probes", default=PROBE_KINDS[0], choices=PROBE_KINDS, help=PROBE_HELP)
     args = ap.parse_args()
     ctx = BenchContext(load_config(), duration=args.seconds, workers=args.workers, log=lambda m: None)
     load0, at, cpu0, t0 = os.getloadavg()[0], time.strftime("%H:%M:%S"), node_cpu_s(), time.monotonic()

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from cstore.bench._latency import probe_features, producer_main
+from cstore.bench._latency import PROBE_HELP, PROBE_KINDS, probe_features, producer_main
 from cstore.bench._workload import run_worker_until, transactions
 from cstore.config import Config, load_config
 from cstore.feedback import send_feedback
@@ -49,8 +49,7 @@ def main() -> None:
     ap.add_argument("--bulk-rate", type=int, default=5000)
     ap.add_argument("--labels", type=int, default=50)
     ap.add_argument("--bulk-elsewhere", action="store_true")
-    ap.add_argument("--probes", default="full", choices=("full", "one"),
-                    help="labels with a transaction's ~30 features and a probe feature (full), or the probe alone")
+    ap.add_argument("--probes", default=PROBE_KINDS[0], choices=PROBE_KINDS, help=PROBE_HELP)
     args = ap.parse_args()
     cfg = load_config()
     spawn = mp.get_context("spawn")

@@ -159,10 +159,12 @@ def _stats(ms: list[float], prefix: str) -> dict[str, Any]:
             f"{prefix}_max_ms": round(max(ms), 1), f"{prefix}_probes": len(ms)}
 
 
-PROBE_KINDS = ("full", "one")
+PROBE_KINDS = ("full", "one")  # see probe_features
+PROBE_HELP = "probe labels with a transaction's ~30 features and the probe feature (full), or the probe feature alone"
 
 
-def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE, probes: str = "full") -> dict[str, Any]:
+def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE,
+                  probes: str = PROBE_KINDS[0]) -> dict[str, Any]:
     if probes not in PROBE_KINDS:
         raise ValueError(f"probes must be one of {', '.join(PROBE_KINDS)}, got {probes!r}")
     spawn = mp.get_context("spawn")  # the driver's threads and sockets must not be forked
