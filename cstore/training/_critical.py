@@ -34,22 +34,39 @@ from cstore.training._batching import WorkerOptions
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager
 
-__all__ = ["CriticalLane", "Lane", "LaneHost", "new_committer"]
+__all__ = ["CriticalLane", "Lane", "LaneHost", "lane_known_bytes", "new_committer"]
 
 log = logging.getLogger("cstore.worker")
 
 
-def new_committer(store: Store, *, urgent: bool = False) -> Committer | None:
+def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Committer | None:
     """A committer of the learner's own (None for blind-write profiles, which commit through the engine).
 
     The bulk loop and the critical lane each have one: a critical commit never waits for a bulk round
     to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes,
     and the critical lane's (``urgent``) retries at once.
     """
+    if not store.profile.lwt:
+        return None
     # The lane refreshes the rows it touches each batch (caught up from their delta entries when a label
-    # touches many chunks, read whole when few), so it keeps them between batches.
+    # touches many chunks, read whole when few), so it keeps them between batches: room for its whole
+    # model, or an evicted row is read whole at the next label that touches it.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
-                     known_bytes=16 << 20 if urgent else None) if store.profile.lwt else None
+                     known_bytes=lane_known_bytes(info) if urgent else None)
+
+
+def lane_known_bytes(info: ModelInfo) -> int:
+    """The critical lane's budget of known rows: its model's bytes (every parameter), at least 1 MiB and
+    at most the 256 MiB a bulk committer keeps.
+
+    >>> import uuid
+    >>> big = ModelInfo("m", uuid.uuid4(), 65536, "float32", {"w": (1 << 22,), "z": (1 << 22,), "n": (1 << 22,)})
+    >>> lane_known_bytes(big) // (1 << 20)  # 3 parameters of 2^22 floats: 48 MiB, more than 16
+    48
+    """
+    itemsize = np.dtype(info.dtype).itemsize
+    nbytes = sum(info.size(p) for p in info.params) * itemsize
+    return min(256 << 20, max(1 << 20, nbytes))
 
 
 @dataclasses.dataclass(eq=False)
@@ -96,7 +113,7 @@ class CriticalLane(Lane):
                           "batch_s_total": 0.0}, {},
                          LeaseManager(worker.store.backend.fleet, worker.fcfg.model_id, worker.opts.group,
                                       worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s),
-                         new_committer(worker.store, urgent=True), critical=True)
+                         new_committer(worker.store, worker.info, urgent=True), critical=True)
         self.worker = worker
         self.part = worker.fcfg.critical_part
         self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)

@@ -266,6 +266,42 @@ def test_a_critical_label_is_learned_by_the_critical_lane_beside_a_bulk_backlog(
     assert all(p["owner"] is None for p in st["partitions"])  # the critical lease was released too
 
 
+def test_the_critical_lane_keeps_every_row_of_a_model_larger_than_16_mib(store, monkeypatch):
+    """A 2^21-feature learner is 24 MiB of rows (3 parameters, 32 chunks each). A label that touches every
+    chunk is learned once; the next one catches the rows up from their entries and reads none whole
+    (with the former fixed 16 MiB budget, 22 of the 32 chunks were read whole for the second label)."""
+    from cstore.training._critical import lane_known_bytes
+    name = new_name("critbig")
+    info = create_learner(store, name, n_features=2**21, partitions=1)
+    assert lane_known_bytes(info) >= 24 << 20 and info.n_chunks("weights") == 32
+    hasher, features = FeatureHasher(2**21), {}
+    for i in range(10_000):  # features until every chunk has one
+        features[f"f{i}"] = 1.0
+        if len(set(hasher.transform_one(features)[0] // info.chunk_size)) == 32:
+            break
+    w = Worker(store, name, batch_size=500, **FAST)
+    runner = threading.Thread(target=w.run)
+    runner.start()
+    whole = {"chunks": 0}
+    try:
+        wait_for(lambda: w.critical.holding, 10, "the worker to lease the critical partition")
+        send_feedback(store, name, "tx-1", 1, kind="explicit", features=features, critical=True)
+        wait_for(lambda: w.critical.stats["learned"] == 1, 30, "the first critical label to be learned")
+        read = store.chunks.read
+
+        def counted(info, chunks, params=None):
+            whole["chunks"] += len(list(chunks))
+            return read(info, chunks, params)
+        monkeypatch.setattr(store.chunks, "read", counted)
+        send_feedback(store, name, "tx-2", 0, kind="explicit", features=features, critical=True)
+        wait_for(lambda: w.critical.stats["learned"] == 2, 30, "the second critical label to be learned")
+    finally:
+        w.stop()
+        runner.join(60)
+    assert w.critical.stats["errors"] == 0
+    assert whole["chunks"] == 0, f"{whole['chunks']} rows were read whole for the second label"
+
+
 def test_status_exits_3_when_feedback_waits_and_no_worker_is_alive(base_config, store):
     name = new_name("stuck")
     create_learner(store, name, n_features=2**10, chunk_size=1024, partitions=2)
