@@ -1,11 +1,12 @@
 """The freshness half of `cstore bench latency` alone, as one JSON line (for old/new comparisons).
 
-    .venv/bin/python scripts/freshness_only.py [--seconds 20] [--workers 2] [--label new]
+    .venv/bin/python scripts/freshness_only.py [--seconds 20] [--workers 2] [--label new] [--chunk-size N]
 
 Runs `cstore.bench._latency.run_freshness` (the bench's workers, producer at 5,000 events/s, probes and
 scorer) and prints its figures with the time, the load average before and after, and the local node's
 CPU share over the run (its `/proc` stat). To compare code trees in one sitting, alternate runs with
-`PYTHONPATH=<a git worktree of the old commit>`; the JSON lines go to stdout.
+`PYTHONPATH=<a git worktree of the old commit>`, or layouts with `--chunk-size` (the learner's weights per
+chunk; default: `cstore.training.LEARNER_CHUNK_SIZE`); the JSON lines go to stdout.
 """
 from __future__ import annotations
 
@@ -39,13 +40,15 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--label", default="run")
     ap.add_argument("--probes", default=PROBE_KINDS[0], choices=PROBE_KINDS, help=PROBE_HELP)
+    ap.add_argument("--chunk-size", type=int, default=None, help="the learner's weights per chunk (default: "
+                    "cstore.training.LEARNER_CHUNK_SIZE)")
     args = ap.parse_args()
     ctx = BenchContext(load_config(), duration=args.seconds, workers=args.workers, log=lambda m: None)
     load0, at, cpu0, t0 = os.getloadavg()[0], time.strftime("%H:%M:%S"), node_cpu_s(), time.monotonic()
-    out = run_freshness(ctx, args.seconds, probes=args.probes)
+    out = run_freshness(ctx, args.seconds, probes=args.probes, chunk_size=args.chunk_size)
     cpu1 = node_cpu_s()
     node = None if cpu0 is None or cpu1 is None else round(100 * (cpu1 - cpu0) / (time.monotonic() - t0))
-    print(json.dumps({"label": args.label, "probes": args.probes, "at": at,
+    print(json.dumps({"label": args.label, "probes": args.probes, "chunk_size": args.chunk_size, "at": at,
                       "load": [round(load0, 1), round(os.getloadavg()[0], 1)],
                       **{k: out.get(k) for k in KEYS}, "node_cpu_pct": node}))
 

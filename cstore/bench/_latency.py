@@ -164,14 +164,16 @@ PROBE_HELP = "probe labels with a transaction's ~30 features and the probe featu
 
 
 def run_freshness(ctx: BenchContext, seconds: float, rate: int = BULK_RATE,
-                  probes: str = PROBE_KINDS[0]) -> dict[str, Any]:
+                  probes: str = PROBE_KINDS[0], chunk_size: int | None = None) -> dict[str, Any]:
     if probes not in PROBE_KINDS:
         raise ValueError(f"probes must be one of {', '.join(PROBE_KINDS)}, got {probes!r}")
     spawn = mp.get_context("spawn")  # the driver's threads and sockets must not be forked
     store = Store.from_config(ctx.config)
     n_probes = int(seconds / PROBE_EVERY_S * 2) + 20
     try:
-        with temp_learner(store, "bench_latency") as name:
+        # chunk_size None: the learners' default (what users get); a size: for comparisons of layouts
+        layout = {} if chunk_size is None else {"chunk_size": chunk_size}
+        with temp_learner(store, "bench_latency", **layout) as name:
             info = store.model_info(name)
             n_features, seed = hashing_config(info)
             pool = transactions(2000)

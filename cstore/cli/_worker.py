@@ -58,7 +58,7 @@ def _pairs(values: tuple[str, ...], cast, what: str) -> dict | None:
 @click.option("--l2", type=float, default=0.0, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True, help="AdaGrad/SGD learning rate.")
 @click.option("--hash-seed", type=int, default=0, show_default=True)
-@click.option("--chunk-size", type=int, default=65536, show_default=True,
+@click.option("--chunk-size", type=int, default=262144, show_default=True,
               help="Weights per chunk (one compare-and-set each) [cstore.training.LEARNER_CHUNK_SIZE].")
 @click.option("--partitions", type=int, help="Feedback partitions P [config feedback_partitions].")
 @click.option("--bucket-s", type=int, help="Feedback time bucket in seconds [config feedback_bucket_s].")

@@ -47,13 +47,17 @@ __all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "LEARNER_CHUNK_SIZE", "OPTIMIZE
            "LearnerConfig", "commit_federated", "create_learner", "learner_config"]
 
 # Weights per chunk of a learner (a chunk is one compare-and-set). A label of ~30 hashed features
-# touches up to min(30, chunks) chunks (a transaction of the bench's pool: 24.6 of 64 on average, 13.3
-# of 16), so a critical label of a 2^20-feature model at 16,384 costs ~25 Paxos rounds and a bulk
-# batch 64; at 65,536 ~13 and 16. Measured with realistic critical labels beside 5,000 bulk events/s
-# (benchmarks/RESULTS.md, "Critical labels with their features"): learned 1,913-2,592 -> 1,993-3,926
-# events/s, critical p50 466-729 -> 354-456 ms. A plain model's chunks (create_model: atomic updates of
-# a few coordinates) stay at DEFAULT_CHUNK_SIZE.
-LEARNER_CHUNK_SIZE = 65536
+# touches up to min(30, chunks) chunks (a transaction of the bench's pool: 23.0 of 64, 13.0 of 16, 4.0 of
+# 4) and a bulk batch touches every chunk, so each commit of a 2^20-feature model makes ~4 Paxos rounds at
+# 262,144 where it made 16 (bulk) or ~13 (critical) at 65,536. A commit's bytes do not grow with the
+# chunk (delta entries carry only the touched coordinates; a fold rewrites a chunk after a few of them:
+# about the same bytes per second at any size). Beside 5,000 bulk events/s with realistic critical
+# labels (benchmarks/RESULTS.md, "Critical labels with their features"), 262,144 against 65,536: bulk
+# freshness p50 0.85-0.94 against 1.0-1.6 s, conflicts 436-466 against 1,831-3,026, critical labels
+# level. 524,288 measured a little better still, but its cells (2 MiB per parameter row) pass
+# Cassandra's practical ~1 MB per blob; 262,144 float32 weights are 1 MiB. A plain model's chunks
+# (create_model: atomic updates of a few coordinates) stay at DEFAULT_CHUNK_SIZE.
+LEARNER_CHUNK_SIZE = 262144
 
 OPTIMIZERS = {"ftrl": "FTRLProximal", "adagrad": "AdaGrad", "sgd": "SGD"}
 DRIFT_DETECTORS = ("page_hinkley", "adwin", "none")
