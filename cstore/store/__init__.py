@@ -15,7 +15,7 @@
   (immutable copies with provenance) and per-writer statistics buckets.
 """
 from cstore.store._committer import Committer
-from cstore.store._engine import CATCH_UP_FROM, ChunkEngine, missing_chunk
+from cstore.store._engine import CATCH_UP_BYTES, CATCH_UP_FROM, ChunkEngine, missing_chunk
 from cstore.store._facade import ModelState, Store, assemble, connect
 from cstore.store._governance import KEEP as KEEP_GUARD
 from cstore.store._governance import KEYSPACE_AUDIT, Governance
@@ -23,5 +23,5 @@ from cstore.store._history import HistoryRow
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["CATCH_UP_FROM", "KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance", "HistoryRow",
-           "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble", "connect", "missing_chunk"]
+__all__ = ["CATCH_UP_BYTES", "CATCH_UP_FROM", "KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance",
+           "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble", "connect", "missing_chunk"]

@@ -42,8 +42,10 @@ log = logging.getLogger("cstore.params")
 
 Chunks = dict[int, dict[str, ChunkRow]]
 
-#: Reads of at least this many moved chunks catch them up from their delta entries (``advance``).
+#: Reads of at least this many moved chunks, or of rows holding at least CATCH_UP_BYTES, catch them up
+#: from their delta entries (``advance``).
 CATCH_UP_FROM = 8
+CATCH_UP_BYTES = 1 << 20
 
 
 class ChunkEngine:
@@ -93,10 +95,13 @@ class ChunkEngine:
         (one small read per chunk, concurrently, no chunk data): bit for bit a whole read; None for a
         row that a full write has passed since (or that is gone): read that one whole.
 
-        Fewer than :data:`CATCH_UP_FROM` chunks are all None without a read: catching up costs a second
-        round trip after a fold, and a few chunks (a critical label's, an atomic update's) are cheap
-        to read whole in one, which is what their readers wait for."""
-        if len(held) < CATCH_UP_FROM:
+        Fewer than :data:`CATCH_UP_FROM` chunks holding less than :data:`CATCH_UP_BYTES` are all None
+        without a read: catching up costs a second round trip after a fold, and a few small chunks (an
+        atomic update's) are cheap to read whole in one, which is what their readers wait for. Large
+        rows (a learner's 1 MiB ones) are caught up however few: a whole read of each would carry
+        megabytes for a label's few coordinates."""
+        held_bytes = sum(r.data.nbytes for rows in held.values() for r in rows.values())
+        if len(held) < CATCH_UP_FROM and held_bytes < CATCH_UP_BYTES:
             return {k: {p: None for p in rows} for k, rows in held.items()}
         chunks = [k for k, rows in held.items() if rows]
         params = sorted({p for k in chunks for p in held[k]})

@@ -48,8 +48,8 @@ def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Com
     """
     if not store.profile.lwt:
         return None
-    # The lane refreshes the rows it touches each batch (caught up from their delta entries when a label
-    # touches many chunks, read whole when few), so it keeps them between batches: room for its whole
+    # The lane refreshes the rows it touches each batch (caught up from their delta entries when they are
+    # many or large, read whole when few and small), so it keeps them between batches: room for its whole
     # model, or an evicted row is read whole at the next label that touches it.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
                      known_bytes=lane_known_bytes(info) if urgent else None)

@@ -346,6 +346,29 @@ def test_a_learner_catches_up_another_writers_small_commits_from_their_entries(m
             committer.close()
 
 
+def test_one_large_chunk_is_caught_up_from_its_entries_not_read_whole(monkeypatch, base_config, store, unique_name):
+    """A learner's row of 1 MiB moved by another writer's small commit: even alone (fewer than
+    CATCH_UP_FROM chunks) it is caught up from the entry, bit for bit what a whole read gives."""
+    from cstore.store import CATCH_UP_BYTES, Committer
+    size = CATCH_UP_BYTES // 4  # float32: one row of CATCH_UP_BYTES
+    store.create_model(unique_name, {"w": (size,)}, chunk_size=size)
+    info = store.model_info(unique_name)
+    with Store.from_config(base_config) as mine:
+        committer = Committer(mine.chunks, mine.backend.params, timeout_s=10.0)
+        try:
+            whole = _counting_reads(monkeypatch, mine.chunks)
+            committer.rows(info, [0])
+            assert whole["chunks"] == 1  # first sight: read whole
+            store.apply_update(unique_name, "w", [0.5, 2.0], indices=[3, size - 1], lr=1.0)
+            rows = committer.rows(info, [0], fresh=True)
+            assert whole["chunks"] == 1, "the 1 MiB chunk was read whole again for two coordinates"
+            truth = store.chunks.read(info, [0])[0]["w"]
+            assert rows[0]["w"].version == truth.version == 2
+            np.testing.assert_array_equal(rows[0]["w"].data, truth.data)
+        finally:
+            committer.close()
+
+
 def test_a_lost_delta_entry_is_refused_by_a_learner_catching_up(session, base_config, store, unique_name):
     from cstore.store import CATCH_UP_FROM, Committer
     store.create_model(unique_name, {"w": (1024 * CATCH_UP_FROM,)}, chunk_size=1024)

@@ -108,6 +108,23 @@ def test_a_quiet_model_costs_one_head_read_per_poll(store, client, unique_name):
     assert store.read_model(name).params["weights"][3] == -1.0 and model.version == store.head_version(name)
 
 
+def test_a_large_chunk_moved_by_a_few_coordinates_is_caught_up_not_read_whole(store, client, unique_name):
+    """One moved chunk of 1 MiB (a learner's default row): the scorer applies the commit's entry instead
+    of reading the megabyte again, however few chunks moved."""
+    from cstore.store import CATCH_UP_BYTES
+    name = make_model(store, unique_name, n_features=CATCH_UP_BYTES // 4, chunk_size=CATCH_UP_BYTES // 4)
+    model = client.model(name)
+    assert model.wait_for_version(store.head_version(name), 2.0)
+    before = model.status()
+    for step in range(3):
+        store.apply_update(name, "weights", [0.5, -0.25], indices=[step, 100_000 + step], lr=1.0)
+        assert model.wait_for_version(store.head_version(name), 2.0)
+    after = model.status()
+    assert after["chunks_fetched"] == before["chunks_fetched"], "the moved 1 MiB chunk was read whole"
+    assert after["chunks_caught_up"] - before["chunks_caught_up"] >= 1
+    np.testing.assert_array_equal(model._cache.current.weights, store.read_model(name).params["weights"])
+
+
 def test_a_commit_that_moves_many_chunks_reaches_the_scorer_as_delta_entries(store, client, unique_name):
     """A micro-batch moves every chunk a little: the scorer catches them up from their entries (no chunk
     data read) and holds exactly what the store holds; after a chunk is written whole it reads that one."""
