@@ -20,8 +20,10 @@ from cstore.store._facade import ModelState, Store, assemble, connect
 from cstore.store._governance import KEEP as KEEP_GUARD
 from cstore.store._governance import KEYSPACE_AUDIT, Governance
 from cstore.store._history import HistoryRow
+from cstore.store._known import KNOWN_BUDGET
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
-__all__ = ["CATCH_UP_BYTES", "CATCH_UP_FROM", "KEEP_GUARD", "KEYSPACE_AUDIT", "ChunkEngine", "Committer", "Governance",
-           "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble", "connect", "missing_chunk"]
+__all__ = ["CATCH_UP_BYTES", "CATCH_UP_FROM", "KEEP_GUARD", "KEYSPACE_AUDIT", "KNOWN_BUDGET", "ChunkEngine",
+           "Committer", "Governance", "HistoryRow", "ModelState", "Snapshot", "Store", "Totals", "actor", "assemble",
+           "connect", "missing_chunk"]

@@ -22,13 +22,13 @@ from cstore.store._history import op_in_chain
 
 __all__ = ["KnownRows", "catch_up", "catch_up_moved", "chunk_op_id", "committed", "known_or_read"]
 
-_BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
+KNOWN_BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
 
 
 class KnownRows:
     """The last committed or read rows per (model, chunk), least recently used dropped beyond a budget."""
 
-    def __init__(self, budget: int = _BUDGET) -> None:
+    def __init__(self, budget: int = KNOWN_BUDGET) -> None:
         self._rows: OrderedDict[tuple[uuid.UUID, int], dict[str, ChunkRow]] = OrderedDict()
         self._bytes = 0
         self._budget = budget

@@ -29,7 +29,7 @@ import numpy as np
 
 from cstore.core import ModelInfo
 from cstore.feedback import FeedbackLayout, FeedbackReader, LaneCursor
-from cstore.store import Committer, Store
+from cstore.store import KNOWN_BUDGET, Committer, Store
 from cstore.training._batching import WorkerOptions
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager
@@ -57,7 +57,7 @@ def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Com
 
 def lane_known_bytes(info: ModelInfo) -> int:
     """The critical lane's budget of known rows: its model's bytes (every parameter), at least 1 MiB and
-    at most the 256 MiB a bulk committer keeps.
+    at most what a bulk committer keeps (:data:`cstore.store.KNOWN_BUDGET`, 256 MiB).
 
     >>> import uuid
     >>> big = ModelInfo("m", uuid.uuid4(), 65536, "float32", {"w": (1 << 22,), "z": (1 << 22,), "n": (1 << 22,)})
@@ -66,7 +66,7 @@ def lane_known_bytes(info: ModelInfo) -> int:
     """
     itemsize = np.dtype(info.dtype).itemsize
     nbytes = sum(info.size(p) for p in info.params) * itemsize
-    return min(256 << 20, max(1 << 20, nbytes))
+    return min(KNOWN_BUDGET, max(1 << 20, nbytes))
 
 
 @dataclasses.dataclass(eq=False)
