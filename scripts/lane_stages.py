@@ -71,9 +71,9 @@ def main() -> None:
                     if threading.current_thread().name == "cstore-critical":
                         times[label].append((time.perf_counter() - t) * 1e3)
             setattr(obj, attr, wrapper)
-        for label, obj, attr in (("list", worker.reader, "list_new"), ("fetch", worker.reader, "fetch"),
+        for label, obj, attr in (("list", worker.reader, "list_new"), ("fetch", worker.reader, "fetch_columns"),
                                  ("rows", worker.critical.committer, "rows"), ("trace", worker, "_trace"),
-                                 ("commit", worker, "_commit"), ("checkpoint", worker, "_checkpoint"),
+                                 ("increment", worker.critical, "increment"), ("checkpoint", worker, "_checkpoint"),
                                  ("batch", worker, "_learn")):
             timed(label, obj, attr)
         stop, out = spawn.Event(), spawn.Queue()

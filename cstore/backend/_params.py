@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,8 +20,9 @@ _MODEL_CREATE = ("INSERT INTO models (name, model_id, created_at, created_by, ch
 _HISTORY_BUCKET_ADD = "INSERT INTO history_buckets (model_id, day, bucket) VALUES (?, ?, ?) USING TTL ?"
 _HISTORY_BUCKETS = "SELECT bucket FROM history_buckets WHERE model_id = ? AND day = ?"
 _MODEL_DROP = "DELETE FROM models WHERE name = ? IF model_id = ?"
-# -- chunks (a row is `data` at `base_version`, plus the delta entries above it: migration 005) ----------
-_ROW_HEADER = "param, version, op_id, base_version, deltas"  # a chunk row without its `data`
+# -- chunks (a row is `data` at `base_version`, plus the delta entries above it: migration 005; and the
+#    increments waiting to be folded: migration 010) ------------------------------------------------------
+_ROW_HEADER = "param, version, op_id, base_version, deltas, pending"  # a chunk row without its `data`
 _CHUNK_COLUMNS = f"data, {_ROW_HEADER}"
 _CHUNK = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ?"
 _CHUNK_PARAMS = f"SELECT {_CHUNK_COLUMNS} FROM chunks WHERE model_id = ? AND chunk = ? AND param IN ?"
@@ -35,12 +36,21 @@ _CHUNK_INIT = ("INSERT INTO chunks (model_id, chunk, param, data, version, op_id
                "VALUES (?, ?, ?, ?, 1, ?, ?)")
 _WHERE_ROW = " WHERE model_id = ? AND chunk = ? AND param = ?"
 # The three shapes of a chunk write; each also exists without its condition (blind writes, eventual).
-_SET_FULL = "UPDATE chunks SET data = ?, version = ?, base_version = ?, op_id = ?, updated_at = ?"
+# Every write folds the increments it saw (`pending - keys`: their amounts are in its values); one that
+# lands meanwhile stays pending, on top of the new values (increments add, they do not set).
+_FOLD_PENDING = ", pending = pending - ?"
+_SET_FULL = "UPDATE chunks SET data = ?, version = ?, base_version = ?, op_id = ?, updated_at = ?" + _FOLD_PENDING
 _SET_FOLD = _SET_FULL + ", deltas = null"  # a full write that also drops the entries it folds in
-_SET_DELTA = "UPDATE chunks SET version = ?, base_version = ?, op_id = ?, updated_at = ?, deltas[?] = ?"
+_SET_DELTA = ("UPDATE chunks SET version = ?, base_version = ?, op_id = ?, updated_at = ?, deltas[?] = ?"
+              + _FOLD_PENDING)
 _CHUNK_WRITES = {(shape, cond): set_clause + _WHERE_ROW + (" IF version = ?" if cond else "")
                  for shape, set_clause in (("full", _SET_FULL), ("fold", _SET_FOLD), ("delta", _SET_DELTA))
                  for cond in (True, False)}
+# An increment: written blind, at the op's own time, so that the fold's deletion (later) always wins.
+_INCREMENT = "UPDATE chunks USING TIMESTAMP ? SET pending[?] = ?" + _WHERE_ROW
+# -- the increment feed (migration 010): what scorers poll to see an increment within one poll ----------
+_FEED_WRITE = "INSERT INTO increment_feed (model_id, bucket, op_id, chunk, param, delta) VALUES (?, ?, ?, ?, ?, ?)"
+_FEED = "SELECT op_id, chunk, param, delta FROM increment_feed WHERE model_id = ? AND bucket = ? AND op_id > ?"
 # -- the chunk-version index: written with USING TIMESTAMP = version, so a late write of an older
 #    version can never overwrite a newer one ----------------------------------------------------------
 _INDEX = "SELECT param, chunk, version, op_id FROM chunk_versions WHERE model_id = ?"
@@ -85,6 +95,8 @@ class ChunkWrite:
     ``data`` (the whole chunk, encoded) makes a full write, which also drops the row's delta entries
     when ``fold``; otherwise ``delta`` (the touched coordinates' new values, encoded) is added as the
     entry of version ``expected + 1`` above the row's unchanged ``data`` at ``base``.
+    ``pending``: the increments the row held when it was read (op id -> stored entry), which the new
+    values include: the write deletes them (others that landed since stay pending).
     """
 
     expected: int
@@ -92,6 +104,7 @@ class ChunkWrite:
     data: bytes | None = None
     delta: bytes | None = None
     fold: bool = False
+    pending: Mapping[uuid.UUID, bytes] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -151,11 +164,13 @@ class ParamTables:
     def _chunk_write(self, model_id: uuid.UUID, chunk: int, param: str, w: ChunkWrite, op_id: uuid.UUID,
                      now: datetime, conditional: bool) -> Any:
         new = w.expected + 1
+        folds = set(w.pending)
         where: tuple[Any, ...] = (model_id, chunk, param) + ((w.expected,) if conditional else ())
         if w.data is not None:
             shape = "fold" if w.fold else "full"
-            return self._r.bind(_CHUNK_WRITES[(shape, conditional)], (w.data, new, new, op_id, now, *where))
-        return self._r.bind(_CHUNK_WRITES[("delta", conditional)], (new, w.base, op_id, now, new, w.delta, *where))
+            return self._r.bind(_CHUNK_WRITES[(shape, conditional)], (w.data, new, new, op_id, now, folds, *where))
+        return self._r.bind(_CHUNK_WRITES[("delta", conditional)],
+                            (new, w.base, op_id, now, new, w.delta, folds, *where))
 
     def write_chunk(self, model_id: uuid.UUID, chunk: int, writes: Mapping[str, ChunkWrite],
                     op_id: uuid.UUID, now: datetime, *, conditional: bool) -> Cas:
@@ -180,6 +195,29 @@ class ParamTables:
             stmts.append(rows[0] if len(rows) == 1 else self._r.batch(rows, logged=True))
         return dict(zip(chunks, self._r.lwt_many(stmts, op="commit_chunk")))
 
+    def write_increments(self, model_id: uuid.UUID, op_id: uuid.UUID, timestamp_us: int,
+                         entries: Mapping[int, Mapping[str, bytes]], *,
+                         feed: Mapping[int, Mapping[str, bytes]] | None = None, feed_bucket: int = 0
+                         ) -> tuple[dict[int, CstoreError | None], CstoreError | None]:
+        """Increment ``op_id`` into the rows of several chunks (``{chunk: {param: entry}}``): blind writes,
+        one request per chunk partition, all in flight at once, with the ``feed`` entries (one more request,
+        the increment feed's partition ``feed_bucket``). Per chunk None (stored) or the error, and the
+        feed's. Idempotent: writing the same entry again (after a timeout) changes nothing, and after a
+        fold has deleted it, the write (at the same ``timestamp_us``) stays deleted."""
+        chunks = list(entries)
+        stmts = []
+        for k in chunks:
+            rows = [self._r.bind(_INCREMENT, (timestamp_us, op_id, blob, model_id, k, p))
+                    for p, blob in entries[k].items()]
+            stmts.append((rows[0] if len(rows) == 1 else self._r.batch(rows), None))
+        feed_rows = [self._r.bind(_FEED_WRITE, (model_id, feed_bucket, op_id, k, p, blob))
+                     for k, by_param in (feed or {}).items() for p, blob in by_param.items()]
+        if feed_rows:
+            stmts.append((feed_rows[0] if len(feed_rows) == 1 else self._r.batch(feed_rows), None))
+        outcomes = [o if o is None or isinstance(o, CstoreError) else CstoreError(str(o))
+                    for o in self._r.run_outcomes(stmts, op="commit_chunk", concurrency=64)]
+        return dict(zip(chunks, outcomes)), (outcomes[-1] if feed_rows else None)
+
     # -- the chunk-version index ---------------------------------------------------------------------------
     def index(self, model_id: uuid.UUID, *, timeout: float | None = None) -> list[Row]:
         """``param, chunk, version, op_id`` of every chunk: what a scorer polls."""
@@ -198,6 +236,15 @@ class ParamTables:
         """The model's doorbell counter (0 before its first commit since migration 005)."""
         row = self._r.one(_HEAD, (model_id,), op="read_model", timeout=timeout)
         return int(row["commits"]) if row and row["commits"] is not None else 0
+
+    def head_and_feed(self, model_id: uuid.UUID, feed: Sequence[tuple[int, uuid.UUID]], *,
+                      timeout: float | None = None) -> tuple[int, list[Row]]:
+        """What a scorer polls, in one round trip: the head counter, and the increment-feed rows of each
+        ``(bucket, after)`` (``op_id > after``)."""
+        got = self._r.read_together([(_HEAD, (model_id,))] + [(_FEED, (model_id, b, a)) for b, a in feed],
+                                    op="read_model", timeout=timeout)
+        head = got[0][0]["commits"] if got[0] and got[0][0]["commits"] is not None else 0
+        return int(head), [r for rows in got[1:] for r in rows]
 
     def init_index(self, rows: Iterable[tuple[uuid.UUID, str, int, uuid.UUID]]) -> None:
         self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")

@@ -55,6 +55,7 @@ _DELETES = {t: f"DELETE FROM {t} WHERE " + " AND ".join(f"{c} = ?" for c in key)
     "learner_state": ("model_id", "grp"), "prediction_log": ("model_id", "entity_id"),
     "prediction_review": ("model_id", "bucket", "band"), "prediction_log_stats": ("model_id", "day"),
     "model_aliases": ("model_id",), "online_metrics": ("model_id",), "commit_turns": ("model_id",),
+    "increment_feed": ("model_id", "bucket"),
     "feedback_config": ("model_id",),
 }.items()}
 
@@ -119,6 +120,8 @@ class PurgeTables:
         for t in ("chunk_versions", "model_heads", "snapshots", "feedback_config", "model_aliases", "online_metrics"):
             keys[t].append((mid,))
         keys["chunks"] = [(mid, k) for k in range(plan.n_chunks)]
+        # the increment feed's minute buckets live ten minutes (migration 010): the last quarter hour's
+        keys["increment_feed"] = [(mid, b) for b in range(int(now) // 60 - 15, int(now) // 60 + 2)]
         for t in ("stats", "prediction_log_stats", "history_buckets"):
             keys[t] = [(mid, d) for d in days]
         keys["history"] = [(mid, b) for b in self._history_buckets(plan, days, since, now, history_ttl_s)]

@@ -150,6 +150,16 @@ class Runner:
             row: Row | None = self._send(self.bind(cql, params, serial=serial), op, timeout).one()
             return row
 
+    def read_together(self, requests: Sequence[tuple[str, Params]], *, op: str,
+                      timeout: float | None = None) -> list[list[Row]]:
+        """A few different reads sent at once (one round trip for all); the rows of each, in order."""
+        kwargs: dict[str, Any] = {"execution_profile": op}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        with translated(op):
+            futures = [self.session.execute_async(self.bind(c, p), **kwargs) for c, p in requests]
+            return [list(f.result()) for f in futures]
+
     def write(self, cql: str, params: Params = None, *, op: str) -> None:
         """One plain (idempotent, unconditional) write."""
         with translated(op):

@@ -18,8 +18,9 @@ payment), plus one feature no other event has, which is what the watcher looks a
 kept to compare with).
 
 A probe's freshness is the time from the call that sent it to the first sample in which the scorer's
-prediction for its feature moved (``logit(p(feature)) - logit(p({}))``: the weight the label gave
-it). Probe features hash to indices no bulk feature touches, so only the probe's own label moves them.
+prediction for its feature moved (its term in the logit, ``ModelHandle.contributions``, which equals
+``logit(p(feature)) - logit(p({}))``: the weight the label gave it). Probe features hash to indices
+no bulk feature touches, so only the probe's own label moves them.
 The atomic-update half (``_atomic``) runs after it; both go in one result.
 """
 from __future__ import annotations
@@ -140,13 +141,12 @@ class ProbeWatcher(threading.Thread):
         while not self.halt.is_set():
             with self.lock:
                 names = list(self.pending)
-            if names:
-                p = self.handle.predict_proba_batch([{n: 1.0} for n in names] + [{}])
-                logit = np.log(p) - np.log1p(-p)
+            if names:  # a probe feature's term in the logit: what the label moved (cheap: no scoring per ms)
+                terms = self.handle.contributions({n: 1.0 for n in names})
                 now = time.monotonic()
                 with self.lock:
-                    for n, moved in zip(names, np.abs(logit[:-1] - logit[-1]) > 1e-4):
-                        if moved:
+                    for n in names:
+                        if abs(terms[n]) > 1e-4:
                             self.seen[n] = (self.pending.pop(n), now)
             time.sleep(0.001)
 

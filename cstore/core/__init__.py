@@ -19,12 +19,12 @@ these records and rules; ``backend`` stores the bytes they produce.
 from cstore.core._aliases import HEAD, Alias, parse_model_ref, parse_target, validate_alias
 from cstore.core._codec import (ALLOWED_DTYPES, ENCRYPTED_MAGIC, SEALED_TEXT_PREFIX, SPARSE_MIN_SIZE, BytesCodec,
                                 CodecPipeline, chunk_context, decode_array, decode_sparse, delta_context, encode_array,
-                                encode_sparse, features_context, history_context, metadata_context, open_text,
-                                seal_text, segment_context)
+                                encode_sparse, features_context, history_context, increment_context, metadata_context,
+                                open_text, seal_text, segment_context)
 from cstore.core._crypto import ENV_ALLOW_PLAINTEXT, ENV_KEY, ENV_KEY_FILE, AesGcmStage, Keyring, new_key
 from cstore.core._models import (DEFAULT_CHUNK_SIZE, DTYPES, MAX_CHUNK, MIN_CHUNK, ModelInfo, encode_metadata,
                                  validate_name, validate_spec)
-from cstore.core._records import ChunkCommit, ChunkRow, CommitMeta, Transform, UpdateResult
+from cstore.core._records import ChunkCommit, ChunkRow, CommitMeta, Increment, Transform, UpdateResult
 from cstore.core._timeuuid import (TICKS_PER_S, UUID_EPOCH_TICKS, max_uuid_at, min_uuid_at, op_time, ticks_now,
                                    ticks_of, uuid_at, uuid_now)
 from cstore.core._updates import (SOURCES, UPDATE_TYPES, ChunkChange, check_kind, check_learning_rate, make_transform,
@@ -34,9 +34,11 @@ __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_CHUNK_SIZE", "DTYPES", "ENCRYPTED_MAGIC", "ENV_ALLOW_PLAINTEXT", "ENV_KEY",
     "ENV_KEY_FILE", "HEAD", "MAX_CHUNK", "MIN_CHUNK", "SEALED_TEXT_PREFIX", "SOURCES", "SPARSE_MIN_SIZE",
     "TICKS_PER_S", "UPDATE_TYPES", "UUID_EPOCH_TICKS", "AesGcmStage", "Alias", "BytesCodec", "ChunkChange",
-    "ChunkCommit", "ChunkRow", "CodecPipeline", "CommitMeta", "Keyring", "ModelInfo", "Transform", "UpdateResult",
+    "ChunkCommit", "ChunkRow", "CodecPipeline", "CommitMeta", "Increment", "Keyring", "ModelInfo", "Transform",
+    "UpdateResult",
     "check_kind", "check_learning_rate", "chunk_context", "decode_array", "decode_sparse", "delta_context",
-    "encode_array", "encode_metadata", "encode_sparse", "features_context", "history_context", "make_transform",
+    "encode_array", "encode_metadata", "encode_sparse", "features_context", "history_context", "increment_context",
+    "make_transform",
     "max_uuid_at", "metadata_context", "min_uuid_at", "new_key", "op_time", "open_text", "parse_model_ref",
     "parse_target", "seal_text", "segment_context", "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now",
     "validate_alias", "validate_name", "validate_spec",

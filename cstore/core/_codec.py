@@ -140,6 +140,12 @@ def history_context(model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUI
     return chunk_context(model_id, chunk, param) + b"|op|" + op_id.bytes
 
 
+def increment_context(model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUID) -> bytes:
+    """Associated data naming one pending increment of a stored chunk: its chunk and parameter, and the
+    op that wrote it (an increment moved to another key or row fails authentication)."""
+    return chunk_context(model_id, chunk, param) + b"|inc|" + op_id.bytes
+
+
 def segment_context(model_id: uuid.UUID, part: int, lane: int, bucket: int, seg_id: uuid.UUID) -> bytes:
     """Associated data naming one feedback segment row: its model, storage partition and segment id."""
     return (b"seg|" + model_id.bytes + int(part).to_bytes(4, "big", signed=True)

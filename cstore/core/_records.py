@@ -13,7 +13,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ChunkCommit", "ChunkRow", "CommitMeta", "Transform", "UpdateResult"]
+__all__ = ["ChunkCommit", "ChunkRow", "CommitMeta", "Increment", "Transform", "UpdateResult"]
+
+
+@dataclass(frozen=True)
+class Increment:
+    """An additive change to some coordinates of one parameter row, waiting in the row to be folded.
+
+    ``idx`` (chunk-local, int32) and ``vals`` (the model's dtype) are what it adds; ``blob`` is the
+    entry as stored, which the compare-and-set that folds it names in its condition."""
+
+    idx: np.ndarray
+    vals: np.ndarray
+    blob: bytes
 
 
 @dataclass
@@ -22,6 +34,11 @@ class ChunkRow:
 
     ``deltas`` / ``delta_bytes``: how many small commits wait on the stored row above its full copy,
     and their size (see the chunk engine: enough of them and the next commit writes the chunk whole).
+
+    ``pending``: the increments the row holds beside its versions (a critical label's, written without a
+    compare-and-set), by op id. ``data`` includes them (what a reader should see and a learner learn
+    from); ``base`` is the row at ``version`` without them (None when there are none: ``data`` then is
+    the base). The next commit of the row folds them (see :mod:`cstore.store`).
     """
 
     param: str
@@ -30,6 +47,13 @@ class ChunkRow:
     op_id: uuid.UUID | None
     deltas: int = 0
     delta_bytes: int = 0
+    base: np.ndarray | None = None
+    pending: Mapping[uuid.UUID, Increment] = field(default_factory=dict)
+
+    @property
+    def base_data(self) -> np.ndarray:
+        """The row at ``version`` without its pending increments."""
+        return self.data if self.base is None else self.base
 
 
 #: ``transform(chunk, {param: ChunkRow}) -> {param: (new chunk array, touched chunk-local indices)}``.

@@ -2,9 +2,10 @@
 
 A :class:`ModelCache` holds an immutable :class:`CachedModel`; a background thread polls the
 model's head counter (``model_heads``: one tiny row that every commit announcement increments, after
-its index rows), and only when it moved reads the ``chunk_versions`` partition, fetches the chunk
-partitions whose version moved, builds *new* arrays (copy-on-write) and swaps the reference. So a
-scorer can poll every 20 ms and a quiet model costs one one-cell read per poll.
+its index rows) and, in the same round trip, the model's increment feed (critical labels, see
+:mod:`cstore.scoring._feed`), and only when the counter moved reads the ``chunk_versions`` partition,
+fetches the chunk partitions whose version moved, builds *new* arrays (copy-on-write) and swaps the
+reference. So a scorer can poll every 20 ms and a quiet model costs two small reads per poll.
 A reader takes the reference once and computes with it, so it sees one whole state: never a
 half-applied chunk. A periodic full check reads the versions from the chunk rows themselves,
 which heals an index row that a writer failed to write after its commit.
@@ -21,23 +22,25 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from cstore.backend import Backoff
-from cstore.core import ChunkRow, ModelInfo
+from cstore.core import ChunkRow, Increment, ModelInfo
 from cstore.errors import ValidationError
 from cstore.learn import FeatureHasher
-from cstore.store import missing_chunk
+from cstore.scoring._feed import FeedFollower, apply_increments
+from cstore.store import SCORED_PARAMS, missing_chunk
 
 __all__ = ["INDEX_GRACE_S", "PREDICT_PARAMS", "CachedModel", "ModelCache", "SharedHasher", "hashing_config"]
 
 log = logging.getLogger("cstore.cache")
 
 #: The parameters a scorer needs; optimizer state (``z``, ``n``, ``g2``…) is never fetched.
-PREDICT_PARAMS = ("weights", "bias")
+PREDICT_PARAMS = SCORED_PARAMS
 _INDEX_TIMEOUT_S = 2.0  # a poll must not hang for the driver's full request timeout
 INDEX_GRACE_S = 5.0     # an index row may trail its chunk this long (a commit in flight) before it is reported
 
@@ -92,6 +95,10 @@ class CachedModel:
     version: int                              # head version this copy is at least as new as
     loaded_at: float                          # wall clock of the refresh that built it
     pinned: int | None = None                 # the snapshot version an alias pins it to (None: the head)
+    ops: Mapping[tuple[str, int], uuid.UUID | None] = dataclasses.field(default_factory=dict)  # held versions' ops
+    # rows holding increments (from their chunk or the feed): the row at its version, and the increments
+    bases: Mapping[tuple[str, int], np.ndarray] = dataclasses.field(default_factory=dict)
+    pending: Mapping[tuple[str, int], Mapping[uuid.UUID, Increment]] = dataclasses.field(default_factory=dict)
 
 
 # A backend is anything with ``.store`` (a cstore Store): the client's per-process connection.
@@ -111,7 +118,8 @@ class ModelCache:
         self.current: CachedModel | None = None
         self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
         self.counters = {"polls": 0, "index_reads": 0, "full_checks": 0, "chunks_fetched": 0, "chunks_caught_up": 0,
-                         "swaps": 0, "stale_index_rows": 0, "alias_reads": 0}
+                         "swaps": 0, "stale_index_rows": 0, "alias_reads": 0, "increments": 0}
+        self.feed = FeedFollower(PREDICT_PARAMS)
         self._head: int | None = None             # the head counter the current copy was built from
         self.index_grace_s = INDEX_GRACE_S
         self._behind: dict[tuple[str, int], float] = {}  # index row below the chunk we hold: since when
@@ -174,7 +182,9 @@ class ModelCache:
                     cur = None
             else:
                 info = cur.info
-            head = b.store.backend.params.head(info.model_id, timeout=_INDEX_TIMEOUT_S)  # before the index
+            # The head before the index; the feed's increments in the same round trip.
+            head, feed = b.store.backend.params.head_and_feed(info.model_id, self.feed.window(),
+                                                              timeout=_INDEX_TIMEOUT_S)
             self.counters["polls"] += 1
             if self.alias is not None:  # an alias move bumps the head counter too: look only when it moved
                 pinned = self._alias_target(b, info) if cur is None or full or head != self._head else \
@@ -183,26 +193,38 @@ class ModelCache:
                     return self._serve_snapshot(b, info, cur, pinned, head)
                 if cur is not None and cur.pinned is not None:
                     cur = None  # the alias follows the head again: load it whole
+            recheck: set[int] = set()
+            if cur is not None and feed:
+                cur, recheck = self._increments(b, cur, feed)
             # Nothing announced since the last poll: nothing to read (unless an index row is known to
             # trail its chunk, which is watched until it catches up or is reported).
-            if cur is not None and not full and head == self._head and not self._behind:
-                self.last_ok = time.monotonic()
-                return cur
+            if cur is not None and not full and head == self._head and not self._behind and not recheck:
+                return self._swap(cur)
             index = self._read_index(b, info)
             if cur is None:
                 new = self._load(b, info, index)
             else:
-                new = self._update(b, cur, index, full)
+                new = self._update(b, cur, index, full, recheck)
             if full:
                 self.counters["full_checks"] += 1
                 self._next_full = time.monotonic() + self.full_check_s
             self._head = head
-            if new is not cur:
-                self.current = new  # the swap: one reference assignment, atomic for readers
-                self.counters["swaps"] += 1
             self._watch_index(new, index)
-            self.last_ok = time.monotonic()
-            return new
+            return self._swap(new)
+
+    def _swap(self, new: CachedModel) -> CachedModel:
+        if new is not self.current:
+            self.current = new  # the swap: one reference assignment, atomic for readers
+            self.counters["swaps"] += 1
+        self.last_ok = time.monotonic()
+        return new
+
+    def _increments(self, b: Any, cur: CachedModel, rows: list[Any]) -> tuple[CachedModel, set[int]]:
+        """The feed's new increments added to ``cur``; the chunks to catch up to settle the others."""
+        entries = self.feed.new(cur.info, b.store.chunks.codec, rows)
+        new, recheck = apply_increments(cur, entries)
+        self.counters["increments"] += len(entries)
+        return new, recheck
 
     def _alias_target(self, b: Any, info: ModelInfo) -> int | None:
         a = b.store.governance.alias(info, self.alias)
@@ -265,7 +287,8 @@ class ModelCache:
                 if (p, k) in cur.held:
                     lo, hi = info.chunk_bounds(p, k)
                     data = cur.weights[lo:hi] if p == "weights" else np.array([cur.bias], info.dtype)
-                    held[k][p] = ChunkRow(p, data, cur.held[(p, k)], None)
+                    held[k][p] = ChunkRow(p, data, cur.held[(p, k)], cur.ops.get((p, k)),
+                                          base=cur.bases.get((p, k)), pending=cur.pending.get((p, k), {}))
         got = b.store.chunks.advance(info, held)
         rows = {k: {p: r for p, r in new.items() if r is not None} for k, new in got.items()
                 if new and all(r is not None for r in new.values())}
@@ -280,11 +303,13 @@ class ModelCache:
         hasher = SharedHasher(n_features, seed)
         rows = self._fetch(b, info, list(range(info.n_chunks("weights"))))
         weights = np.zeros(info.size("weights"), dtype=info.dtype)
-        return self._build(info, hasher, weights, 0.0, {}, rows, index, 0)
+        return self._build(info, hasher, weights, 0.0, None, rows, index, 0)
 
-    def _update(self, b, cur: CachedModel, index: Mapping[tuple[str, int], int], full: bool) -> CachedModel:
+    def _update(self, b, cur: CachedModel, index: Mapping[tuple[str, int], int], full: bool,
+                recheck: Iterable[int] = ()) -> CachedModel:
         info = cur.info
         moved = {k for (p, k), v in index.items() if p in PREDICT_PARAMS and v > cur.held.get((p, k), 0)}
+        moved.update(recheck)
         if full:  # versions from the chunk rows themselves: heals a lagging or missing index row
             chunks = list(range(info.n_chunks("weights")))
             results = b.store.backend.params.chunk_versions(info.model_id, chunks, PREDICT_PARAMS)
@@ -296,11 +321,15 @@ class ModelCache:
                 return cur
             return dataclasses.replace(cur, version=version, loaded_at=time.time())  # optimizer state moved
         rows = self._catch_up(b, cur, sorted(moved))
-        return self._build(info, cur.hasher, cur.weights.copy(), cur.bias, cur.held, rows, index, cur.version)
+        return self._build(info, cur.hasher, cur.weights.copy(), cur.bias, cur, rows, index, cur.version)
 
-    def _build(self, info, hasher, weights: np.ndarray, bias: float, held, rows, index, old_version) -> CachedModel:
+    def _build(self, info, hasher, weights: np.ndarray, bias: float, prev: CachedModel | None, rows, index,
+               old_version) -> CachedModel:
         """Write fetched chunks into ``weights`` (a private copy) and freeze it into a new state."""
-        held = dict(held)
+        held = dict(prev.held) if prev else {}
+        ops = dict(prev.ops) if prev else {}
+        bases = dict(prev.bases) if prev else {}
+        pending = dict(prev.pending) if prev else {}
         for k, by_param in rows.items():
             for p, row in by_param.items():
                 if row.version < held.get((p, k), 0):
@@ -310,7 +339,12 @@ class ModelCache:
                     weights[lo:hi] = row.data
                 else:
                     bias = float(row.data[0])
-                held[(p, k)] = row.version
+                held[(p, k)], ops[(p, k)] = row.version, row.op_id
+                if row.pending:
+                    bases[(p, k)], pending[(p, k)] = row.base_data, row.pending
+                else:
+                    bases.pop((p, k), None)
+                    pending.pop((p, k), None)
         missing = [k for k in range(info.n_chunks("weights")) if ("weights", k) not in held]
         if missing:
             raise missing_chunk(info, "weights", missing[0])
@@ -319,5 +353,6 @@ class ModelCache:
         weights.flags.writeable = False  # the cache is shared by every thread: nobody may write it
         caught_up = all(held.get(key, 0) >= v for key, v in index.items() if key[0] in PREDICT_PARAMS)
         version = sum(index.values()) if caught_up else old_version
-        return CachedModel(info, hasher, weights, bias, held, max(version, old_version), time.time())
+        return CachedModel(info, hasher, weights, bias, held, max(version, old_version), time.time(), ops=ops,
+                           bases=bases, pending=pending)
 

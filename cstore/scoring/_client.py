@@ -308,6 +308,16 @@ class ModelHandle:
             next(self._predictions)
         return predict_proba_batch(s.weights, s.bias, indptr, idx, val)
 
+    def contributions(self, features: Mapping[str, Any]) -> dict[str, float]:
+        """Each feature's term in the logit of its score (its hashed weights times its value), from the cached
+        copy: why a transaction scored as it did (the logit is the bias plus their sum)."""
+        s = self._state()
+        try:
+            return {n: float(np.dot(s.weights[i].astype(np.float64), v)) for n, x in features.items()
+                    for i, v in [s.hasher.transform_one({n: x})]}
+        except ValueError as exc:
+            raise ValidationError(f"model {self.name!r}: {exc}") from None
+
     def score(self, entity_id: str | int, features: Mapping[str, Any], *, log: bool = True) -> float:
         """:meth:`predict_proba`, and (``log=True``) record the features for a label that comes later.
 

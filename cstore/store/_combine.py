@@ -1,23 +1,54 @@
 """Combining the updates of one chunk in a commit round: their transforms applied in arrival order.
 
-Pure (no I/O): the :class:`~cstore.store._committer.Committer` calls it per chunk of a round and
-finishes the updates that failed; the others share the round's one compare-and-set of the chunk.
+Pure (no I/O): the :class:`~cstore.store._committer.Committer` calls :func:`combine` per chunk of a
+round and finishes the updates that failed; the others share the round's one compare-and-set of the
+chunk, which :func:`round_writes` plans with the round's history rows.
 """
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from cstore.core import ChunkRow, ModelInfo, Transform
+from cstore.backend import ChunkWrite
+from cstore.core import ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult
 from cstore.errors import CstoreError
-from cstore.store._engine import missing_chunk
+from cstore.store._engine import ChunkEngine, missing_chunk
+from cstore.store._rows import plan_write
 
-__all__ = ["Change", "combine"]
+__all__ = ["Change", "Request", "Round", "combine", "round_writes"]
 
 #: Per parameter: the chunk's new values and the chunk-local coordinates the updates touched.
 Change = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(eq=False)
+class Request:
+    """One update waiting in a committer: its transform, what it has left to commit, its future."""
+
+    info: ModelInfo
+    transform: Transform
+    meta: CommitMeta
+    lr: float | None
+    update_id: uuid.UUID | None          # updates spanning chunks: each chunk committed alone, exactly once
+    left: set[int]
+    deadline: float
+    future: Future[UpdateResult]
+    result: UpdateResult
+    error: CstoreError | None = None     # the last transient error met (raised if time runs out)
+    conflicts: int = 0
+
+
+@dataclass
+class Round:
+    """The chunks one thread commits together, and the updates each carries."""
+
+    info: ModelInfo
+    chunks: dict[int, list[Request]] = field(default_factory=dict)
 
 
 def combine(info: ModelInfo, k: int, rows: Mapping[str, ChunkRow], transforms: Sequence[Transform]
@@ -47,3 +78,19 @@ def combine(info: ModelInfo, k: int, rows: Mapping[str, ChunkRow], transforms: S
         return None, cur, failed
     return {p: (cur[p].data, ts[0] if len(ts) == 1 else np.unique(np.concatenate(ts)))
             for p, ts in touched.items()}, cur, failed
+
+
+def round_writes(engine: ChunkEngine, info: ModelInfo, rows: Mapping[int, Mapping[str, ChunkRow]],
+                 changes: Mapping[int, Change], op_ids: Mapping[int, uuid.UUID], metas: Mapping[int, CommitMeta]
+                 ) -> tuple[dict[int, dict[str, ChunkWrite]], dict[int, dict[int, list[tuple[object, ...]]]]]:
+    """A round's writes per chunk and parameter (:func:`plan_write`: a delta entry or the whole chunk,
+    folding the rows' increments), and its history rows per bucket and chunk (one request per bucket)."""
+    writes: dict[int, dict[str, ChunkWrite]] = {}
+    history: dict[int, dict[int, list[tuple[object, ...]]]] = defaultdict(dict)  # bucket -> chunk -> rows
+    for k, change in changes.items():
+        bucket = engine.bucket_of(info, op_ids[k])
+        writes[k], history[bucket][k] = {}, []
+        for p, (new, touched) in change.items():
+            writes[k][p], sparse = plan_write(engine.codec, info, k, rows[k][p], new, touched, conditional=True)
+            history[bucket][k].append(engine.history_row(info, k, rows[k][p], sparse, metas[k], op_ids[k], bucket))
+    return writes, history

@@ -34,19 +34,21 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
 
 from cstore.backend import Cas, ChunkWrite, ParamTables, wait_while
 from cstore.core import ChunkCommit, ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult, uuid_now
 from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientError, UnknownOutcome
 from cstore.store._announcer import Announcer
-from cstore.store._combine import Change, combine
+from cstore.store._combine import Change, Request, Round, combine, round_writes
 from cstore.store._engine import ChunkEngine
-from cstore.store._known import KnownRows, catch_up, catch_up_moved, chunk_op_id, committed, known_or_read
-from cstore.store._rows import plan_write, rows_after
+from cstore.store._increment_commit import FOLD_META, Amounts, commit_increment, fold_transform
+from cstore.store._known import (KnownRows, catch_up, catch_up_moved, chunk_op_id, committed, known_or_read,
+                                 pending_since)
+from cstore.store._rows import rows_after
 from cstore.store._stats import Totals
 
 log = logging.getLogger("cstore.commit")
@@ -56,29 +58,6 @@ __all__ = ["Committer"]
 CONTENDED_S = 5.0  # after a conflict on a model, check its version index before each of its rounds this long
 MAX_PENDING = 8192  # updates queued per process before submit() waits for room (each round scans the queue)
 THREADS = 2  # rounds in flight at once (on disjoint chunks): more would split the waiting updates thinner
-
-
-@dataclass(eq=False)
-class _Request:
-    info: ModelInfo
-    transform: Transform
-    meta: CommitMeta
-    lr: float | None
-    update_id: uuid.UUID | None          # updates spanning chunks: each chunk committed alone, exactly once
-    left: set[int]
-    deadline: float
-    future: Future[UpdateResult]
-    result: UpdateResult
-    error: CstoreError | None = None     # the last transient error met (raised if time runs out)
-    conflicts: int = 0
-
-
-@dataclass
-class _Round:
-    """The chunks one thread commits together, and the updates each carries."""
-
-    info: ModelInfo
-    chunks: dict[int, list[_Request]] = field(default_factory=dict)
 
 
 class Committer:
@@ -94,7 +73,7 @@ class Committer:
         self._announcer = Announcer(tables) if urgent else engine.announcer
         self._timeout_s, self._urgent = timeout_s, urgent
         self._known = KnownRows() if known_bytes is None else KnownRows(known_bytes)
-        self._pending: list[_Request] = []
+        self._pending: list[Request] = []
         self._claimed: set[tuple[uuid.UUID, int]] = set()
         self._not_before: dict[tuple[uuid.UUID, int], float] = {}
         self._streak: dict[tuple[uuid.UUID, int], int] = defaultdict(int)   # failed tries since the last commit
@@ -123,7 +102,7 @@ class Committer:
         elif len(chunks) > 1:
             update_id = uuid_now()
         future: Future[UpdateResult] = Future()
-        req = _Request(info, transform, meta, lr, update_id, left, time.monotonic() + self._timeout_s, future,
+        req = Request(info, transform, meta, lr, update_id, left, time.monotonic() + self._timeout_s, future,
                        UpdateResult(info.name))
         if not left:
             future.set_result(req.result)
@@ -191,13 +170,13 @@ class Committer:
         waits = [t - time.monotonic() for t in self._not_before.values()]
         return max(0.0005, min(waits)) if self._pending and waits else 0.05
 
-    def _claim(self) -> _Round | None:
+    def _claim(self) -> Round | None:
         """The next round (lock held): per free, ready chunk of one model the updates it commits — alike
         updates combined, an update with an ``update_id`` alone. None when nothing can go now."""
         now = time.monotonic()
         for req in [r for r in self._pending if now > r.deadline and not self._in_flight(r)]:
             self._expire(req)  # (one whose chunk a round holds waits for that round: it may commit it)
-        work: _Round | None = None
+        work: Round | None = None
         for req in self._pending:
             if work is not None and req.info.model_id != work.info.model_id:
                 continue
@@ -205,7 +184,7 @@ class Committer:
                 key = (req.info.model_id, k)
                 if key in self._claimed or self._not_before.get(key, 0.0) > now:
                     continue
-                work = work or _Round(req.info)
+                work = work or Round(req.info)
                 group = work.chunks.get(k)
                 if group is None:
                     work.chunks[k] = [req]
@@ -215,10 +194,10 @@ class Committer:
             self._claimed.update((work.info.model_id, k) for k in work.chunks)
         return work
 
-    def _in_flight(self, req: _Request) -> bool:
+    def _in_flight(self, req: Request) -> bool:
         return any((req.info.model_id, k) in self._claimed for k in req.left)
 
-    def _finish(self, req: _Request, error: BaseException | None = None) -> None:
+    def _finish(self, req: Request, error: BaseException | None = None) -> None:
         """Complete an update (lock held): its result, or ``error`` (a PartialCommit if chunks committed)."""
         if req.future.done():
             return
@@ -235,7 +214,7 @@ class Committer:
                                   failed=sorted(req.left), cause=cause, update_id=req.update_id)
         req.future.set_exception(error)
 
-    def _expire(self, req: _Request) -> None:
+    def _expire(self, req: Request) -> None:
         k = min(req.left)
         why = (f"against concurrent writers ({req.conflicts} conflicts); lower the write rate on this chunk, use a "
                f"smaller chunk_size, or raise commit_timeout_s") if req.conflicts else (
@@ -246,7 +225,7 @@ class Committer:
             model=req.info.name, chunk=k, retries=req.conflicts))
 
     # -- one round ----------------------------------------------------------------------------------------------
-    def _commit_round(self, work: _Round) -> None:
+    def _commit_round(self, work: Round) -> None:
         info, engine = work.info, self._engine
         rows = self._rows(info, work)
         changes: dict[int, Change] = {}
@@ -269,16 +248,8 @@ class Committer:
         if not changes:
             return
         op_ids = {k: uuid_now() if (u := work.chunks[k][0].update_id) is None else chunk_op_id(u, k) for k in changes}
-        writes: dict[int, dict[str, ChunkWrite]] = {}
-        history: dict[int, dict[int, list[tuple[object, ...]]]] = defaultdict(dict)  # bucket -> chunk -> rows
-        for k, change in changes.items():
-            bucket = engine.bucket_of(info, op_ids[k])
-            writes[k], history[bucket][k] = {}, []
-            for p, (new, touched) in change.items():
-                writes[k][p], sparse = plan_write(engine.codec, info, k, rows[k][p], new, touched,
-                                                  conditional=True)
-                history[bucket][k].append(engine.history_row(info, k, rows[k][p], sparse, work.chunks[k][0].meta,
-                                                             op_ids[k], bucket))
+        writes, history = round_writes(engine, info, rows, changes, op_ids,
+                                       {k: work.chunks[k][0].meta for k in changes})
         ready = set(changes)
         for per_chunk in history.values():  # the round's history rows: one request per (model, bucket)
             try:
@@ -317,21 +288,43 @@ class Committer:
             self._announcer.announce(info, [(p, c.chunk, v, c.op_id) for c in done for p, v in c.new_versions.items()])
             self._record(info, done, work)
 
-    def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False) -> dict[int, dict[str, ChunkRow]]:
+    def rows(self, info: ModelInfo, chunks: list[int], *, fresh: bool = False,
+             known: bool = False) -> dict[int, dict[str, ChunkRow]]:
         """Current rows of ``chunks``, for a learner's gradient: the known ones caught up with what the
         model's version index (one partition read) shows another writer has moved since, from its delta
         entries; the others read whole. ``fresh``: all of them caught up without asking the index (one
-        round trip where the index would say most moved anyway); a few are read whole instead."""
+        round trip where the index would say most moved anyway); a few are read whole instead.
+        ``known``: the known ones as they are (kept current by :meth:`refresh`), only the others read."""
         if fresh:
             catch_up(self._known, self._engine, info, chunks)
-        else:
+        elif not known:
             catch_up_moved(self._known, self._engine, self._tables, info)
         rows, errors = known_or_read(self._known, self._engine, info, chunks)
         if errors:
             raise next(iter(errors.values()))
         return rows
 
-    def _rows(self, info: ModelInfo, work: _Round) -> dict[int, dict[str, ChunkRow]]:
+    def refresh(self, info: ModelInfo) -> dict[int, int]:
+        """Catch the known rows of ``info`` up with what its version index shows moved (one partition read,
+        and the moved rows' delta entries). Returns, per chunk whose known rows hold pending increments, the
+        time (ticks) of its oldest one."""
+        catch_up_moved(self._known, self._engine, self._tables, info)
+        known_or_read(self._known, self._engine, info, list(range(info.max_chunks)))  # (rows a fold passed)
+        return pending_since(self._known, info)
+
+    def increment(self, info: ModelInfo, amounts: Amounts, *, op_id: uuid.UUID | None = None,
+                  stop: Callable[[], bool] = lambda: False) -> UpdateResult:
+        """Add ``amounts`` to the rows as an increment: no compare-and-set, so no wait for a bulk commit of
+        the same chunks; the rows this committer knows take it too (:mod:`._increment_commit`)."""
+        return commit_increment(self._known, self._engine, self._tables, info, amounts, op_id=op_id or uuid_now(),
+                                stop=stop)
+
+    def fold(self, info: ModelInfo, chunks: list[int]) -> Future[UpdateResult]:
+        """Fold the pending increments of ``chunks`` that this committer knows into a new version (a
+        commit that changes nothing else); chunks without any commit nothing."""
+        return self.submit(info, chunks, fold_transform, FOLD_META, lr=None)
+
+    def _rows(self, info: ModelInfo, work: Round) -> dict[int, dict[str, ChunkRow]]:
         with self._cond:  # the chunks refused last time: their known rows are behind the winner's commit
             stale = [k for k in work.chunks if (info.model_id, k) in self._stale]
             self._stale.difference_update((info.model_id, k) for k in stale)
@@ -345,7 +338,7 @@ class Committer:
         return rows
 
     def _combine(self, info: ModelInfo, k: int, rows: dict[str, ChunkRow],
-                 reqs: list[_Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
+                 reqs: list[Request]) -> tuple[Change, dict[str, ChunkRow]] | None:
         """The updates' combined change of chunk ``k`` and the rows it leads to (``_combine``); the
         updates whose transform failed are finished with their error and leave ``reqs``."""
         arrived = list(reqs)
@@ -354,7 +347,7 @@ class Committer:
             self._fail(arrived[i], k, reqs, exc)
         return None if change is None or not reqs else (change, cur)
 
-    def _fail(self, req: _Request, k: int, group: list[_Request], exc: BaseException) -> None:
+    def _fail(self, req: Request, k: int, group: list[Request], exc: BaseException) -> None:
         self._known.drop((req.info.model_id, k))
         group.remove(req)
         with self._cond:
@@ -373,7 +366,7 @@ class Committer:
                            retries=refused, conflicts=refused, bytes_written=sum(w.nbytes for w in writes.values()),
                            touched={p: t for p, (_, t) in change.items()})
 
-    def _conflict(self, info: ModelInfo, k: int, reqs: list[_Request], op_id: uuid.UUID, change: Change) -> None:
+    def _conflict(self, info: ModelInfo, k: int, reqs: list[Request], op_id: uuid.UUID, change: Change) -> None:
         key = (info.model_id, k)  # its known row stays: the retry catches it up (``_rows``), not reads it whole
         self._tables.abort_history(self._engine.history_ttl_s, info.model_id, self._engine.bucket_of(info, op_id),
                                    op_id, change)
@@ -387,7 +380,7 @@ class Committer:
             for req in reqs:
                 req.conflicts += 1
 
-    def _retry_later(self, info: ModelInfo, k: int, reqs: list[_Request], exc: CstoreError) -> None:
+    def _retry_later(self, info: ModelInfo, k: int, reqs: list[Request], exc: CstoreError) -> None:
         with self._cond:
             if not isinstance(exc, TransientError):
                 for req in list(reqs):
@@ -399,7 +392,7 @@ class Committer:
             for req in reqs:
                 req.error = exc
 
-    def _chunk_done(self, req: _Request, k: int, commit: ChunkCommit | None) -> None:
+    def _chunk_done(self, req: Request, k: int, commit: ChunkCommit | None) -> None:
         """Lock held: one chunk of ``req`` is committed (or had nothing to change)."""
         req.left.discard(k)
         if commit is not None:
@@ -407,7 +400,7 @@ class Committer:
         if not req.left:
             self._finish(req)
 
-    def _record(self, info: ModelInfo, commits: list[ChunkCommit], work: _Round) -> None:
+    def _record(self, info: ModelInfo, commits: list[ChunkCommit], work: Round) -> None:
         reqs = list({id(r): r for c in commits for r in work.chunks[c.chunk]}.values())
         lrs = [r.lr for r in reqs if r.lr is not None]
         self._engine.record(info, Totals(updates=len(reqs), chunk_commits=len(commits),

@@ -19,6 +19,7 @@ others fail, :class:`~cstore.errors.PartialCommit` names both.
 """
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -77,8 +78,9 @@ class ChunkEngine:
                params: Iterable[str] | None = None) -> dict[str, ChunkRow]:
         """Stored rows of one chunk as :class:`ChunkRow` (only ``params`` when given), checked and decrypted."""
         wanted = set(info.params if params is None else params)
+        # (a row without a version holds only increments written after it was lost: it is missing)
         return {r["param"]: decode_row(self.codec, info, chunk, r) for r in rows
-                if r["param"] in info.params and r["param"] in wanted}
+                if r["param"] in info.params and r["param"] in wanted and r["version"] is not None}
 
     def read_chunk(self, info: ModelInfo, chunk: int, *, serial: bool = False) -> dict[str, ChunkRow]:
         return self.decode(info, chunk, self._tables.chunk(info.model_id, chunk, serial=serial))
@@ -107,7 +109,7 @@ class ChunkEngine:
         params = sorted({p for k in chunks for p in held[k]})
         out: dict[int, dict[str, ChunkRow | None]] = {}
         for k, stored in zip(chunks, self._tables.chunk_tails(info.model_id, chunks, params)):
-            by_param = {r["param"]: r for r in stored}
+            by_param = {r["param"]: r for r in stored if r["version"] is not None}
             out[k] = {p: advance_row(self.codec, info, k, row, by_param[p]) if p in by_param else None
                       for p, row in held[k].items()}
         return out
@@ -244,9 +246,14 @@ class ChunkEngine:
 
     def history_row(self, info: ModelInfo, chunk: int, row: ChunkRow, sparse: bytes, meta: CommitMeta,
                     op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:
-        """The pending history row of one parameter of a commit (written before its compare-and-set)."""
+        """The pending history row of one parameter of a commit (written before its compare-and-set).
+        A commit that folds increments lists their op ids (``"increments"``) in its metadata: the post-image
+        it records holds their amounts."""
         delta = self.codec.encode_bytes(sparse, context=history_context(info.model_id, chunk, row.param, op_id))
-        sealed_meta = seal_text(self.codec, meta.metadata, metadata_context(info.model_id, chunk, row.param, op_id))
+        text = meta.metadata
+        if row.pending:
+            text = json.dumps({**json.loads(text or "{}"), "increments": sorted(str(op) for op in row.pending)})
+        sealed_meta = seal_text(self.codec, text, metadata_context(info.model_id, chunk, row.param, op_id))
         return (info.model_id, bucket, op_id, row.param, chunk, row.version, row.version + 1, row.op_id,
                 meta.update_type, meta.learning_rate, meta.source, delta, sealed_meta, self.history_ttl_s)
 

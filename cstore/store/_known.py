@@ -20,7 +20,7 @@ from cstore.errors import CorruptData, CstoreError
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._history import op_in_chain
 
-__all__ = ["KnownRows", "catch_up", "catch_up_moved", "chunk_op_id", "committed", "known_or_read"]
+__all__ = ["KnownRows", "catch_up", "catch_up_moved", "chunk_op_id", "committed", "known_or_read", "pending_since"]
 
 KNOWN_BUDGET = 256 << 20  # bytes of known rows per process (a 2^20-float model is 4 MiB per parameter)
 
@@ -49,15 +49,17 @@ class KnownRows:
         ``old`` None: in any case."""
         for r in rows.values():
             r.data.flags.writeable = False  # shared by every later transform: nobody may write it
+            if r.base is not None:
+                r.base.flags.writeable = False
         with self._lock:
             if old is not None and self._rows.get(key) is not old:
                 return
             self._drop(key)
             self._rows[key] = rows
-            self._bytes += sum(r.data.nbytes for r in rows.values())
+            self._bytes += _nbytes(rows)
             while self._bytes > self._budget and len(self._rows) > 1:
                 _, evicted = self._rows.popitem(last=False)
-                self._bytes -= sum(r.data.nbytes for r in evicted.values())
+                self._bytes -= _nbytes(evicted)
 
     def drop(self, key: tuple[uuid.UUID, int]) -> None:
         with self._lock:
@@ -66,7 +68,11 @@ class KnownRows:
     def _drop(self, key: tuple[uuid.UUID, int]) -> None:
         old = self._rows.pop(key, None)
         if old is not None:
-            self._bytes -= sum(r.data.nbytes for r in old.values())
+            self._bytes -= _nbytes(old)
+
+
+def _nbytes(rows: dict[str, ChunkRow]) -> int:
+    return sum(r.data.nbytes + (0 if r.base is None else r.base.nbytes) for r in rows.values())
 
 
 def known_or_read(known: KnownRows, engine: ChunkEngine, info: ModelInfo,
@@ -128,6 +134,16 @@ def catch_up_moved(known: KnownRows, engine: ChunkEngine, tables: ParamTables, i
         if rows is not None and r["param"] in rows and rows[r["param"]].version < r["version"]:
             moved.add(r["chunk"])
     catch_up(known, engine, info, sorted(moved))
+
+
+def pending_since(known: KnownRows, info: ModelInfo) -> dict[int, int]:
+    """Per chunk of ``info`` whose known rows hold pending increments, the time (ticks) of the oldest."""
+    out: dict[int, int] = {}
+    for k in range(info.max_chunks):
+        ops = [op for r in (known.get((info.model_id, k)) or {}).values() for op in r.pending]
+        if ops:
+            out[k] = min(ticks_of(op) for op in ops)
+    return out
 
 
 def chunk_op_id(update_id: uuid.UUID, chunk: int) -> uuid.UUID:

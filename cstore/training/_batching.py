@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from cstore.core import ChunkRow
 from cstore.errors import ValidationError
 from cstore.feedback import ColumnSpan, Event, LaneListing, SegmentRef, feature_rows
 from cstore.learn import FeatureHasher, age_weights, hash_columns, window_weights
 from cstore.training._learner import LearnerConfig
 
-__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "in_event_order",
+__all__ = ["FeatureLookup", "WorkerOptions", "batch_metadata", "gather", "hash_rows", "in_event_order", "weights_at",
            "merged_columns", "sample_weights", "select_segments"]
 
 log = logging.getLogger("cstore.worker")
@@ -255,6 +256,24 @@ def _hash_row_events(hasher: FeatureHasher, events: list[int], rows_of: _SpanRow
                 log.warning("skipping an event with unusable features: %s", exc)
         indptr, idx, val = hasher.transform_many([r for _, r in good])
         return indptr, idx, val, [e for e, _ in good]
+
+
+def weights_at(rows: Mapping[int, Mapping[str, ChunkRow]], idx: np.ndarray, chunk_size: int) -> np.ndarray:
+    """The ``weights`` at hashed indices ``idx``, gathered from the chunks' rows.
+
+    >>> from cstore.core import ChunkRow
+    >>> rows = {0: {"weights": ChunkRow("weights", np.array([1, 2], np.float32), 1, None)},
+    ...         1: {"weights": ChunkRow("weights", np.array([3, 4], np.float32), 1, None)}}
+    >>> weights_at(rows, np.array([3, 0, 2]), 2).tolist()
+    [4.0, 1.0, 3.0]
+    """
+    out = np.empty(idx.size, np.float32)
+    chunk_of = idx // chunk_size
+    for k, by_param in rows.items():
+        mask = chunk_of == k
+        if mask.any():
+            out[mask] = by_param["weights"].data[idx[mask] - k * chunk_size]
+    return out
 
 
 def sample_weights(cfg: LearnerConfig, events: Sequence[Event]) -> np.ndarray:

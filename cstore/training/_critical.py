@@ -4,9 +4,13 @@ A producer marks an event critical (``send(..., critical=True)``, ``send_feedbac
 and it lands in the model's critical partition (partition P, after the P bulk partitions, see
 ``cstore.feedback``). In each consumer group one worker holds that partition's lease; its
 :class:`CriticalLane` thread polls it every ``critical_poll_ms`` (5 ms), and learns what it finds at
-once, in small batches (``critical_batch_size``), committing only the chunks those events touch. It
-never waits to fill a batch and never waits behind the bulk loop, which goes on in the worker's main
-thread; the two meet only at the chunk compare-and-set (a conflict is retried like any other).
+once, in small batches (``critical_batch_size``). It never waits to fill a batch and never waits behind
+the bulk loop, which goes on in the worker's main thread: it learns on the rows its committer knows
+(no read on its path) and stores what it learned as an *increment* of the chunks it touches (no
+compare-and-set, see :mod:`cstore.store`), which the next commit of those chunks folds, and which
+scorers see on the increment feed at their next poll. A second thread, the lane's refresher, keeps
+those rows current (the version index every ``LANE_REFRESH_S``, the moved rows caught up) and folds
+increments that no commit has folded within ``FOLD_AFTER_S`` (a model without bulk traffic).
 
 What the lane leaves out of its own path: the shared drift detector and learning-rate schedule
 (``learner_state``: a compare-and-set every batch) take its losses at the bulk loop's next batch, or
@@ -25,11 +29,15 @@ import threading
 import time
 from typing import Any, Protocol
 
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 
-from cstore.core import ModelInfo
+from cstore.core import TICKS_PER_S, ModelInfo, UpdateResult, ticks_now
 from cstore.feedback import FeedbackLayout, FeedbackReader, LaneCursor
-from cstore.store import KNOWN_BUDGET, Committer, Store
+from cstore.store import KNOWN_BUDGET, Amounts, Committer, Store
 from cstore.training._batching import WorkerOptions
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager
@@ -37,6 +45,9 @@ from cstore.training._leases import LeaseManager
 __all__ = ["CriticalLane", "Lane", "LaneHost", "lane_known_bytes", "new_committer"]
 
 log = logging.getLogger("cstore.worker")
+
+LANE_REFRESH_S = 0.1  # the lane's refresher checks the model's version index this often
+FOLD_AFTER_S = 2.0    # ... and folds increments no commit has folded for this long
 
 
 def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Committer | None:
@@ -56,17 +67,18 @@ def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Com
 
 
 def lane_known_bytes(info: ModelInfo) -> int:
-    """The critical lane's budget of known rows: its model's bytes (every parameter), at least 1 MiB and
-    at most what a bulk committer keeps (:data:`cstore.store.KNOWN_BUDGET`, 256 MiB).
+    """The critical lane's budget of known rows: twice its model's bytes (every parameter, and the copy
+    without pending increments that a row holding some keeps beside it), at least 1 MiB and at most
+    what a bulk committer keeps (:data:`cstore.store.KNOWN_BUDGET`, 256 MiB).
 
     >>> import uuid
     >>> big = ModelInfo("m", uuid.uuid4(), 65536, "float32", {"w": (1 << 22,), "z": (1 << 22,), "n": (1 << 22,)})
-    >>> lane_known_bytes(big) // (1 << 20)  # 3 parameters of 2^22 floats: 48 MiB, more than 16
-    48
+    >>> lane_known_bytes(big) // (1 << 20)  # 3 parameters of 2^22 floats: 48 MiB, twice
+    96
     """
     itemsize = np.dtype(info.dtype).itemsize
     nbytes = sum(info.size(p) for p in info.params) * itemsize
-    return min(KNOWN_BUDGET, max(1 << 20, nbytes))
+    return min(KNOWN_BUDGET, max(1 << 20, 2 * nbytes))
 
 
 @dataclasses.dataclass(eq=False)
@@ -96,6 +108,7 @@ class LaneHost(Protocol):
     heartbeat_s: float
     margin_s: float
     _stop: threading.Event
+    on_commit: Callable[[UpdateResult, float], None] | None
 
     @property
     def stopping(self) -> bool: ...
@@ -119,23 +132,49 @@ class CriticalLane(Lane):
         self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)
         self._lost = False
         self._next_try = 0.0
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._fold: Future[UpdateResult] | None = None
+        self._side = ThreadPoolExecutor(1, thread_name_prefix="cstore-critical-side")
 
     @property
     def holding(self) -> bool:
         return self.part in self.leases.held()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="cstore-critical", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._run, name="cstore-critical", daemon=True),
+                         threading.Thread(target=self._refresh, name="cstore-critical-refresh", daemon=True)]
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
-        """Wait for the thread (the worker's stop event ends it) and release the lease."""
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        """Wait for the threads (the worker's stop event ends them), fold the increments still pending (so
+        that history holds every batch the lane learned) and release the lease."""
+        for t in self._threads:
+            t.join(timeout=30)
+        w = self.worker
         if self.committer is not None:
+            try:
+                pending = sorted(self.committer.refresh(w.info))
+                if pending:
+                    self.committer.fold(w.info, pending).result(timeout=w.store.config.commit_timeout_s)
+            except Exception as exc:  # the next commit of those chunks folds them
+                log.warning("could not fold the critical lane's last increments on the way out (%s)", exc)
             self.committer.close()
+        self._side.shutdown(wait=True)
         self.leases.release_all()
+
+    def increment(self, amounts: Amounts, batch_id: uuid.UUID, trace: Callable[[], None]) -> None:
+        """Store a learned batch as an increment (op id: the batch's id, which the commit that folds it
+        names in history) and its batch trace beside it: one round trip for both, both done before the
+        checkpoint (a trace goes before a compare-and-set commit; an increment has none to wait for)."""
+        assert self.committer is not None
+        traced = self._side.submit(trace)
+        t = time.perf_counter()
+        w = self.worker
+        result = self.committer.increment(w.info, amounts, op_id=batch_id, stop=lambda: w.stopping)
+        if w.on_commit is not None:
+            w.on_commit(result, time.perf_counter() - t)
+        traced.result()
 
     def renew(self) -> None:
         """Called by the worker's heartbeat thread."""
@@ -163,6 +202,21 @@ class CriticalLane(Lane):
                 log.exception("critical batch failed (%s); retrying in a moment", exc)
                 w._stop.wait(min(5.0, 0.05 * 2 ** min(failures, 6)))
 
+    def _refresh(self) -> None:
+        """The refresher thread: the rows the lane learns on kept current, its old increments folded."""
+        w = self.worker
+        while not w._stop.wait(LANE_REFRESH_S):
+            if self.committer is None or not self.holding:
+                continue
+            try:
+                oldest = self.committer.refresh(w.info)
+                due = sorted(k for k, t in oldest.items() if ticks_now() - t > FOLD_AFTER_S * TICKS_PER_S)
+                if due and (self._fold is None or self._fold.done()):
+                    self._fold = self.committer.fold(w.info, due)
+                    self._fold.add_done_callback(_log_fold_error)
+            except Exception as exc:  # an outage: the next round tries again
+                log.warning("critical lane refresh failed (%s); retrying", exc)
+
     def _hold(self) -> bool:
         """Whether this worker holds the critical partition now (asking for it when it is due)."""
         w = self.worker
@@ -180,3 +234,10 @@ class CriticalLane(Lane):
             return False
         self._next_try = now + w.heartbeat_s
         return self.leases.acquire(self.part)
+
+
+def _log_fold_error(fold: Future[UpdateResult]) -> None:
+    exc = fold.exception()
+    if exc is not None:
+        log.warning("folding the critical lane's increments failed (%s); the next commit of their chunks folds "
+                    "them, or the next try", exc)

@@ -38,9 +38,9 @@ from cstore.core import ChunkRow, CommitMeta, ModelInfo, Transform, UpdateResult
 from cstore.errors import ValidationError
 from cstore.feedback import DEFAULT_PRIORITIES, KINDS, check_layout, context
 from cstore.learn import (KIND_WEIGHTS, SGD, AdaGrad, AdaptiveLearningRate, FeatureHasher, FTRLProximal,
-                          batch_gradient, fedavg, fedavg_sparse, optimizer_from_config, positions, replay,
-                          sequential_pass)
-from cstore.store import Store
+                          SequentialResult, batch_gradient, fedavg, fedavg_sparse, optimizer_from_config, positions,
+                          replay, sequential_pass)
+from cstore.store import Amounts, Store, amounts_of
 from cstore.training._shared_state import DEFAULT_WARMUP, make_detector
 
 __all__ = ["DRIFT_DETECTORS", "DRIFT_RESPONSES", "LEARNER_CHUNK_SIZE", "OPTIMIZERS", "UPDATES", "Learner",
@@ -160,6 +160,21 @@ def create_learner(store: Store, name: str, *, n_features: int = 2**20, optimize
     return info
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """A batch learned event by event: the chunk of each of its sorted distinct coordinates and where each
+    chunk's run starts (``bounds``), per touched chunk its span among them and their chunk-local indices,
+    the state the pass started from (weights' and bias's) and its result."""
+
+    chunk_of: np.ndarray
+    bounds: np.ndarray
+    spans: dict[int, tuple[int, int]]
+    local: dict[int, np.ndarray]
+    start: dict[str, np.ndarray]
+    bstart: dict[str, np.ndarray]
+    res: SequentialResult
+
+
 class Learner:
     """Binds a learner config to its hasher, optimizers and parameter names; builds commit transforms."""
 
@@ -185,11 +200,27 @@ class Learner:
             return self.gradient_transform(g.indices, g.values, g.bias, lr_scale)
         return self.sequential_transform(current, indptr, idx, val, y, s, lr_scale)
 
-    def sequential_transform(self, current: Mapping[int, Mapping[str, ChunkRow]], indptr: np.ndarray,
-                             idx: np.ndarray, val: np.ndarray, y: np.ndarray, s: np.ndarray,
-                             lr_scale: float) -> Transform:
-        """Learn the batch event by event from ``current``; a transform committing the result (or, on
-        rows that moved meanwhile, replaying the pass's steps on them)."""
+    def increments(self, current: Mapping[int, Mapping[str, ChunkRow]], weights: np.ndarray, bias: float,
+                   indptr: np.ndarray, idx: np.ndarray, val: np.ndarray, y: np.ndarray, s: np.ndarray,
+                   lr_scale: float) -> Amounts:
+        """What learning the batch from ``current`` changes, as amounts to add at the touched coordinates,
+        per chunk and parameter (the critical lane's increment): the per-event pass's result minus where
+        it started, with no chunk copied (the summed step goes through its transform)."""
+        if self.cfg.update == "summed":
+            transform = self.batch_transform(current, weights, bias, indptr, idx, val, y, s, lr_scale)
+            return amounts_of(transform, current)
+        ps = self._pass(current, indptr, idx, val, y, s, lr_scale)
+        out: Amounts = {}
+        for k, (lo, hi) in ps.spans.items():
+            out[k] = {p: (ps.local[k], ps.res.state[key][lo:hi] - ps.start[key][lo:hi])
+                      for key, p in self.wparams.items()}
+        out.setdefault(self.bias_chunk, {}).update(
+            {p: (np.zeros(1, np.int32), ps.res.bias_state[key] - ps.bstart[key]) for key, p in self.bparams.items()})
+        return out
+
+    def _pass(self, current: Mapping[int, Mapping[str, ChunkRow]], indptr: np.ndarray, idx: np.ndarray,
+              val: np.ndarray, y: np.ndarray, s: np.ndarray, lr_scale: float) -> _Pass:
+        """The batch learned event by event from ``current`` (see :class:`_Pass`)."""
         cs, bk = self.info.chunk_size, self.bias_chunk
         coords, pos = positions(idx, self.cfg.n_features)
         chunk_of = coords // cs
@@ -203,6 +234,17 @@ class Learner:
                 start[key][lo:hi] = current[k][p].data[local[k]]
         bstart = {key: np.asarray(current[bk][p].data[:1], np.float32) for key, p in self.bparams.items()}
         res = sequential_pass(self.opt, self.bias_opt, start, bstart, indptr, pos, val, y, s, lr_scale)
+        return _Pass(chunk_of, bounds, spans, local, start, bstart, res)
+
+    def sequential_transform(self, current: Mapping[int, Mapping[str, ChunkRow]], indptr: np.ndarray,
+                             idx: np.ndarray, val: np.ndarray, y: np.ndarray, s: np.ndarray,
+                             lr_scale: float) -> Transform:
+        """Learn the batch event by event from ``current``; a transform committing the result (or, on
+        rows that moved meanwhile, replaying the pass's steps on them)."""
+        bk = self.bias_chunk
+        ps = self._pass(current, indptr, idx, val, y, s, lr_scale)
+        chunk_of, bounds, spans, local, start, bstart, res = (ps.chunk_of, ps.bounds, ps.spans, ps.local, ps.start,
+                                                              ps.bstart, ps.res)
         plans = {k: (local[k], {key: a[lo:hi] for key, a in start.items()},
                      {key: a[lo:hi] for key, a in res.state.items()}, current[k]) for k, (lo, hi) in spans.items()}
         bias_plan = (np.zeros(1, np.int32), bstart, res.bias_state, current[bk])

@@ -12,6 +12,7 @@ One iteration (:meth:`Worker.step`):
    loss), feed the losses to the group's shared drift detector and learning-rate schedule;
 5. write the batch trace, learn the batch (per event by default, see :class:`Learner`) and commit it through
    ``store.chunks`` (one transform per touched chunk: weights, optimizer state, bias; re-applied on conflict);
+   the critical lane (:class:`CriticalLane`) stores its batch as an increment instead, trace beside it;
 6. advance the checkpoints of the partitions in the batch, conditioned on still holding their leases.
 
 Delivery is at least once. A batch is learned twice only if its worker dies or loses a lease between step 5
@@ -32,15 +33,16 @@ from typing import Any
 import numpy as np
 
 from cstore.backend import Cas
-from cstore.core import ChunkRow, CommitMeta, Transform, UpdateResult, ticks_now, uuid_now
-from cstore.errors import CstoreError, KeyUnavailable, PartialCommit, TransientError, UnknownOutcome
+from cstore.core import ChunkRow, Transform, UpdateResult, ticks_now, uuid_now
+from cstore.errors import KeyUnavailable
 from cstore.feedback import FeedbackReader, LaneCursor, LaneListing, PredictionLog, SegmentRef, context
 from cstore.learn import log_loss, predict_proba_batch
 from cstore.store import Committer, Store
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager, new_worker_id
 from cstore.training._batching import (WorkerOptions, batch_metadata, gather, hash_rows, in_event_order,
-                                      sample_weights, select_segments)
+                                      sample_weights, select_segments, weights_at)
+from cstore.training._commit import commit_batch
 from cstore.training._critical import CriticalLane, Lane, new_committer
 from cstore.training._guard import GuardWatch
 from cstore.training._shared_state import SharedLearnerState
@@ -267,14 +269,20 @@ class Worker:
             touched = learner.chunks_of(np.unique(idx) if idx.size else idx)
             with self.turn.taken(skip=lane.critical) as turn:  # one bulk commit of this model at a time
                 committer = lane.committer
-                # From the rows, not the index: the bulk loop moved the lane's chunks, the last holder the turn's.
-                current = committer.rows(self.info, touched, fresh=lane.critical or turn) if committer else \
+                # The critical lane learns on the rows it knows (its refresher keeps them current: no read on
+                # its path); the bulk loop catches them up from the rows, not the index: the last holder of the
+                # turn moved them.
+                current = committer.rows(self.info, touched, fresh=turn and not lane.critical,
+                                         known=lane.critical) if committer else \
                     self.store.chunks.read(self.info, touched)
-                for k, rows in current.items():
-                    lo, hi = self.info.chunk_bounds("weights", k)
-                    w[lo:hi] = rows["weights"].data
                 bias = float(current[0]["bias"].data[0])
-                p_head = predict_proba_batch(w, bias, indptr, idx, val)
+                if learner.cfg.update == "summed":  # its gradient takes the weights dense
+                    for k, rows in current.items():
+                        lo, hi = self.info.chunk_bounds("weights", k)
+                        w[lo:hi] = rows["weights"].data
+                # (the batch's weights gathered from the rows: a critical label's ~30, not its chunks' 1 MiB each)
+                p_head = predict_proba_batch(weights_at(current, idx, self.info.chunk_size), bias, indptr,
+                                             np.arange(idx.size), val)
                 losses = np.asarray(log_loss(p_head, y), np.float64)
                 if set(parts) - set(lane.leases.held(self.margin_s)):
                     stats["aborted_batches"] = stats.get("aborted_batches", 0) + 1  # a lease is about to lapse:
@@ -291,11 +299,16 @@ class Worker:
                     if drift:
                         self._on_drift(batch_id)
                     self.guard.observe(p_head, indptr, idx, val, y, np.array([events[i].kind for i in keep]))
-                self._trace(batch_id, chosen, len(events), len(keep), weight_sum, loss, score, lr_scale)
-                meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
-                                      len(events) - len(keep), weight_sum, loss, score, drift, lr_scale)
-                transform = learner.batch_transform(current, w, bias, indptr, idx, val, y, s, lr_scale)
-                self._commit(touched, transform, meta, current, lr_scale, committer)
+                trace = (batch_id, chosen, len(events), len(keep), weight_sum, loss, score, lr_scale)
+                if isinstance(lane, CriticalLane) and committer is not None:  # an increment: no CAS to wait for
+                    lane.increment(learner.increments(current, w, bias, indptr, idx, val, y, s, lr_scale), batch_id,
+                                   lambda: self._trace(*trace))
+                else:
+                    self._trace(*trace)
+                    meta = batch_metadata(batch_id, self.worker_id, self.opts.group, chosen, len(keep),
+                                          len(events) - len(keep), weight_sum, loss, score, drift, lr_scale)
+                    transform = learner.batch_transform(current, w, bias, indptr, idx, val, y, s, lr_scale)
+                    self._commit(touched, transform, meta, current, lr_scale, committer)
         else:
             self._trace(batch_id, chosen, len(events), 0, 0.0, 0.0, 0.0, lr_scale)
         self._checkpoint(cursors, listings, chosen, batch_id, into=lane)
@@ -349,40 +362,8 @@ class Worker:
 
     def _commit(self, chunks: list[int], transform: Transform, meta_json: str,
                 current: Mapping[int, Mapping[str, ChunkRow]], lr_scale: float, committer: Committer | None) -> None:
-        """Commit every touched chunk exactly once: in rounds through ``committer`` (one history request,
-        every compare-and-set at once, conflicts re-applied), a partial commit finished with its
-        ``update_id`` (only the missing chunks). Blind-write profiles commit through the engine."""
-        meta = CommitMeta("gradient", lr_scale, "feedback", meta_json)
-        remaining, attempt, update_id = list(chunks), 0, None
-        while remaining:
-            cause: CstoreError
-            try:
-                t0 = time.perf_counter()
-                if committer is None:
-                    result = self.store.chunks.commit(self.info, remaining, transform, meta, lr=lr_scale,
-                                                      current={k: current[k] for k in remaining} if attempt == 0
-                                                      else None)
-                else:
-                    result = committer.submit(self.info, chunks, transform, meta, lr=lr_scale, update_id=update_id,
-                                              current=current if attempt == 0 else None).result()
-                if self.on_commit is not None:
-                    self.on_commit(result, time.perf_counter() - t0)
-                return
-            except PartialCommit as exc:
-                remaining, cause, update_id = exc.failed, exc.cause, exc.update_id
-            except (TransientError, UnknownOutcome) as exc:
-                cause = exc
-            if isinstance(cause, UnknownOutcome):
-                # Applied once or not at all; retrying could apply it twice. Count it and move on.
-                log.error("commit outcome unknown for a chunk of batch; it is learned at most once")
-                return
-            if not isinstance(cause, TransientError):
-                raise cause
-            attempt += 1
-            if attempt > 8:
-                raise cause
-            log.warning("commit of chunks %s failed (%s); retrying them", remaining, cause)
-            time.sleep(min(2.0, 0.05 * 2 ** attempt))
+        """A bulk batch's commit (:func:`commit_batch`): every touched chunk exactly once."""
+        commit_batch(self.store, self.info, chunks, transform, meta_json, current, lr_scale, committer, self.on_commit)
 
     def _checkpoint(self, cursors, listings, chosen: list[SegmentRef], batch_id, *, into: Lane) -> None:
         learned: dict[tuple[int, int], list[SegmentRef]] = {}

@@ -62,9 +62,12 @@ def all_events(session, fcfg: FeedbackLayout) -> list:
 
 
 def learned_counts(store, name: str, shared) -> tuple[collections.Counter, list[dict]]:
-    """How many times each segment was learned: batch traces whose batch id is in the committed history."""
-    committed = {h.metadata.get("batch") for h in store.history(name, since=time.time() - 3600)
-                 if h.metadata.get("batch")}
+    """How many times each segment was learned: batch traces whose batch id is in the committed history (a
+    bulk batch's commit, or the commit that folded a critical batch's increment)."""
+    committed: set = set()
+    for h in store.history(name, since=time.time() - 3600):  # a critical batch's increment: in the commit folding it
+        committed.update([h.metadata["batch"]] if h.metadata.get("batch") else [])
+        committed.update(h.metadata.get("increments", []))
     traces = [t for t in shared.traces(time.time() - 3600) if str(t["batch_id"]) in committed]
     counts: collections.Counter = collections.Counter()
     for t in traces:

@@ -73,7 +73,7 @@ def test_drop_removes_every_row_the_model_owns_in_every_table(store, base_config
     must_have = {"models", "chunks", "chunk_versions", "model_heads", "history", "history_buckets", "snapshots",
                  "snapshot_chunks", "stats", "feedback_config", "feedback_buckets", "feedback_segments",
                  "feedback_consumers", "learner_state", "feedback_batches", "prediction_log", "prediction_review",
-                 "prediction_log_stats", "model_aliases"}
+                 "prediction_log_stats", "model_aliases", "increment_feed"}
     empty = sorted(t for t in must_have if before.get(t, 0) == 0)
     assert not empty, f"the set-up wrote nothing to {empty}: the test would prove nothing there ({before})"
 

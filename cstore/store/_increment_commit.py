@@ -1,0 +1,154 @@
+"""Committing an increment: a learner's change stored in every chunk it touches without a Paxos round.
+
+:meth:`Committer.increment <cstore.store.Committer.increment>` calls :func:`commit_increment` with the
+amounts to add (per chunk and parameter: chunk-local coordinates and amounts; a learner computes them
+from the rows it knows, :func:`amounts_of` from any transform). One increment per parameter row is
+written to every touched chunk at once (:meth:`~cstore.backend.ParamTables.write_increments`), then
+announced on the increment feed. Nothing is read: the rows the committer knows take the increment too
+(so its next batch learns on it), and a row it does not know is left to be read when needed. The
+scored parameters' entries go to the feed with the first writes, in the same round trip: a feed entry
+whose chunk write failed is written again with it, so it names a stored increment unless its writer
+died in between (a scorer then holds it until that chunk's next version shows it is not there).
+
+All or nothing from the caller's view: the writes are idempotent (the same entry under the same op id
+and timestamp), so the chunks that failed are written again until every chunk holds it; only a caller
+that is stopping (``stop()`` true) gets a :class:`~cstore.errors.PartialCommit` instead, naming what was
+stored (its process then dies or hands its lease over: the batch is learned again, as a bulk batch
+whose worker dies between commit and checkpoint).
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from cstore.backend import ParamTables
+from cstore.core import (ChunkCommit, ChunkRow, CommitMeta, Increment, ModelInfo, Transform, UpdateResult,
+                         ticks_of)
+from cstore.errors import CstoreError, PartialCommit, TransientError, ValidationError
+from cstore.store._engine import ChunkEngine
+from cstore.store._increments import (SCORED_PARAMS, encode_increment, feed_bucket, op_timestamp_us,
+                                      with_pending)
+from cstore.store._known import KnownRows
+from cstore.store._stats import Totals
+
+log = logging.getLogger("cstore.commit")
+
+__all__ = ["FOLD_META", "Amounts", "amounts_of", "commit_increment", "fold_transform"]
+
+#: ``{chunk: {param: (chunk-local coordinates, amounts to add)}}``
+Amounts = dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+_RETRY_S = (0.01, 0.05, 0.2, 1.0)  # back-off between rewrites of the chunks that failed
+#: What history records of a commit made only to fold increments (:meth:`Committer.fold`).
+FOLD_META = CommitMeta("fold", None, "real_time", "{}")
+
+
+def fold_transform(chunk: int, rows: Mapping[str, ChunkRow]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A transform that changes nothing but folds: every row with pending increments, as it reads."""
+    return {p: (r.data, np.empty(0, np.int32)) for p, r in rows.items() if r.pending}
+
+
+def amounts_of(transform: Transform, rows: Mapping[int, Mapping[str, ChunkRow]]) -> Amounts:
+    """What ``transform`` changes in ``rows`` (every chunk of them), as amounts to add: ``new - old`` at the
+    coordinates it touched."""
+    out: Amounts = {}
+    for k, by_param in rows.items():
+        for p, (new, touched) in transform(k, by_param).items():
+            t = np.unique(np.asarray(touched, np.int32))
+            old = by_param[p].data
+            out.setdefault(k, {})[p] = (t, (np.asarray(new, old.dtype)[t] - old[t]).astype(old.dtype))
+    return out
+
+
+def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo, amounts: Amounts,
+                     *, op_id: uuid.UUID, stop: Callable[[], bool] = lambda: False) -> UpdateResult:
+    """Store ``amounts`` as increment ``op_id`` (see the module docstring); invalid amounts are refused
+    before anything is written."""
+    entries: dict[int, dict[str, Increment]] = {}
+    for k, by_param in amounts.items():
+        for p, (idx, vals) in by_param.items():
+            idx, vals = _checked(info, k, p, idx, vals)
+            keep = vals != 0
+            if keep.any():
+                i, v = np.asarray(idx, np.int32)[keep], vals[keep]
+                entries.setdefault(k, {})[p] = Increment(i, v, encode_increment(engine.codec, info, k, p, op_id, i, v))
+    left = {k: {p: inc.blob for p, inc in by_param.items()} for k, by_param in entries.items()}
+    feed = {k: {p: inc.blob for p, inc in by_param.items() if p in SCORED_PARAMS} for k, by_param in entries.items()}
+    result = UpdateResult(info.name)
+    ts = op_timestamp_us(op_id)
+    attempt = 0
+    while left:
+        outcomes, fed = tables.write_increments(info.model_id, op_id, ts, left, feed=feed,
+                                                feed_bucket=feed_bucket(op_id))
+        if fed is None:
+            feed = {}
+        for k in [k for k, err in outcomes.items() if err is None]:
+            del left[k]
+            result.commits.append(_stored(known, info, k, entries[k], op_id))
+        if left:
+            cause = next(e for e in outcomes.values() if e is not None)
+            if not isinstance(cause, TransientError):
+                raise cause if not result.commits else _partial(info, op_id, result, left, cause)
+            if stop():
+                raise _partial(info, op_id, result, left, cause)
+            log.warning("increment %s of model %r: chunks %s not stored (%s); writing them again", op_id,
+                        info.name, sorted(left), cause)
+            time.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+            attempt += 1
+    if any(feed.values()):
+        log.warning("increment %s of model %r is stored but not on the feed; scorers see it when its chunks next "
+                    "move", op_id, info.name)
+    engine.record(info, Totals(updates=1 if result.commits else 0, coords=result.coords,
+                               bytes_written=sum(c.bytes_written for c in result.commits)))
+    return result
+
+
+def _checked(info: ModelInfo, k: int, p: str, idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``idx`` and ``vals`` as stored, or a :class:`ValidationError` saying what is wrong."""
+    where = f"increment of model {info.name!r} parameter {p!r} chunk {k}"
+    if p not in info.params or not 0 <= k < info.n_chunks(p):
+        raise ValidationError(f"{where}: the model has no such parameter chunk (parameters: {', '.join(info.params)})")
+    idx, raw = np.asarray(idx), np.asarray(vals)
+    if idx.ndim != 1 or raw.shape != idx.shape or not np.issubdtype(idx.dtype, np.integer) \
+            or not np.issubdtype(raw.dtype, np.number):
+        raise ValidationError(f"{where}: needs a 1-d array of integer coordinates and as many numeric amounts")
+    start, stop = info.chunk_bounds(p, k)
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= stop - start):
+        raise ValidationError(f"{where}: coordinates must be chunk-local, in [0, {stop - start})")
+    cast = raw.astype(np.dtype(info.dtype))
+    if not np.all(np.isfinite(cast)):
+        raise ValidationError(f"{where}: amounts must be finite in {info.dtype}")
+    return idx.astype(np.int32), cast
+
+
+def _stored(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment], op_id: uuid.UUID) -> ChunkCommit:
+    """Chunk ``k`` holds the increment now: so do its known rows (one copy of each touched row)."""
+    rows = known.get((info.model_id, k))
+    if rows is not None and all(p in rows for p in entries):
+        new_rows = dict(rows)
+        for p, inc in entries.items():
+            row = rows[p]
+            pending = {**row.pending, op_id: inc}
+            if all(ticks_of(op) < ticks_of(op_id) for op in row.pending):  # the newest: added last, as readers do
+                data = row.data.copy()
+                np.add.at(data, inc.idx, inc.vals)
+            else:
+                data = with_pending(row.base_data, pending)
+            new_rows[p] = ChunkRow(p, data, row.version, row.op_id, row.deltas, row.delta_bytes, base=row.base_data,
+                                   pending=pending)
+        known.replace((info.model_id, k), rows, new_rows)
+    versions = {p: rows[p].version for p in entries} if rows is not None and all(p in rows for p in entries) else {}
+    return ChunkCommit(k, op_id, versions, dict(versions), sum(int(inc.idx.size) for inc in entries.values()),
+                       bytes_written=sum(len(inc.blob) for inc in entries.values()),
+                       touched={p: inc.idx for p, inc in entries.items()})
+
+
+def _partial(info: ModelInfo, op_id: uuid.UUID, result: UpdateResult, left: dict[int, dict[str, bytes]],
+             cause: CstoreError) -> PartialCommit:
+    return PartialCommit(f"increment {op_id} of model {info.name!r}: chunks {sorted(left)} not stored ({cause}); "
+                         f"chunks {result.chunks} hold it", result=result, failed=sorted(left), cause=cause,
+                         update_id=op_id)

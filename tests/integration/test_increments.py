@@ -1,0 +1,171 @@
+"""Increments (issue 14): a critical label's change stored without a compare-and-set, folded exactly once.
+
+Everything is read back from Cassandra: the pending entries a row holds, what a commit folds and what it
+leaves, that a late copy of a folded entry stays deleted, that the history of the folding commit names
+the increment, that a scorer sees an increment from the feed without reading a chunk, and that invalid
+amounts write nothing.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from cstore.core import Increment, uuid_now
+from cstore.errors import ValidationError
+from cstore.scoring import Client
+from cstore.scoring._feed import FeedEntry, apply_increments
+from cstore.store import Committer, Store
+from cstore.store._increments import op_timestamp_us
+
+N, CS = 64, 16  # 4 chunks of 16 weights
+
+
+@pytest.fixture
+def model(store: Store, unique_name: str):
+    """A model of 4 chunks of 16 weights and a bias, and a maker of committers (closed with it)."""
+    store.create_model(unique_name, {"weights": (N,), "bias": (1,)}, chunk_size=CS)
+    made: list[Committer] = []
+
+    def committer() -> Committer:
+        made.append(Committer(store.chunks, store.backend.params, timeout_s=10))
+        return made[-1]
+    yield store.model_info(unique_name), committer
+    for c in made:
+        c.close()
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def _pending(session, model_id, chunk: int, param: str = "weights") -> dict:
+    row = session.execute("SELECT pending FROM chunks WHERE model_id=%s AND chunk=%s AND param=%s",
+                          (model_id, chunk, param)).one()
+    return dict(row["pending"] or {})
+
+
+def _amounts(pairs: dict[int, list[tuple[int, float]]], bias: float | None = None) -> dict:
+    out: dict = {}
+    for k, coords in pairs.items():
+        out[k] = {"weights": (np.array([c for c, _ in coords], np.int32), np.array([v for _, v in coords], np.float32))}
+    if bias is not None:
+        out.setdefault(0, {})["bias"] = (np.zeros(1, np.int32), np.array([bias], np.float32))
+    return out
+
+
+def test_an_increment_is_read_by_everyone_and_folded_once_by_the_next_commit(session, store, unique_name, model):
+    info, committer = model
+    op = uuid_now()
+    committer().increment(info, _amounts({0: [(3, 1.5)], 2: [(1, -2.0)]}, bias=0.25), op_id=op)
+    assert list(_pending(session, info.model_id, 0)) == [op] and list(_pending(session, info.model_id, 2)) == [op]
+    assert _pending(session, info.model_id, 1) == {}  # untouched chunks get nothing
+    assert set(store.chunk_versions(unique_name).values()) == {1}  # no version moved: no compare-and-set was made
+    with Store.from_config(store.config) as other:  # another process sees it in a plain read
+        st = other.read_model(unique_name)
+        w, b = st.params["weights"], st.params["bias"]
+        assert (w[3], w[2 * CS + 1], b[0]) == (1.5, -2.0, 0.25)
+    # A commit of chunk 0 (another process, which read the row) folds the increment into its values.
+    store.apply_update(unique_name, "weights", [1.0], indices=[5], lr=1.0)
+    assert _pending(session, info.model_id, 0) == {}
+    assert list(_pending(session, info.model_id, 0, "bias")) == [op]  # the update wrote weights only
+    w = store.read_model(unique_name).params["weights"]
+    assert (w[3], w[5], w[2 * CS + 1]) == (1.5, -1.0, -2.0)
+    folding = [h for h in store.history(unique_name) if h.chunk == 0 and h.param == "weights" and h.new_version == 2]
+    assert len(folding) == 1 and folding[0].metadata["increments"] == [str(op)]
+
+
+def test_an_increment_that_lands_after_a_commit_read_stays_pending_on_top(session, store, unique_name, model):
+    info, committer = model
+    a, b = committer(), committer()
+    a.rows(info, [0])  # A knows chunk 0 as it is now
+    op = uuid_now()
+    b.increment(info, _amounts({0: [(4, 3.0)]}), op_id=op)
+    a.fold(info, [0]).result()  # A knows no increment: it commits nothing
+    assert list(_pending(session, info.model_id, 0)) == [op]
+    store.apply_update(unique_name, "weights", [2.0], indices=[4], lr=1.0)  # a commit that saw it folds it
+    assert _pending(session, info.model_id, 0) == {}
+    assert store.read_model(unique_name).params["weights"][4] == 1.0  # 0 + 3 (the increment) - 2 (the update)
+
+
+def test_a_late_copy_of_a_folded_increment_stays_deleted(session, store, unique_name, model):
+    info, committer = model
+    c, op = committer(), uuid_now()
+    c.increment(info, _amounts({1: [(2, 5.0)]}), op_id=op)
+    blob = _pending(session, info.model_id, 1)[op]
+    c.fold(info, [1]).result()
+    assert _pending(session, info.model_id, 1) == {}
+    # The same write again (a retried timeout, a hint delivered late): same op id, same timestamp.
+    outcomes, _ = store.backend.params.write_increments(info.model_id, op, op_timestamp_us(op), {1: {"weights": blob}})
+    assert outcomes == {1: None}
+    assert _pending(session, info.model_id, 1) == {}
+    assert store.read_model(unique_name).params["weights"][CS + 2] == 5.0  # counted once
+
+
+def test_invalid_amounts_are_refused_and_nothing_is_written(session, store, unique_name, model):
+    info, committer = model
+    c = committer()
+    bad = [{0: {"weights": (np.array([CS], np.int32), np.array([1.0], np.float32))}},       # outside the chunk
+           {0: {"nope": (np.array([0], np.int32), np.array([1.0], np.float32))}},           # no such parameter
+           {9: {"weights": (np.array([0], np.int32), np.array([1.0], np.float32))}},        # no such chunk
+           {0: {"weights": (np.array([0], np.int32), np.array([np.nan], np.float32))}},     # not finite
+           {0: {"weights": (np.array([0, 1], np.int32), np.array([1.0], np.float32))}},     # shapes differ
+           {0: {"weights": (np.array([1], np.int32), np.array([1.0], np.float32))},         # one good chunk and
+            1: {"weights": (np.array([-1], np.int32), np.array([1.0], np.float32))}}]       # one bad: neither
+    for amounts in bad:
+        with pytest.raises(ValidationError):
+            c.increment(info, amounts)
+    assert all(_pending(session, info.model_id, k) == {} for k in range(4))
+    assert _pending(session, info.model_id, 0, "bias") == {}
+    assert session.execute("SELECT count(*) FROM chunks WHERE model_id=%s AND chunk=9 ALLOW FILTERING",
+                           (info.model_id,)).one()["count"] == 0  # no row was made for the chunk that is not
+    assert not store.read_model(unique_name).params["weights"].any()
+
+
+def test_a_scorer_sees_an_increment_from_the_feed_without_reading_a_chunk(store, base_config, unique_name, model):
+    info, committer = model
+    c = committer()
+    with Client(config=base_config) as client:
+        handle = client.model(unique_name)
+        handle.refresh()
+        before = handle.status()
+        hasher = handle._cache.current.hasher  # a feature whose weight lives in chunk 1
+        name = next(f"f{i}" for i in range(1000) if int(hasher.transform_one({f"f{i}": 1.0})[0][0]) // CS == 1)
+        idx, val = hasher.transform_one({name: 1.0})
+        c.increment(info, {**_amounts({3: [(7, 0.5)]}, bias=-0.25),
+                           1: {"weights": (np.array([int(idx[0]) - CS], np.int32), np.array([2.0], np.float32))}})
+        handle.refresh()
+        after = handle.status()
+        assert handle.contributions({name: 1.0}) == {name: 2.0 * float(val[0])}  # its term in the logit, now
+        state = handle._cache.current
+        assert state.weights[3 * CS + 7] == 0.5 and state.bias == -0.25
+        assert after["chunks_fetched"] == before["chunks_fetched"]  # no chunk was read for it
+        assert after["chunks_caught_up"] == before["chunks_caught_up"]
+        # A fold moves the chunks; the scorer catches them up and counts the increment once.
+        c.fold(info, [0, 1, 3]).result()
+        store.chunks.announcer.flush()  # (announcements trail the commit)
+        handle.refresh()
+        state = handle._cache.current
+        assert state.weights[3 * CS + 7] == 0.5 and state.bias == -0.25 and not state.pending
+
+
+def test_a_feed_entry_older_than_the_held_version_is_settled_from_the_row(store):
+    """Pure: an entry that the held version may have folded is not added; its chunk is caught up instead."""
+    from cstore.core import ModelInfo
+    from cstore.scoring._cache import CachedModel, SharedHasher
+
+    info = ModelInfo("m", uuid.uuid4(), CS, "float32", {"weights": (N,), "bias": (1,)})
+    old_op, held_op = uuid_now(), None
+    time.sleep(0.001)
+    held_op = uuid_now()
+    time.sleep(0.001)
+    new_op = uuid_now()
+    weights = np.zeros(N, np.float32)
+    weights.flags.writeable = False
+    cur = CachedModel(info, SharedHasher(N, 0), weights, 0.0, {("weights", k): 2 for k in range(4)} | {("bias", 0): 1},
+                      9, time.time(), ops={("weights", 1): held_op})
+    inc = Increment(np.array([0], np.int32), np.array([1.0], np.float32), b"")
+    new, recheck = apply_increments(cur, [FeedEntry("weights", 1, old_op, inc), FeedEntry("weights", 1, new_op, inc)])
+    assert recheck == {1}
+    assert new.weights[CS] == 1.0 and list(new.pending[("weights", 1)]) == [new_op]  # only the newer entry added
+    assert new.bases[("weights", 1)][0] == 0.0  # the row without it is kept, to recompute it exactly
+    assert cur.weights[CS] == 0.0  # the cached copy itself is never written: a new one is built
