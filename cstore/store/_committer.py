@@ -45,7 +45,7 @@ from cstore.errors import ConflictError, CstoreError, PartialCommit, TransientEr
 from cstore.store._announcer import Announcer
 from cstore.store._combine import Change, Request, Round, combine, round_writes
 from cstore.store._engine import ChunkEngine
-from cstore.store._increment_commit import FOLD_META, Amounts, commit_increment, fold_transform
+from cstore.store._increment_commit import FOLD_META, Amounts, Incrementer, fold_transform
 from cstore.store._known import (KnownRows, catch_up, catch_up_moved, chunk_op_id, committed, known_or_read,
                                  pending_since)
 from cstore.store._rows import rows_after
@@ -83,6 +83,7 @@ class Committer:
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._closed = False
+        self._increments = Incrementer(self._known, engine, tables)
 
     # -- callers --------------------------------------------------------------------------------------------
     def submit(self, info: ModelInfo, chunks: list[int], transform: Transform, meta: CommitMeta, *,
@@ -135,6 +136,7 @@ class Committer:
             raise CstoreError("this store is closed; connect again")
 
     def close(self) -> None:
+        self._increments.close()
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -295,6 +297,7 @@ class Committer:
         entries; the others read whole. ``fresh``: all of them caught up without asking the index (one
         round trip where the index would say most moved anyway); a few are read whole instead.
         ``known``: the known ones as they are (kept current by :meth:`refresh`), only the others read."""
+        self._increments.settle()
         if fresh:
             catch_up(self._known, self._engine, info, chunks)
         elif not known:
@@ -308,6 +311,7 @@ class Committer:
         """Catch the known rows of ``info`` up with what its version index shows moved (one partition read,
         and the moved rows' delta entries). Returns, per chunk whose known rows hold pending increments, the
         time (ticks) of its oldest one."""
+        self._increments.settle()
         catch_up_moved(self._known, self._engine, self._tables, info)
         known_or_read(self._known, self._engine, info, list(range(info.max_chunks)))  # (rows a fold passed)
         return pending_since(self._known, info)
@@ -315,9 +319,9 @@ class Committer:
     def increment(self, info: ModelInfo, amounts: Amounts, *, op_id: uuid.UUID | None = None,
                   stop: Callable[[], bool] = lambda: False) -> UpdateResult:
         """Add ``amounts`` to the rows as an increment: no compare-and-set, so no wait for a bulk commit of
-        the same chunks; the rows this committer knows take it too (:mod:`._increment_commit`)."""
-        return commit_increment(self._known, self._engine, self._tables, info, amounts, op_id=op_id or uuid_now(),
-                                stop=stop)
+        the same chunks (:class:`._increment_commit.Incrementer`: it returns once the rows hold it; the rows
+        this committer knows take it in the background, before anything here reads them again)."""
+        return self._increments.increment(info, amounts, op_id=op_id or uuid_now(), stop=stop)
 
     def fold(self, info: ModelInfo, chunks: list[int]) -> Future[UpdateResult]:
         """Fold the pending increments of ``chunks`` that this committer knows into a new version (a

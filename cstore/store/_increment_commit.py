@@ -22,6 +22,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -37,7 +38,7 @@ from cstore.store._stats import Totals
 
 log = logging.getLogger("cstore.commit")
 
-__all__ = ["FOLD_META", "Amounts", "amounts_of", "commit_increment", "fold_transform"]
+__all__ = ["FOLD_META", "Amounts", "Incrementer", "amounts_of", "commit_increment", "fold_transform"]
 
 #: ``{chunk: {param: (chunk-local coordinates, amounts to add)}}``
 Amounts = dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]
@@ -65,9 +66,12 @@ def amounts_of(transform: Transform, rows: Mapping[int, Mapping[str, ChunkRow]])
 
 
 def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo, amounts: Amounts,
-                     *, op_id: uuid.UUID, stop: Callable[[], bool] = lambda: False) -> UpdateResult:
+                     *, op_id: uuid.UUID, stop: Callable[[], bool] = lambda: False
+                     ) -> tuple[UpdateResult, Callable[[], None]]:
     """Store ``amounts`` as increment ``op_id`` (see the module docstring); invalid amounts are refused
-    before anything is written."""
+    before anything is written. Returns what was stored and the bookkeeping still to do (the known rows
+    taking the increment, the statistics: copies of whole rows), which the caller runs when it likes,
+    before it next reads those rows."""
     entries: dict[int, dict[str, Increment]] = {}
     for k, by_param in amounts.items():
         for p, (idx, vals) in by_param.items():
@@ -88,7 +92,7 @@ def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables,
             feed = {}
         for k in [k for k, err in outcomes.items() if err is None]:
             del left[k]
-            result.commits.append(_stored(known, info, k, entries[k], op_id))
+            result.commits.append(_commit_of(known, info, k, entries[k], op_id))
         if left:
             cause = next(e for e in outcomes.values() if e is not None)
             if not isinstance(cause, TransientError):
@@ -102,9 +106,43 @@ def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables,
     if any(feed.values()):
         log.warning("increment %s of model %r is stored but not on the feed; scorers see it when its chunks next "
                     "move", op_id, info.name)
-    engine.record(info, Totals(updates=1 if result.commits else 0, coords=result.coords,
-                               bytes_written=sum(c.bytes_written for c in result.commits)))
-    return result
+
+    def remember() -> None:
+        for k, by_param in entries.items():
+            _remember(known, info, k, by_param, op_id)
+        engine.record(info, Totals(updates=1 if result.commits else 0, coords=result.coords,
+                                   bytes_written=sum(c.bytes_written for c in result.commits)))
+    return result, remember
+
+
+class Incrementer:
+    """A committer's increments: each stored at once (:func:`commit_increment`), its bookkeeping (the known
+    rows taking it: copies of whole rows) on a thread of its own, off the caller's path, and finished
+    before the committer reads those rows again (:meth:`settle`)."""
+
+    def __init__(self, known: KnownRows, engine: ChunkEngine, tables: ParamTables) -> None:
+        self._known, self._engine, self._tables = known, engine, tables
+        self._books: ThreadPoolExecutor | None = None
+        self._booked: Future[None] | None = None
+
+    def increment(self, info: ModelInfo, amounts: Amounts, *, op_id: uuid.UUID,
+                  stop: Callable[[], bool] = lambda: False) -> UpdateResult:
+        self.settle()
+        result, remember = commit_increment(self._known, self._engine, self._tables, info, amounts, op_id=op_id,
+                                            stop=stop)
+        if self._books is None:
+            self._books = ThreadPoolExecutor(1, thread_name_prefix="cstore-increment-books")
+        self._booked = self._books.submit(remember)
+        return result
+
+    def settle(self) -> None:
+        """Wait for the last increment's bookkeeping."""
+        if self._booked is not None:
+            self._booked.result()
+
+    def close(self) -> None:
+        if self._books is not None:
+            self._books.shutdown(wait=True)
 
 
 def _checked(info: ModelInfo, k: int, p: str, idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -125,26 +163,32 @@ def _checked(info: ModelInfo, k: int, p: str, idx: np.ndarray, vals: np.ndarray)
     return idx.astype(np.int32), cast
 
 
-def _stored(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment], op_id: uuid.UUID) -> ChunkCommit:
-    """Chunk ``k`` holds the increment now: so do its known rows (one copy of each touched row)."""
-    rows = known.get((info.model_id, k))
-    if rows is not None and all(p in rows for p in entries):
-        new_rows = dict(rows)
-        for p, inc in entries.items():
-            row = rows[p]
-            pending = {**row.pending, op_id: inc}
-            if all(ticks_of(op) < ticks_of(op_id) for op in row.pending):  # the newest: added last, as readers do
-                data = row.data.copy()
-                np.add.at(data, inc.idx, inc.vals)
-            else:
-                data = with_pending(row.base_data, pending)
-            new_rows[p] = ChunkRow(p, data, row.version, row.op_id, row.deltas, row.delta_bytes, base=row.base_data,
-                                   pending=pending)
-        known.replace((info.model_id, k), rows, new_rows)
-    versions = {p: rows[p].version for p in entries} if rows is not None and all(p in rows for p in entries) else {}
+def _commit_of(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment],
+               op_id: uuid.UUID) -> ChunkCommit:
+    rows = known.get((info.model_id, k)) or {}
+    versions = {p: rows[p].version for p in entries if p in rows}
     return ChunkCommit(k, op_id, versions, dict(versions), sum(int(inc.idx.size) for inc in entries.values()),
                        bytes_written=sum(len(inc.blob) for inc in entries.values()),
                        touched={p: inc.idx for p, inc in entries.items()})
+
+
+def _remember(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment], op_id: uuid.UUID) -> None:
+    """Chunk ``k`` holds the increment now: so do its known rows (one copy of each touched row)."""
+    rows = known.get((info.model_id, k))
+    if rows is None or not all(p in rows for p in entries):
+        return
+    new_rows = dict(rows)
+    for p, inc in entries.items():
+        row = rows[p]
+        pending = {**row.pending, op_id: inc}
+        if all(ticks_of(op) < ticks_of(op_id) for op in row.pending):  # the newest: added last, as readers do
+            data = row.data.copy()
+            np.add.at(data, inc.idx, inc.vals)
+        else:
+            data = with_pending(row.base_data, pending)
+        new_rows[p] = ChunkRow(p, data, row.version, row.op_id, row.deltas, row.delta_bytes, base=row.base_data,
+                               pending=pending)
+    known.replace((info.model_id, k), rows, new_rows)
 
 
 def _partial(info: ModelInfo, op_id: uuid.UUID, result: UpdateResult, left: dict[int, dict[str, bytes]],

@@ -100,8 +100,9 @@ def known_or_read(known: KnownRows, engine: ChunkEngine, info: ModelInfo,
 
 def catch_up(known: KnownRows, engine: ChunkEngine, info: ModelInfo, chunks: Iterable[int]) -> None:
     """Bring the known rows of ``chunks`` to their stored versions from the delta entries above them
-    (no chunk data crosses the wire); a row that a full write has passed since is forgotten, so the
-    next :func:`known_or_read` reads it whole.
+    (no chunk data crosses the wire); a row that a full write has passed since is read whole and
+    replaces the old one (so a reader in another thread never finds a gap), or is forgotten if that read
+    fails (the next :func:`known_or_read` reads it again, and reports the error to its own chunk).
 
     Another writer's small commits (a second worker of the model: a micro-batch of hashed features
     touches a few hundred coordinates per chunk) then cost a reader their entries, not the chunk.
@@ -109,13 +110,24 @@ def catch_up(known: KnownRows, engine: ChunkEngine, info: ModelInfo, chunks: Ite
     held = {k: got for k in chunks if (got := known.get((info.model_id, k))) is not None}
     if not held:
         return
+    behind = []
     for k, new in engine.advance(info, held).items():
         key = (info.model_id, k)
         caught = {p: r for p, r in new.items() if r is not None}
         if len(caught) < len(new):
-            known.drop(key)
+            behind.append(k)
         elif any(r is not held[k][p] for p, r in caught.items()):
             known.replace(key, held[k], caught)
+    if behind:
+        try:
+            whole = engine.read(info, behind)
+        except CstoreError:
+            whole = {}
+        for k in behind:
+            if whole.get(k):
+                known.replace((info.model_id, k), held[k], whole[k])
+            else:
+                known.drop((info.model_id, k))
 
 
 def catch_up_moved(known: KnownRows, engine: ChunkEngine, tables: ParamTables, info: ModelInfo,
