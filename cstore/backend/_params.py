@@ -237,14 +237,13 @@ class ParamTables:
         row = self._r.one(_HEAD, (model_id,), op="read_model", timeout=timeout)
         return int(row["commits"]) if row and row["commits"] is not None else 0
 
-    def head_and_feed(self, model_id: uuid.UUID, feed: Sequence[tuple[int, uuid.UUID]], *,
-                      timeout: float | None = None) -> tuple[int, list[Row]]:
-        """What a scorer polls, in one round trip: the head counter, and the increment-feed rows of each
-        ``(bucket, after)`` (``op_id > after``)."""
-        got = self._r.read_together([(_HEAD, (model_id,))] + [(_FEED, (model_id, b, a)) for b, a in feed],
-                                    op="read_model", timeout=timeout)
-        head = got[0][0]["commits"] if got[0] and got[0][0]["commits"] is not None else 0
-        return int(head), [r for rows in got[1:] for r in rows]
+    def feed(self, model_id: uuid.UUID, windows: Sequence[tuple[int, uuid.UUID]], *,
+             timeout: float | None = None) -> list[Row]:
+        """``op_id, chunk, param, delta`` of the increment feed, per ``(bucket, after)``: its rows with
+        ``op_id > after`` (one request per bucket, all at once)."""
+        got = self._r.read_together([(_FEED, (model_id, b, a)) for b, a in windows], op="read_model",
+                                    timeout=timeout)
+        return [r for rows in got for r in rows]
 
     def init_index(self, rows: Iterable[tuple[uuid.UUID, str, int, uuid.UUID]]) -> None:
         self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")

@@ -266,12 +266,14 @@ def _measure(ctx: BenchContext, store: Store, client: Client, name: str, seconds
     _, sent, prod_s, blocked = done
     polls = (status1["polls"] - status0["polls"]) / elapsed
     index_reads = (status1["index_reads"] - status0["index_reads"]) / elapsed
+    feed_polls = (status1["feed_polls"] - status0["feed_polls"]) / elapsed
     return {"bulk_rate_target": rate, "bulk_events_per_s": round(sent / prod_s), "bulk_producer_blocked_s": blocked,
             "learned_events_per_s": round(learned / elapsed), **_stats(crit, "critical_fresh"),
             "critical_lost": len(crit_sent) - len(crit), **_stats(bulk, "bulk_fresh"),
             "bulk_lost": len(bulk_sent) - len(bulk), **_stats(send_ms, "critical_send"),
-            "scorer_polls_per_s": round(polls, 1), "scorer_index_reads_per_s": round(index_reads, 1),
-            "cluster_reads_per_s_per_100_scorers": round(100 * (polls + index_reads)),
+            "scorer_polls_per_s": round(polls, 1), "scorer_feed_polls_per_s": round(feed_polls, 1),
+            "scorer_index_reads_per_s": round(index_reads, 1),
+            "cluster_reads_per_s_per_100_scorers": round(100 * (polls + feed_polls + index_reads)),
             "critical_fresh_ms": [round(x, 1) for x in crit], "bulk_fresh_ms": [round(x, 1) for x in bulk]}
 
 
@@ -317,7 +319,8 @@ def latency_scenario(ctx: BenchContext) -> dict[str, Any]:
                 f"{out.get(f'{lane}_fresh_p99_ms')} ms, max {out.get(f'{lane}_fresh_max_ms')} ms over "
                 f"{out[f'{lane}_fresh_probes']} labels ({out[f'{lane}_lost']} not seen); goal p99 < {goal:.0f} ms")
     ctx.log(f"  bulk: {out['bulk_events_per_s']:,} events/s sent, {out['learned_events_per_s']:,} learned/s; "
-            f"scorer: {out['scorer_polls_per_s']} head polls/s + {out['scorer_index_reads_per_s']} index reads/s "
+            f"scorer: {out['scorer_polls_per_s']} head polls/s + {out['scorer_feed_polls_per_s']} feed polls/s + "
+            f"{out['scorer_index_reads_per_s']} index reads/s "
             f"= {out['cluster_reads_per_s_per_100_scorers']:,} reads/s per 100 scorers")
     out.update(atomic_section(ctx))
     return out

@@ -2,10 +2,11 @@
 
 A :class:`ModelCache` holds an immutable :class:`CachedModel`; a background thread polls the
 model's head counter (``model_heads``: one tiny row that every commit announcement increments, after
-its index rows) and, in the same round trip, the model's increment feed (critical labels, see
-:mod:`cstore.scoring._feed`), and only when the counter moved reads the ``chunk_versions`` partition,
-fetches the chunk partitions whose version moved, builds *new* arrays (copy-on-write) and swaps the
-reference. So a scorer can poll every 20 ms and a quiet model costs two small reads per poll.
+its index rows), and only when it moved reads the ``chunk_versions`` partition, fetches the chunk
+partitions whose version moved, builds *new* arrays (copy-on-write) and swaps the reference. A second
+thread polls the model's increment feed (critical labels, see :mod:`cstore.scoring._feed`) and adds
+them at once, never behind a bulk commit's catch-up. So a scorer can poll every 20 ms and a quiet
+model costs two one-partition reads per poll.
 A reader takes the reference once and computes with it, so it sees one whole state: never a
 half-applied chunk. A periodic full check reads the versions from the chunk rows themselves,
 which heals an index row that a writer failed to write after its commit.
@@ -32,7 +33,7 @@ from cstore.backend import Backoff
 from cstore.core import ChunkRow, Increment, ModelInfo
 from cstore.errors import ValidationError
 from cstore.learn import FeatureHasher
-from cstore.scoring._feed import FeedFollower, apply_increments
+from cstore.scoring._feed import FeedFollower, added_since, apply_increments
 from cstore.store import SCORED_PARAMS, missing_chunk
 
 __all__ = ["INDEX_GRACE_S", "PREDICT_PARAMS", "CachedModel", "ModelCache", "SharedHasher", "hashing_config"]
@@ -118,7 +119,7 @@ class ModelCache:
         self.current: CachedModel | None = None
         self.last_ok: float | None = None        # time.monotonic() of the last successful refresh
         self.counters = {"polls": 0, "index_reads": 0, "full_checks": 0, "chunks_fetched": 0, "chunks_caught_up": 0,
-                         "swaps": 0, "stale_index_rows": 0, "alias_reads": 0, "increments": 0}
+                         "swaps": 0, "stale_index_rows": 0, "alias_reads": 0, "feed_polls": 0, "increments": 0}
         self.feed = FeedFollower(PREDICT_PARAMS)
         self._head: int | None = None             # the head counter the current copy was built from
         self.index_grace_s = INDEX_GRACE_S
@@ -128,22 +129,30 @@ class ModelCache:
         self._init_sync()
 
     def _init_sync(self) -> None:
-        self._refresh_lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one head refresh at a time
+        self._feed_lock = threading.Lock()     # one feed poll at a time
+        self._swap_lock = threading.Lock()     # a new state is built on the latest one
+        self._recheck: set[int] = set()        # chunks a feed entry may be folded into: caught up next
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the refresher thread (again, e.g. in a forked child); idempotent."""
-        if self._thread is None or not self._thread.is_alive():
+        """Start the refresher threads (again, e.g. in a forked child); idempotent."""
+        if not any(t.is_alive() for t in self._threads):
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name=f"cstore-refresh-{self.name}", daemon=True)
-            self._thread.start()
+            self._threads = [threading.Thread(target=self._run, args=(self._refresh_head,), daemon=True,
+                                              name=f"cstore-refresh-{self.name}"),
+                             threading.Thread(target=self._run, args=(self.poll_feed,), daemon=True,
+                                              name=f"cstore-feed-{self.name}")]
+            for t in self._threads:
+                t.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
 
     def after_fork(self) -> None:
         """In a forked child: fresh locks, no thread (threads do not survive fork); keep the arrays."""
@@ -156,12 +165,11 @@ class ModelCache:
         """Seconds since the last successful refresh (``inf`` if the model was never loaded)."""
         return math.inf if self.last_ok is None else time.monotonic() - self.last_ok
 
-    def _run(self) -> None:
+    def _run(self, poll: Callable[[], object]) -> None:
         delay = 0.0 if self.current is None else self.interval_s
         while not self._stop.wait(delay):
             try:
-                full = time.monotonic() >= self._next_full
-                self.refresh(full=full)
+                poll()
                 self.backoff.success()
                 delay = self.interval_s * random.uniform(0.8, 1.2)  # jitter: scorers do not poll in step
             except Exception as exc:  # keep serving the cached copy; staleness shows the trouble
@@ -169,7 +177,32 @@ class ModelCache:
 
     # -- refreshing --------------------------------------------------------------------------------
     def refresh(self, *, full: bool = False) -> CachedModel:
-        """Bring :attr:`current` up to date now; returns it. Raises on failure (nothing is swapped)."""
+        """Bring :attr:`current` up to date now (head and feed); returns it. Raises on failure (nothing is
+        swapped)."""
+        self._refresh_head(full)
+        self.poll_feed()
+        assert self.current is not None
+        return self.current
+
+    def poll_feed(self) -> None:
+        """Add the increments the feed shows (one partition read) to the current state, at once."""
+        cur = self.current
+        if cur is None or cur.pinned is not None:
+            return  # nothing to add to yet, or an alias pinned to a snapshot (no increment is in it)
+        b = self.backend_fn()
+        with self._feed_lock:
+            entries = self.feed.poll(b.store, cur.info, timeout=_INDEX_TIMEOUT_S)
+            self.counters["feed_polls"] += 1
+            if entries:
+                self.counters["increments"] += len(entries)
+                with self._swap_lock:
+                    if self.current is not None and self.current.pinned is None:
+                        new, recheck = apply_increments(self.current, entries)
+                        self._recheck |= recheck
+                        self._swap(new)
+
+    def _refresh_head(self, full: bool | None = None) -> None:
+        full = time.monotonic() >= self._next_full if full is None else full
         with self._refresh_lock:
             b = self.backend_fn()
             cur = self.current
@@ -182,24 +215,23 @@ class ModelCache:
                     cur = None
             else:
                 info = cur.info
-            # The head before the index; the feed's increments in the same round trip.
-            head, feed = b.store.backend.params.head_and_feed(info.model_id, self.feed.window(),
-                                                              timeout=_INDEX_TIMEOUT_S)
+            head = b.store.backend.params.head(info.model_id, timeout=_INDEX_TIMEOUT_S)  # before the index
             self.counters["polls"] += 1
             if self.alias is not None:  # an alias move bumps the head counter too: look only when it moved
                 pinned = self._alias_target(b, info) if cur is None or full or head != self._head else \
                     (cur.pinned if cur is not None else None)
                 if pinned is not None:
-                    return self._serve_snapshot(b, info, cur, pinned, head)
+                    self._serve_snapshot(b, info, cur, pinned, head)
+                    return
                 if cur is not None and cur.pinned is not None:
                     cur = None  # the alias follows the head again: load it whole
-            recheck: set[int] = set()
-            if cur is not None and feed:
-                cur, recheck = self._increments(b, cur, feed)
+            with self._swap_lock:
+                recheck, self._recheck = self._recheck, set()
             # Nothing announced since the last poll: nothing to read (unless an index row is known to
             # trail its chunk, which is watched until it catches up or is reported).
             if cur is not None and not full and head == self._head and not self._behind and not recheck:
-                return self._swap(cur)
+                self.last_ok = time.monotonic()
+                return
             index = self._read_index(b, info)
             if cur is None:
                 new = self._load(b, info, index)
@@ -210,21 +242,17 @@ class ModelCache:
                 self._next_full = time.monotonic() + self.full_check_s
             self._head = head
             self._watch_index(new, index)
-            return self._swap(new)
+            with self._swap_lock:  # the increments the feed added meanwhile go on top of the new state
+                if cur is not None and self.current is not cur and self.current is not None:
+                    new, recheck = apply_increments(new, added_since(cur, self.current))
+                    self._recheck |= recheck
+                self._swap(new)
 
-    def _swap(self, new: CachedModel) -> CachedModel:
+    def _swap(self, new: CachedModel) -> None:
         if new is not self.current:
             self.current = new  # the swap: one reference assignment, atomic for readers
             self.counters["swaps"] += 1
         self.last_ok = time.monotonic()
-        return new
-
-    def _increments(self, b: Any, cur: CachedModel, rows: list[Any]) -> tuple[CachedModel, set[int]]:
-        """The feed's new increments added to ``cur``; the chunks to catch up to settle the others."""
-        entries = self.feed.new(cur.info, b.store.chunks.codec, rows)
-        new, recheck = apply_increments(cur, entries)
-        self.counters["increments"] += len(entries)
-        return new, recheck
 
     def _alias_target(self, b: Any, info: ModelInfo) -> int | None:
         a = b.store.governance.alias(info, self.alias)
@@ -242,8 +270,8 @@ class ModelCache:
             hasher = cur.hasher if cur is not None else SharedHasher(*hashing_config(info))
             cur = CachedModel(info, hasher, weights, float(state.params["bias"].reshape(-1)[0]), {}, version,
                               time.time(), pinned=version)
-            self.current = cur  # the swap: one reference assignment, atomic for readers
-            self.counters["swaps"] += 1
+            with self._swap_lock:
+                self._swap(cur)
             self.counters["chunks_fetched"] += info.n_chunks("weights")
         self.last_ok = time.monotonic()
         return cur

@@ -30,7 +30,7 @@ import numpy as np
 from cstore.core import TICKS_PER_S, Increment, ModelInfo, min_uuid_at, ticks_of
 from cstore.store import FEED_BUCKET_S, decode_increment, with_pending
 
-__all__ = ["FEED_OVERLAP_S", "FeedFollower", "apply_increments"]
+__all__ = ["FEED_OVERLAP_S", "FeedEntry", "FeedFollower", "added_since", "apply_increments"]
 
 #: How far back each poll re-reads the feed (a feed write that lands later than this is not missed for
 #: good: its chunk's next move, or the periodic full check, brings it from the row).
@@ -62,6 +62,11 @@ class FeedFollower:
         first, last = int(since // FEED_BUCKET_S), int(now // FEED_BUCKET_S)
         return [(b, after) for b in range(first, last + 1)]
 
+    def poll(self, store: Any, info: ModelInfo, *, timeout: float | None = None) -> list[FeedEntry]:
+        """The entries of the feed not seen before (one read per feed partition of the window)."""
+        rows = store.backend.params.feed(info.model_id, self.window(), timeout=timeout)
+        return self.new(info, store.chunks.codec, rows)
+
     def new(self, info: ModelInfo, codec: Any, rows: Iterable[Mapping[str, Any]]) -> list[FeedEntry]:
         """The rows not seen before, decoded (each (op, chunk, param) is considered once)."""
         now = time.monotonic()
@@ -76,6 +81,13 @@ class FeedFollower:
             self._seen[key] = now
             out.append(FeedEntry(p, k, op, decode_increment(codec, info, k, p, op, r["delta"])))
         return out
+
+
+def added_since(old: Any, now: Any) -> list[FeedEntry]:
+    """The increments the cached state ``now`` holds and ``old`` does not (added by the feed while a
+    refresh built a new state from ``old``: they go on top of it)."""
+    return [FeedEntry(p, k, op, inc) for (p, k), pend in now.pending.items() for op, inc in pend.items()
+            if op not in old.pending.get((p, k), {})]
 
 
 def apply_increments(cur: Any, entries: list[FeedEntry]) -> tuple[Any, set[int]]:

@@ -25,11 +25,10 @@ from cstore.store._governance import KEYSPACE_AUDIT, Governance
 from cstore.store._history import HistoryRow
 from cstore.store._increment_commit import Amounts, amounts_of
 from cstore.store._increments import FEED_BUCKET_S, SCORED_PARAMS, decode_increment, with_pending
-from cstore.store._known import KNOWN_BUDGET
 from cstore.store._snapshots import Snapshot, actor
 from cstore.store._stats import Totals
 
 __all__ = ["Amounts", "CATCH_UP_BYTES", "CATCH_UP_FROM", "FEED_BUCKET_S", "KEEP_GUARD", "KEYSPACE_AUDIT",
-           "KNOWN_BUDGET", "SCORED_PARAMS", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState",
+           "SCORED_PARAMS", "ChunkEngine", "Committer", "Governance", "HistoryRow", "ModelState",
            "Snapshot", "Store", "Totals", "actor", "amounts_of", "assemble", "connect", "decode_increment",
            "missing_chunk", "with_pending"]

@@ -64,15 +64,15 @@ class Committer:
     """Commits the atomic updates of one process in rounds (see the module docstring)."""
 
     def __init__(self, engine: ChunkEngine, tables: ParamTables, *, timeout_s: float, urgent: bool = False,
-                 known_bytes: int | None = None) -> None:
+                 share: Committer | None = None) -> None:
         """``urgent``: retry a refused chunk at once instead of after a jittered back-off (a critical
         lane: its commits are small and rare, and the bulk writer it lost to backs off itself), and
         announce on an announcer of its own, never queued behind a bulk batch's index rows.
-        ``known_bytes``: the budget of rows kept between commits (default 256 MiB)."""
+        ``share``: a committer whose known rows this one uses too (one process's learners of a model)."""
         self._engine, self._tables = engine, tables
         self._announcer = Announcer(tables) if urgent else engine.announcer
         self._timeout_s, self._urgent = timeout_s, urgent
-        self._known = KnownRows() if known_bytes is None else KnownRows(known_bytes)
+        self._known: KnownRows = KnownRows() if share is None else share._known
         self._pending: list[Request] = []
         self._claimed: set[tuple[uuid.UUID, int]] = set()
         self._not_before: dict[tuple[uuid.UUID, int], float] = {}
@@ -96,7 +96,7 @@ class Committer:
         """
         for k, rows in (current or {}).items():
             if rows:
-                self._known.put((info.model_id, k), dict(rows))
+                self._known.offer((info.model_id, k), dict(rows))
         left = set(chunks)
         if update_id is not None:  # a re-submission, perhaps: skip the chunks this op committed already
             left = {k for k in left if not committed(self._engine, self._tables, info, k, chunk_op_id(update_id, k))}
@@ -364,7 +364,7 @@ class Committer:
             self._streak.pop(key, None)
             self._not_before.pop(key, None)
             refused = self._refused.pop(key, 0)
-        self._known.put(key, rows_after(after, writes, op_id))
+        self._known.put_committed(key, rows_after(after, writes, op_id), {p: set(before[p].pending) for p in before})
         return ChunkCommit(k, op_id, {p: before[p].version for p in change},
                            {p: before[p].version + 1 for p in change}, sum(len(t) for _, t in change.values()),
                            retries=refused, conflicts=refused, bytes_written=sum(w.nbytes for w in writes.values()),

@@ -108,8 +108,8 @@ def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables,
                     "move", op_id, info.name)
 
     def remember() -> None:
-        for k, by_param in entries.items():
-            _remember(known, info, k, by_param, op_id)
+        for c in result.commits:
+            _remember(known, info, c.chunk, entries[c.chunk], op_id, c.old_versions)
         engine.record(info, Totals(updates=1 if result.commits else 0, coords=result.coords,
                                    bytes_written=sum(c.bytes_written for c in result.commits)))
     return result, remember
@@ -172,23 +172,32 @@ def _commit_of(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Inc
                        touched={p: inc.idx for p, inc in entries.items()})
 
 
-def _remember(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment], op_id: uuid.UUID) -> None:
-    """Chunk ``k`` holds the increment now: so do its known rows (one copy of each touched row)."""
-    rows = known.get((info.model_id, k))
-    if rows is None or not all(p in rows for p in entries):
-        return
-    new_rows = dict(rows)
-    for p, inc in entries.items():
-        row = rows[p]
-        pending = {**row.pending, op_id: inc}
-        if all(ticks_of(op) < ticks_of(op_id) for op in row.pending):  # the newest: added last, as readers do
-            data = row.data.copy()
-            np.add.at(data, inc.idx, inc.vals)
-        else:
-            data = with_pending(row.base_data, pending)
-        new_rows[p] = ChunkRow(p, data, row.version, row.op_id, row.deltas, row.delta_bytes, base=row.base_data,
-                               pending=pending)
-    known.replace((info.model_id, k), rows, new_rows)
+def _remember(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Increment], op_id: uuid.UUID,
+              versions: Mapping[str, int]) -> None:
+    """Chunk ``k`` holds the increment now: so do its known rows (one copy of each touched row; again if
+    another thread of the process replaced them meanwhile)."""
+    while True:
+        rows = known.get((info.model_id, k))
+        if rows is None or not all(p in rows for p in entries) or all(op_id in rows[p].pending for p in entries):
+            return
+        if any(rows[p].version != versions.get(p) for p in entries):
+            # A commit moved the rows since the increment was written: it may have folded it (read from the
+            # store) or not; the store knows, so the rows are read again rather than guessed at.
+            known.drop((info.model_id, k))
+            return
+        new_rows = dict(rows)
+        for p, inc in entries.items():
+            row = rows[p]
+            pending = {**row.pending, op_id: inc}
+            if all(ticks_of(op) < ticks_of(op_id) for op in row.pending):  # the newest: added last, as readers do
+                data = row.data.copy()
+                np.add.at(data, inc.idx, inc.vals)
+            else:
+                data = with_pending(row.base_data, pending)
+            new_rows[p] = ChunkRow(p, data, row.version, row.op_id, row.deltas, row.delta_bytes, base=row.base_data,
+                                   pending=pending)
+        if known.replace((info.model_id, k), rows, new_rows):
+            return
 
 
 def _partial(info: ModelInfo, op_id: uuid.UUID, result: UpdateResult, left: dict[int, dict[str, bytes]],

@@ -12,13 +12,14 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from cstore.backend import ParamTables
 from cstore.core import ChunkRow, ModelInfo, ticks_of, uuid_at
 from cstore.errors import CorruptData, CstoreError
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._history import op_in_chain
+from cstore.store._increments import with_pending
 
 __all__ = ["KnownRows", "catch_up", "catch_up_moved", "chunk_op_id", "committed", "known_or_read", "pending_since"]
 
@@ -44,22 +45,52 @@ class KnownRows:
     def put(self, key: tuple[uuid.UUID, int], rows: dict[str, ChunkRow]) -> None:
         self.replace(key, None, rows)
 
-    def replace(self, key: tuple[uuid.UUID, int], old: dict[str, ChunkRow] | None, rows: dict[str, ChunkRow]) -> None:
+    def put_committed(self, key: tuple[uuid.UUID, int], rows: dict[str, ChunkRow],
+                      folded: Mapping[str, set[uuid.UUID]]) -> None:
+        """``put`` the rows a commit left, keeping on them the increments the held entry had that the
+        commit did not fold (another thread of this process added them meanwhile: they stay pending)."""
+        while True:
+            held = self.get(key)
+            out = dict(rows)
+            for p, row in rows.items():
+                extra = {op: inc for op, inc in (held[p].pending.items() if held and p in held else ())
+                         if op not in folded.get(p, ()) and op not in row.pending}
+                if extra:
+                    pending = {**row.pending, **extra}
+                    out[p] = ChunkRow(p, with_pending(row.base_data, pending), row.version, row.op_id, row.deltas,
+                                      row.delta_bytes, base=row.base_data, pending=pending)
+            if held is None or self.replace(key, held, out):  # (else the entry moved meanwhile: again)
+                if held is None:
+                    self.put(key, out)
+                return
+
+    def offer(self, key: tuple[uuid.UUID, int], rows: dict[str, ChunkRow]) -> None:
+        """``put`` unless the entry held is as new and holds more: the same versions and every pending
+        increment of ``rows`` and more (another thread of this process added its increment since)."""
+        with self._lock:
+            held = self._rows.get(key)
+        if held is not None and held.keys() == rows.keys() and all(
+                held[p].version == r.version and set(r.pending) < set(held[p].pending) for p, r in rows.items()):
+            return
+        self.put(key, rows)
+
+    def replace(self, key: tuple[uuid.UUID, int], old: dict[str, ChunkRow] | None, rows: dict[str, ChunkRow]) -> bool:
         """``put`` unless the entry is no longer ``old`` (a commit of this process moved it meanwhile);
-        ``old`` None: in any case."""
+        ``old`` None: in any case. Whether it was put."""
         for r in rows.values():
             r.data.flags.writeable = False  # shared by every later transform: nobody may write it
             if r.base is not None:
                 r.base.flags.writeable = False
         with self._lock:
             if old is not None and self._rows.get(key) is not old:
-                return
+                return False
             self._drop(key)
             self._rows[key] = rows
             self._bytes += _nbytes(rows)
             while self._bytes > self._budget and len(self._rows) > 1:
                 _, evicted = self._rows.popitem(last=False)
                 self._bytes -= _nbytes(evicted)
+            return True
 
     def drop(self, key: tuple[uuid.UUID, int]) -> None:
         with self._lock:

@@ -37,48 +37,33 @@ import numpy as np
 
 from cstore.core import TICKS_PER_S, ModelInfo, UpdateResult, ticks_now
 from cstore.feedback import FeedbackLayout, FeedbackReader, LaneCursor
-from cstore.store import KNOWN_BUDGET, Amounts, Committer, Store
+from cstore.store import Amounts, Committer, Store
 from cstore.training._batching import WorkerOptions
 from cstore.training._learner import Learner, learner_config
 from cstore.training._leases import LeaseManager
 
-__all__ = ["CriticalLane", "Lane", "LaneHost", "lane_known_bytes", "new_committer"]
+__all__ = ["CriticalLane", "Lane", "LaneHost", "new_committer"]
 
 log = logging.getLogger("cstore.worker")
 
-LANE_REFRESH_S = 0.1  # the lane's refresher checks the model's version index this often
+LANE_REFRESH_S = 1.0  # the lane's refresher checks the model's version index this often (the bulk loop
+#                       keeps the shared rows current meanwhile: this is for a bulk loop with nothing to do)
 FOLD_AFTER_S = 2.0    # ... and folds increments no commit has folded for this long
 
 
-def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False) -> Committer | None:
+def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False,
+                  known: Committer | None = None) -> Committer | None:
     """A committer of the learner's own (None for blind-write profiles, which commit through the engine).
 
-    The bulk loop and the critical lane each have one: a critical commit never waits for a bulk round
-    to release its chunks; where both touch a chunk, its compare-and-set decides, as between processes,
-    and the critical lane's (``urgent``) retries at once.
+    The bulk loop and the critical lane each have one: an increment never waits for a bulk round to
+    release its chunks. ``known``: a committer whose known rows this one shares (the lane shares the
+    bulk loop's: each bulk commit and each catch-up of the bulk loop keeps the rows the lane learns on
+    current, and the bulk loop's next commit folds the lane's increments without a read).
     """
     if not store.profile.lwt:
         return None
-    # The lane refreshes the rows it touches each batch (caught up from their delta entries when they are
-    # many or large, read whole when few and small), so it keeps them between batches: room for its whole
-    # model, or an evicted row is read whole at the next label that touches it.
     return Committer(store.chunks, store.backend.params, timeout_s=store.config.commit_timeout_s, urgent=urgent,
-                     known_bytes=lane_known_bytes(info) if urgent else None)
-
-
-def lane_known_bytes(info: ModelInfo) -> int:
-    """The critical lane's budget of known rows: twice its model's bytes (every parameter, and the copy
-    without pending increments that a row holding some keeps beside it), at least 1 MiB and at most
-    what a bulk committer keeps (:data:`cstore.store.KNOWN_BUDGET`, 256 MiB).
-
-    >>> import uuid
-    >>> big = ModelInfo("m", uuid.uuid4(), 65536, "float32", {"w": (1 << 22,), "z": (1 << 22,), "n": (1 << 22,)})
-    >>> lane_known_bytes(big) // (1 << 20)  # 3 parameters of 2^22 floats: 48 MiB, twice
-    96
-    """
-    itemsize = np.dtype(info.dtype).itemsize
-    nbytes = sum(info.size(p) for p in info.params) * itemsize
-    return min(KNOWN_BUDGET, max(1 << 20, 2 * nbytes))
+                     share=known)
 
 
 @dataclasses.dataclass(eq=False)
@@ -108,6 +93,7 @@ class LaneHost(Protocol):
     heartbeat_s: float
     margin_s: float
     _stop: threading.Event
+    bulk_committer: Committer | None
     on_commit: Callable[[UpdateResult, float], None] | None
 
     @property
@@ -126,7 +112,8 @@ class CriticalLane(Lane):
                           "batch_s_total": 0.0}, {},
                          LeaseManager(worker.store.backend.fleet, worker.fcfg.model_id, worker.opts.group,
                                       worker.fcfg.partitions, worker.worker_id, ttl_s=worker.opts.lease_ttl_s),
-                         new_committer(worker.store, worker.info, urgent=True), critical=True)
+                         new_committer(worker.store, worker.info, urgent=True, known=worker.bulk_committer),
+                         critical=True)
         self.worker = worker
         self.part = worker.fcfg.critical_part
         self.idle = False  # the last poll found nothing (or another worker holds the lane): for run(until_idle)

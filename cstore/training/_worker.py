@@ -95,7 +95,8 @@ class Worker:
         self._loop_at = time.monotonic()
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
         self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
-        self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, new_committer(store, self.info))
+        self.bulk_committer = new_committer(store, self.info)
+        self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, self.bulk_committer)
         self.critical = CriticalLane(self) if self.opts.critical else None
         self.guard = GuardWatch(store, self.info, self.worker_id)
         self.turn = worker_turn(self)  # its bulk commits take turns with other workers of the model
