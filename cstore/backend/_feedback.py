@@ -19,6 +19,8 @@ _ANNOUNCE = "INSERT INTO feedback_buckets (model_id, part, bucket, lane) VALUES 
 _BUCKETS = "SELECT bucket, lane FROM feedback_buckets WHERE model_id = ? AND part = ? AND bucket >= ?"
 _LIST = ("SELECT seg_id, n_events FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
          "AND bucket = ? AND seg_id > ? LIMIT ?")
+_LIST_PAYLOAD = ("SELECT seg_id, n_events, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
+                 "AND bucket = ? AND seg_id > ? LIMIT ?")
 _FETCH = ("SELECT seg_id, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
           "AND bucket = ? AND seg_id = ?")
 _FETCH_RANGE = ("SELECT seg_id, payload FROM feedback_segments WHERE model_id = ? AND part = ? AND lane = ? "
@@ -73,10 +75,22 @@ class FeedbackTables:
         return self._r.many(_BUCKETS, [(model_id, p, b) for p, b in parts_from], op="read_feedback")
 
     def list_segments(self, model_id: uuid.UUID, queries: Sequence[tuple[int, int, int, uuid.UUID]],
-                      limit: int) -> list[list[Row]]:
-        """``seg_id, n_events`` per ``(part, lane, bucket, after seg_id)``, at most ``limit`` each, in order."""
-        return self._r.many(_LIST, [(model_id, p, ln, b, after, limit) for p, ln, b, after in queries],
-                            op="read_feedback")
+                      limit: int, *, payload: bool = False) -> list[list[Row]]:
+        """``seg_id, n_events`` (and ``payload`` when asked) per ``(part, lane, bucket, after seg_id)``, at most
+        ``limit`` each, in order."""
+        return self._r.many(_LIST_PAYLOAD if payload else _LIST,
+                            [(model_id, p, ln, b, after, limit) for p, ln, b, after in queries], op="read_feedback")
+
+    def list_with_index(self, model_id: uuid.UUID, parts_from: Sequence[tuple[int, int]],
+                        queries: Sequence[tuple[int, int, int, uuid.UUID]], limit: int, *,
+                        payload: bool = False) -> tuple[list[list[Row]], list[list[Row]]]:
+        """:meth:`buckets` and :meth:`list_segments` (with each segment's ``payload`` when asked) sent at
+        once: one round trip where a listing that knows its buckets would wait for the index first."""
+        cql = _LIST_PAYLOAD if payload else _LIST
+        got = self._r.read_together([(_BUCKETS, (model_id, p, b)) for p, b in parts_from]
+                                    + [(cql, (model_id, p, ln, b, after, limit)) for p, ln, b, after in queries],
+                                    op="read_feedback")
+        return got[:len(parts_from)], got[len(parts_from):]
 
     def fetch_segments(self, model_id: uuid.UUID, keys: Sequence[tuple[int, int, int, uuid.UUID]]) -> list[Row]:
         """``seg_id, payload`` of each ``(part, lane, bucket, seg_id)`` that still exists.

@@ -25,6 +25,8 @@ complete, and the floor never passes it.
 from __future__ import annotations
 
 import logging
+import math
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from typing import Any
 
 import msgpack
 
-from cstore.backend import Cas, FeedbackTables
+from cstore.backend import Cas, FeedbackTables, Row
 from cstore.core import TICKS_PER_S, CodecPipeline, max_uuid_at, ticks_of
 from cstore.errors import CorruptData, CstoreError, InvalidFeedback, KeyUnavailable
 from cstore.feedback._events import Event
@@ -41,6 +43,9 @@ from cstore.feedback._layout import FeedbackLayout
 from cstore.feedback._segments import ColumnSpan, decode_stored_columns, open_segment
 
 __all__ = ["FeedbackReader", "LaneCursor", "LaneListing", "SegmentRef"]
+
+SWEEP_S = 1.0  # a prefetching listing (the critical lane's) lists from the floor this often...
+QUICK_MARGIN_TICKS = TICKS_PER_S // 4  # ... and in between from this far below the newest learned segment
 
 log = logging.getLogger("cstore.worker")
 _INF = 2**62
@@ -129,6 +134,11 @@ class FeedbackReader:
         # or damaged). They are counted, logged and passed over, so that their partition moves on.
         self.poison_events = 0
         self.poison_segments = 0
+        # What prefetching listings (``list_new(prefetch=True)``) keep: payloads for the fetch that follows,
+        # and per partition the (lane, bucket)s its bucket index showed last.
+        self._prefetched: dict[uuid.UUID, Row] = {}
+        self._seen_buckets: dict[int, list[tuple[int, int]]] = {}
+        self._swept: dict[int, float] = {}  # per partition: when a prefetching listing last swept from the floor
 
     def initial_floor(self) -> int:
         """Where a new consumer group starts: just before the model's feedback layout existed."""
@@ -168,14 +178,43 @@ class FeedbackReader:
 
     # -- listing and fetching ----------------------------------------------------------------------
     def list_new(self, cursors: dict[int, dict[int, LaneCursor]], scan_ticks: int, *, limit: int = 2000,
-                 max_buckets: int = 4) -> dict[tuple[int, int], LaneListing]:
-        """New segments per (part, lane) of the given cursors; ``scan_ticks`` must be taken before calling."""
+                 max_buckets: int = 4, prefetch: bool = False) -> dict[tuple[int, int], LaneListing]:
+        """New segments per (part, lane) of the given cursors; ``scan_ticks`` must be taken before calling.
+
+        ``prefetch`` (the critical lane's polls: few, small segments): the segments come with their
+        payloads, which the next :meth:`fetch` / :meth:`fetch_columns` of them takes instead of reading
+        them, and the buckets the previous listing found are listed together with the bucket index, so a
+        label is found and read in one round trip (a bucket the index shows for the first time costs a
+        second)."""
         if self.unopenable is not None:
             raise self.unopenable
         parts = list(cursors)
         bpt = self.cfg.bucket_s * TICKS_PER_S
-        idx = self._tables.buckets(self.cfg.model_id,
-                                   [(p, min(c.floor for c in cursors[p].values()) // bpt) for p in parts])
+        parts_from = [(p, min(c.floor for c in cursors[p].values()) // bpt) for p in parts]
+        early: dict[tuple[int, int, int], list[Row]] = {}
+        now = time.monotonic()
+        sweep = {p for p in parts if not prefetch or now - self._swept.get(p, -math.inf) >= SWEEP_S}
+        self._swept.update((p, now) for p in sweep if prefetch)
+
+        def after(p: int, ln: int) -> uuid.UUID:
+            """Where a lane's listing starts: its floor, or (a prefetching poll between sweeps) just below
+            the newest segment it learned, so that the lateness window's learned segments are not listed
+            (with their payloads) on every poll; a sweep from the floor finds late ones."""
+            c = cursors[p][ln]
+            if p in sweep or not c.done:
+                return max_uuid_at(c.floor)
+            return max_uuid_at(max(c.floor, max(c.done.values()) - QUICK_MARGIN_TICKS))
+        if prefetch:  # the buckets the last index read showed, listed with the index: one round trip
+            guess = [(p, ln, b) for p, first in parts_from for ln, b in self._seen_buckets.get(p, ())
+                     if b >= first and ln in cursors[p]]
+            idx, listed = self._tables.list_with_index(
+                self.cfg.model_id, parts_from, [(p, ln, b, after(p, ln)) for p, ln, b in guess], limit,
+                payload=not sweep)
+            early = dict(zip(guess, listed))
+            for p, found in zip(parts, idx):
+                self._seen_buckets[p] = [(r["lane"], r["bucket"]) for r in found]
+        else:
+            idx = self._tables.buckets(self.cfg.model_id, parts_from)
         plan: dict[tuple[int, int], list[int]] = {}
         more: dict[tuple[int, int], bool] = {}
         for part, rows in zip(parts, idx):
@@ -188,10 +227,13 @@ class FeedbackReader:
                 buckets = sorted(per_lane.get(lane, []))
                 plan[(part, lane)] = buckets[:max_buckets]
                 more[(part, lane)] = len(buckets) > max_buckets
-        queries = [(part, lane, b) for (part, lane), bs in plan.items() for b in bs]
-        res = self._tables.list_segments(self.cfg.model_id, [(part, lane, b, max_uuid_at(cursors[part][lane].floor))
-                                                             for part, lane, b in queries], limit)
-        by_bucket = dict(zip(queries, res))
+        queries = [(part, lane, b) for (part, lane), bs in plan.items() for b in bs if (part, lane, b) not in early]
+        res = self._tables.list_segments(self.cfg.model_id, [(part, lane, b, after(part, lane))
+                                                             for part, lane, b in queries], limit,
+                                         payload=prefetch and not sweep) if queries else []
+        by_bucket = {**early, **dict(zip(queries, res))}
+        if prefetch:  # segments listed with their payload: the fetch that follows takes them from here
+            self._prefetched = {r["seg_id"]: r for got in by_bucket.values() for r in got}
         out = {}
         for (part, lane), buckets in plan.items():
             cur = cursors[part][lane]
@@ -223,7 +265,10 @@ class FeedbackReader:
         return self._fetch(refs, dicts=False)
 
     def _fetch(self, refs: list[SegmentRef], *, dicts: bool) -> dict[uuid.UUID, tuple[list[Event], list[ColumnSpan]]]:
-        stored = self._tables.fetch_segments(self.cfg.model_id, [(r.part, r.lane, r.bucket, r.seg_id) for r in refs])
+        listed = [row for r in refs if (row := self._prefetched.pop(r.seg_id, None)) is not None]
+        rest = [r for r in refs if r.seg_id not in {row["seg_id"] for row in listed}]
+        stored = listed + (self._tables.fetch_segments(self.cfg.model_id, [(r.part, r.lane, r.bucket, r.seg_id)
+                                                                           for r in rest]) if rest else [])
         by_id = {r.seg_id: r for r in refs}
         out: dict[uuid.UUID, tuple[list[Event], list[ColumnSpan]]] = {}
         for r in stored:

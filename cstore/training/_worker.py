@@ -229,7 +229,7 @@ class Worker:
     def critical_step(self, lane: CriticalLane) -> int:
         """One poll of the critical partition (the lane's thread): learn what is there, at once."""
         listings = self.reader.list_new(lane.cursors, ticks_now(), limit=self.opts.list_limit,
-                                        max_buckets=self.opts.max_buckets)
+                                        max_buckets=self.opts.max_buckets, prefetch=True)
         chosen = select_segments(listings, self.opts.critical_batch_size)
         if not chosen:
             for (p, ln), listing in listings.items():
