@@ -233,7 +233,7 @@ class FeedbackReader:
                                          payload=prefetch and not sweep) if queries else []
         by_bucket = {**early, **dict(zip(queries, res))}
         if prefetch:  # segments listed with their payload: the fetch that follows takes them from here
-            self._prefetched = {r["seg_id"]: r for got in by_bucket.values() for r in got}
+            self._prefetched = {r["seg_id"]: r for got in by_bucket.values() for r in got if "payload" in r}
         out = {}
         for (part, lane), buckets in plan.items():
             cur = cursors[part][lane]

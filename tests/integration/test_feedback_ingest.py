@@ -264,3 +264,46 @@ def test_cli_ingest_msgpack(base_config, store, session, learner, tmp_path):
     _, fcfg = context(store).layout(learner)
     events = all_events(session, fcfg)
     assert sorted(e.entity_id for e in events) == list(range(100)) and {e.confidence for e in events} == {0.5}
+
+
+def test_a_prefetching_listing_reads_new_labels_with_it_and_sweeps_for_late_ones(store, learner, monkeypatch):
+    """The critical lane's polls (``prefetch=True``): a segment listed between sweeps comes with its payload
+    (no second read), older learned ones are not listed again, and one a slow producer wrote late, stamped
+    below them, is found by the next sweep from the floor: every event read once."""
+    from cstore.feedback import _reader
+
+    ctx = context(store)
+    _, fcfg = ctx.layout(learner)
+    reader = FeedbackReader(store.backend.feedback, fcfg, "prefetch-test")
+    part = fcfg.critical_part
+    cursors = {part: reader.load([part])[part][1]}
+    reads = []
+    fetch_segments = reader._tables.fetch_segments
+    monkeypatch.setattr(reader._tables, "fetch_segments", lambda *a: reads.append(a[1]) or fetch_segments(*a))
+
+    def segment(entity: str) -> Segment:
+        data = encode_event(make_event(entity, 1, features={"a": 1.0}))
+        seg = Segment(part, 0, [data], len(data))
+        seg.stamp(fcfg)
+        return seg
+
+    def poll() -> list[str]:
+        out = []
+        for (p, lane), lst in reader.list_new(cursors, ticks_now(), prefetch=True).items():
+            payloads = reader.fetch(lst.refs)
+            out += [ev.entity_id for r in lst.refs for ev in payloads[r.seg_id]]
+            cursors[p][lane].advance(lst.refs, lst, fcfg.lateness_s)
+        return out
+
+    write_segments(ctx, fcfg, [segment("tx-a")])
+    assert poll() == ["tx-a"] and len(reads) == 1  # the first poll sweeps from the floor: read after listing
+    slow = segment("tx-slow")  # stamped now, written later
+    time.sleep(0.3)  # (further below the next one than the quick listing looks)
+    write_segments(ctx, fcfg, [segment("tx-b")])
+    assert poll() == ["tx-b"] and len(reads) == 1  # between sweeps: listed with its payload, not read again
+    write_segments(ctx, fcfg, [slow])
+    assert poll() == [] and len(reader._prefetched) == 1  # below the quick listing, as is tx-a (only tx-b is:
+    #                                                       within QUICK_MARGIN_TICKS of the newest learned)
+    monkeypatch.setattr(_reader, "SWEEP_S", 0.0)
+    assert poll() == ["tx-slow"]  # the sweep finds it
+    assert poll() == []  # and nothing twice
