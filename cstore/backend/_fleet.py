@@ -21,7 +21,7 @@ _RELEASE = ("DELETE owner, lease_since FROM feedback_consumers "
             "WHERE model_id = ? AND grp = ? AND part = ? IF owner = ?")
 _OWNER = "SELECT owner FROM feedback_consumers WHERE model_id = ? AND grp = ? AND part = ? LIMIT 1"
 _REGISTER = ("INSERT INTO feedback_workers (model_id, grp, worker, host, pid, started_at, heartbeat_at, partitions, "
-             "events, batches, rate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
+             "events, batches, rate, behind_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) USING TTL ?")
 _UNREGISTER = "DELETE FROM feedback_workers WHERE model_id = ? AND grp = ? AND worker = ?"
 _WORKERS = "SELECT * FROM feedback_workers WHERE model_id = ? AND grp = ?"
 _STATE = "SELECT * FROM learner_state WHERE model_id = ? AND grp = ?"
@@ -85,9 +85,9 @@ class FleetTables:
     # -- the registry -------------------------------------------------------------------------------------
     def register(self, model_id: uuid.UUID, group: str, worker: str, host: str, pid: int, started_at: datetime,
                  heartbeat_at: datetime, partitions: list[int], events: int, batches: int, rate: float,
-                 ttl_s: int) -> None:
+                 ttl_s: int, behind_at: datetime | None = None) -> None:
         self._r.write(_REGISTER, (model_id, group, worker, host, pid, started_at, heartbeat_at, partitions, events,
-                                  batches, rate, ttl_s), op="coordination")
+                                  batches, rate, behind_at, ttl_s), op="coordination")
 
     def unregister(self, model_id: uuid.UUID, group: str, worker: str) -> None:
         self._r.write(_UNREGISTER, (model_id, group, worker), op="coordination")

@@ -195,7 +195,8 @@ class Worker:
         for p in [p for p in self.cursors if p not in self.leases.held()]:
             self.cursors.pop(p, None)
         now = time.monotonic()
-        if self.cursors and now - self._last_rebalance < self.heartbeat_s:
+        # (holding nothing: at once the first time, then every second: a worker standing by asks often)
+        if now - self._last_rebalance < (self.heartbeat_s if self.cursors else min(1.0, self.heartbeat_s)):
             return
         self._last_rebalance = now
         _, released = self.leases.rebalance()
@@ -219,6 +220,8 @@ class Worker:
         every = round(1 / self.opts.starvation_reserve) if self.opts.starvation_reserve > 0 else 0
         by_age = every > 0 and self.stats["batches"] % every == every - 1
         chosen = select_segments(listings, self.opts.batch_size, by_age=by_age)
+        if sum(lst.events for lst in listings.values()) - sum(r.n_events for r in chosen) > self.opts.batch_size:
+            self.leases.mark_behind()  # more waits than this batch and the next: the group spreads out
         if not chosen:
             for (p, lane), listing in listings.items():
                 cursors[p][lane].advance([], listing, self.fcfg.lateness_s)

@@ -166,3 +166,34 @@ def test_the_fleet_demo_learns_while_it_scores(store):
     logs = [Path(p) for p in figures["worker_logs"]]
     assert len(logs) == 2 and all(p.is_file() and p.stat().st_size > 0 for p in logs)  # the workers' logs, not ours
     assert any(line.startswith("worker logs:") for line in lines)
+
+
+def test_two_workers_of_a_model_that_one_keeps_up_with_concentrate_and_learn_everything_once(store):
+    """A light stream (one worker keeps up): the older worker holds every partition, the younger stands by
+    with none; every event is learned once. (A backlog spreads them: the 100k test above.)"""
+    from cstore.training import Worker
+    from cstore.feedback import send_feedback
+    name = new_name("conc")
+    create_learner(store, name, n_features=2**12, chunk_size=1024, partitions=4)
+    fast = dict(batch_size=500, max_wait_ms=20, poll_ms=20, lease_ttl_s=6, heartbeat_s=0.5)
+    workers = [Worker(store, name, **fast)]
+    time.sleep(0.05)
+    workers.append(Worker(store, name, **fast))  # started later: the younger
+    threads = [threading.Thread(target=w.run) for w in workers]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(200):
+            send_feedback(store, name, f"tx-{i}", i % 2, features={"a": float(i % 7), "b": "x"})
+            time.sleep(0.01)
+        held = wait_for(lambda: (h := [len(w.leases.held()) for w in workers]) == [4, 0] and h, 20,
+                        "the older worker to hold every partition and the younger none")
+        wait_for(lambda: sum(w.stats["learned"] for w in workers) >= 200, 30, "every event to be learned")
+    finally:
+        for w in workers:
+            w.stop()
+        for t in threads:
+            t.join(60)
+    assert held == [4, 0]
+    missing, dups, learned = learning_tally(store, name)
+    assert (missing, dups, learned) == (0, 0, 200)
