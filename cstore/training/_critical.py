@@ -17,9 +17,14 @@ What the lane leaves out of its own path: the shared drift detector and learning
 when the bulk loop is idle; the lane uses the schedule's current rate meanwhile. Everything else is
 as for a bulk batch: the trace before the commit, the checkpoint conditioned on the lease after it.
 
-Which worker holds the lease: whichever asks first; the others ask again every heartbeat interval,
-so after a holder stops (release) the lane moves within one heartbeat, after it dies within one
-lease TTL. Critical events are never lost meanwhile; they wait in their partition.
+Which worker holds the lease: whichever asks first, except that a worker standing by while another
+holds every bulk partition (``LeaseManager.standing_by``) leaves it to that one: the lane learns on the
+rows its bulk loop keeps current, and that loop's commits fold its increments without a read (in a
+process of its own the lane's rows go stale and its folds meet bulk commits: measured, bulk p99 0.8-1.1
+s against 0.6-0.7 s, critical level). The others look every ``LANE_LOOK_S``
+whether the lease is free (a plain read) and ask for it only then, so after a holder stops (release)
+the lane moves within a fraction of a second, after it dies within one lease TTL. Critical events are
+never lost meanwhile; they wait in their partition.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ log = logging.getLogger("cstore.worker")
 LANE_REFRESH_S = 1.0  # the lane's refresher checks the model's version index this often (the bulk loop
 #                       keeps the shared rows current meanwhile: this is for a bulk loop with nothing to do)
 FOLD_AFTER_S = 2.0    # ... and folds increments no commit has folded for this long
+LANE_LOOK_S = 0.25    # a worker not holding the critical partition looks whether it is free this often
 
 
 def new_committer(store: Store, info: ModelInfo, *, urgent: bool = False,
@@ -92,6 +98,7 @@ class LaneHost(Protocol):
     reader: FeedbackReader
     heartbeat_s: float
     margin_s: float
+    leases: LeaseManager
     _stop: threading.Event
     bulk_committer: Committer | None
     on_commit: Callable[[UpdateResult, float], None] | None
@@ -211,15 +218,24 @@ class CriticalLane(Lane):
             self._lost = False
             self.cursors = {}
         if self.part in self.leases.held(w.margin_s):
+            if w.leases.standing_by:  # the lane goes with the bulk loop: they share their rows
+                self.leases.release([self.part])
+                self.cursors = {}
+                self._next_try = time.monotonic() + w.heartbeat_s
+                return False
             if not self.cursors:
                 _, lanes = w.reader.load([self.part])[self.part]
                 self.cursors = {self.part: lanes}
             return True
         self.cursors = {}
         now = time.monotonic()
-        if now < self._next_try:
+        if now < self._next_try or w.leases.standing_by:
             return False
-        self._next_try = now + w.heartbeat_s
+        # Look often (a plain read of the owner cell: the lane moves to a worker standing by within a
+        # fraction of a second), ask (a compare-and-set) only when it is free.
+        self._next_try = now + min(LANE_LOOK_S, w.heartbeat_s)
+        if w.store.backend.fleet.owner(w.fcfg.model_id, w.opts.group, self.part) is not None:
+            return False
         return self.leases.acquire(self.part)
 
 

@@ -77,6 +77,7 @@ class LeaseManager:
         self.lost_total = 0
         self.started_at = datetime.now(UTC)
         self.behind_at: datetime | None = None  # when this worker last had more waiting than a batch
+        self.standing_by = False  # the last rebalance meant no partition for this worker: another holds them
 
     # -- what we hold ------------------------------------------------------------------------------
     def held(self, margin_s: float = 0.0) -> list[int]:
@@ -201,7 +202,10 @@ class LeaseManager:
 
     def rebalance(self) -> tuple[list[int], list[int]]:
         """Move toward :meth:`target` partitions; returns ``(acquired, released)``."""
-        target = self.target(self.live_workers())
+        live = self.live_workers()
+        target = self.target(live)
+        others = len({w["worker"] for w in live} - {self.worker_id})
+        self.standing_by = target == 0 and others > 0
         mine = self.held()
         if len(mine) > target:
             extras = mine[target:]

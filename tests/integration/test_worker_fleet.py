@@ -169,8 +169,9 @@ def test_the_fleet_demo_learns_while_it_scores(store):
 
 
 def test_two_workers_of_a_model_that_one_keeps_up_with_concentrate_and_learn_everything_once(store):
-    """A light stream (one worker keeps up): the older worker holds every partition, the younger stands by
-    with none; every event is learned once. (A backlog spreads them: the 100k test above.)"""
+    """A light stream (one worker keeps up): the older worker holds every partition and the critical lane,
+    the younger stands by with none; every event is learned once. (A backlog spreads them: the 100k
+    test above.)"""
     from cstore.training import Worker
     from cstore.feedback import send_feedback
     name = new_name("conc")
@@ -188,12 +189,14 @@ def test_two_workers_of_a_model_that_one_keeps_up_with_concentrate_and_learn_eve
             time.sleep(0.01)
         held = wait_for(lambda: (h := [len(w.leases.held()) for w in workers]) == [4, 0] and h, 20,
                         "the older worker to hold every partition and the younger none")
+        lanes = wait_for(lambda: (c := [w.critical.holding for w in workers]) == [True, False] and c, 20,
+                         "the critical lane to run beside the bulk loop")
         wait_for(lambda: sum(w.stats["learned"] for w in workers) >= 200, 30, "every event to be learned")
     finally:
         for w in workers:
             w.stop()
         for t in threads:
             t.join(60)
-    assert held == [4, 0]
+    assert held == [4, 0] and lanes == [True, False]
     missing, dups, learned = learning_tally(store, name)
     assert (missing, dups, learned) == (0, 0, 200)
