@@ -11,7 +11,8 @@ or, on the registry the service already exposes::
 
 Series (label ``model``): ``cstore_scorer_staleness_seconds``, ``cstore_scorer_model_version``,
 ``cstore_scorer_model_loaded``, ``cstore_scorer_refresh_errors_total``, ``cstore_scorer_polls_total``,
-``cstore_scorer_chunks_fetched_total``, ``cstore_scorer_chunks_caught_up_total``, ``cstore_scorer_predictions_total``,
+``cstore_scorer_chunks_fetched_total``, ``cstore_scorer_chunks_caught_up_total``, ``cstore_scorer_feed_polls_total``,
+``cstore_scorer_increments_total``, ``cstore_scorer_predictions_total``,
 ``cstore_scorer_log_events_total`` (label ``outcome``: logged, dropped, write_errors), and
 ``cstore_scorer_log_queue`` (process-wide); for shadow scoring (labels ``model``, ``shadow``):
 ``cstore_scorer_shadow_predictions_total``, ``cstore_scorer_shadow_disagreements_total`` and
@@ -53,6 +54,8 @@ class ScorerCollector(Collector):
             ("polls", "Head-counter polls of the cached model."),
             ("chunks_fetched", "Chunk partitions fetched whole into the cached model."),
             ("chunks_caught_up", "Moved chunks brought up to date from their delta entries alone."),
+            ("feed_polls", "Increment-feed polls of the cached model."),
+            ("increments", "Increments (critical labels) added to the cached model from the feed."),
             ("predictions", "Predictions made from the cached model (one per row of a batch)."))}
         log_events = CounterMetricFamily("cstore_scorer_log_events", "Prediction-log entries, by outcome.",
                                          labels=["model", "outcome"])
@@ -77,6 +80,8 @@ class ScorerCollector(Collector):
             counters["polls"].add_metric([name], float(st["polls"]))
             counters["chunks_fetched"].add_metric([name], float(st["chunks_fetched"]))
             counters["chunks_caught_up"].add_metric([name], float(st["chunks_caught_up"]))
+            counters["feed_polls"].add_metric([name], float(st["feed_polls"]))
+            counters["increments"].add_metric([name], float(st["increments"]))
             counters["predictions"].add_metric([name], float(handle.predictions))
             if handle.loaded:
                 life = self.client.log_counters(handle.model_id)

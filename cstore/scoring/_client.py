@@ -8,11 +8,10 @@
 >>> client.feedback("tx-42", 1, kind="explicit")   # a chargeback, days later: no features needed  # doctest: +SKIP
 >>> model.version, model.staleness                 # head version held, seconds since last refresh  # doctest: +SKIP
 
-Freshness: each model has a refresher thread (see ``_cache``) that polls the model's head counter
-every ``refresh_interval_s`` and swaps in new arrays copy-on-write, so a prediction always computes
-with one whole state, and a second thread that polls its increment feed as often (critical labels).
-If Cassandra goes away, predictions continue
-from the cached copy and ``staleness`` grows; a model never loaded raises :class:`NotLoaded`.
+Freshness: each model has a thread (see ``_cache``) polling its head counter every ``refresh_interval_s``
+and one its increment feed (critical labels); each swaps in new arrays copy-on-write, so a prediction
+always computes with one whole state. If Cassandra goes away, predictions continue from the cached copy
+and ``staleness`` grows; a model never loaded raises :class:`NotLoaded`.
 
 Threads: one handle may be shared by any number of threads (predictions read an immutable state).
 Pre-fork servers: a client created before ``fork()`` notices the new pid in the child (an

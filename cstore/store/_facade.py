@@ -36,6 +36,7 @@ from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._governance import KEEP, KEYSPACE_AUDIT, Governance
 from cstore.store._lineage import DEFAULT_GROUPS, collect_lineage
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
+from cstore.store._increments import with_pending
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
 from cstore.store._stats import StatsRecorder, Totals
 
@@ -351,7 +352,9 @@ class Store:
             rebuilt[k] = {}
             for p, base in snap_rows.items():
                 chain = chain_between(by_op, p, head[k][p].op_id, base.op_id)
-                rebuilt[k][p] = ChunkRow(p, replay_chunk(base.data, chain), head[k][p].version, head[k][p].op_id)
+                data = replay_chunk(base.data, chain)  # the head's versions; then its pending increments, as a read
+                rebuilt[k][p] = ChunkRow(p, with_pending(data, head[k][p].pending), head[k][p].version,
+                                         head[k][p].op_id)
         return assemble(info, rebuilt).params
 
     def stats(self, name: str, *, since: float | datetime | None = None) -> list[dict[str, Any]]:

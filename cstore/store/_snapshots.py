@@ -54,13 +54,16 @@ class Snapshots:
 
     def create(self, info: ModelInfo, chunks: Mapping[int, Mapping[str, ChunkRow]], reason: str,
                lineage: Mapping[str, Any] | None = None) -> int:
-        """Persist ``chunks`` (as read) as a snapshot; its id is the head version they add up to."""
+        """Persist ``chunks`` (as read) as a snapshot; its id is the head version they add up to. A row's
+        pending increments are not in it (``base_data``): a snapshot holds what its chunk versions hold, so
+        the same versions are the same content, and a replay from it adds the head's pending increments
+        once."""
         head = sum(r.version for rows in chunks.values() for r in rows.values())
         if self._tables.snapshot(info.model_id, head):
             return head  # the same head was snapshotted already: same content, nothing to do
         codec = self._engine.codec
         self._tables.put_snapshot_chunks([(info.model_id, head, k, p,
-                                           codec.encode(r.data, context=chunk_context(info.model_id, k, p)),
+                                           codec.encode(r.base_data, context=chunk_context(info.model_id, k, p)),
                                            r.version, r.op_id)
                                           for k, rows in chunks.items() for p, r in rows.items()])
         self._tables.put_snapshot(info.model_id, head, datetime.now(UTC), actor(), reason, len(chunks),

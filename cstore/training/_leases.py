@@ -224,7 +224,9 @@ class LeaseManager:
 
 
 def _ts(value: datetime | None) -> float:
-    """Seconds since 1970 of a registry timestamp (the driver returns naive UTC), -inf for none."""
+    """Seconds since 1970 of a registry timestamp (the driver returns naive UTC), -inf for none, in whole
+    milliseconds: what Cassandra keeps of a timestamp, so that a worker's own start time (microseconds)
+    compares with the others' (read back) as every other worker compares them."""
     if value is None:
         return -math.inf
-    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
+    return math.floor((value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp() * 1000) / 1000

@@ -169,3 +169,24 @@ def test_a_feed_entry_older_than_the_held_version_is_settled_from_the_row(store)
     assert new.weights[CS] == 1.0 and list(new.pending[("weights", 1)]) == [new_op]  # only the newer entry added
     assert new.bases[("weights", 1)][0] == 0.0  # the row without it is kept, to recompute it exactly
     assert cur.weights[CS] == 0.0  # the cached copy itself is never written: a new one is built
+
+
+def test_a_snapshot_holds_the_versions_and_a_replay_adds_the_pending_increments_once(store, unique_name, model):
+    """A snapshot taken while an increment is pending holds the chunk versions without it; a commit that did
+    not read it leaves it pending on top; replaying from the snapshot gives exactly what a read gives."""
+    from cstore.core import CommitMeta
+    info, committer = model
+    a, b = committer(), committer()
+    a.rows(info, [0])  # A knows chunk 0 without the increment to come
+    b.increment(info, _amounts({0: [(3, 1.5), (9, 2.0)]}))
+    version = store.snapshot(unique_name, reason="while an increment is pending")
+    assert store.read_snapshot(unique_name, version).params["weights"][9] == 0.0  # the versions' content
+
+    def set_coord_3(chunk, rows):
+        new = rows["weights"].data.copy()
+        new[3] = 7.0
+        return {"weights": (new, np.array([3], np.int32))}
+    a.submit(info, [0], set_coord_3, CommitMeta("direct", None, "manual", "{}"), lr=None).result()
+    now = store.read_model(unique_name).params["weights"]
+    assert (now[3], now[9]) == (8.5, 2.0)  # 7 set, then the increment on top of it; 9: the increment
+    np.testing.assert_array_equal(store.replay(unique_name, version)["weights"], now)

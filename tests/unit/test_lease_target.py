@@ -38,3 +38,12 @@ def test_a_worker_behind_recently_spreads_the_partitions_evenly_until_it_has_cau
     assert (old.target(rows), young.target(rows)) == (8, 0)
     young.mark_behind()  # its own backlog counts at once, before its next heartbeat tells the others
     assert young.target(rows) == 4
+
+
+def test_workers_started_in_the_same_millisecond_agree_on_the_oldest():
+    """Cassandra keeps a timestamp to the millisecond; a worker's own start time has microseconds. Two
+    workers started within one millisecond must both see the same one as the oldest."""
+    t0 = datetime(2026, 12, 5, 6, 0, 0, 500, tzinfo=UTC)
+    a, b = _manager("a", t0), _manager("b", t0 + timedelta(microseconds=300))
+    stored = [_row("a", t0.replace(microsecond=0)), _row("b", t0.replace(microsecond=0))]  # as read back
+    assert sorted([a.target(stored), b.target(stored)]) == [0, 8]
