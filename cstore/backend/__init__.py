@@ -22,7 +22,7 @@ from cstore.backend._connection import Backend, connect
 from cstore.backend._feedback import FeedbackTables
 from cstore.backend._fleet import FleetTables
 from cstore.backend._governance import GovernanceTables
-from cstore.backend._params import STATS_COLUMNS, ChunkWrite, ParamTables
+from cstore.backend._params import FEED_BUCKET_S, STATS_COLUMNS, ChunkWrite, IncrementEntry, ParamTables
 from cstore.backend._predictions import COUNTERS, PredictionTables
 from cstore.backend._purge import REVIEW_BANDS, REVIEW_BUCKET_S, DropPlan, PurgeReport, PurgeTables
 from cstore.backend._roles import PASSWORD_ENV, ROLES, RolesReport, apply_roles, passwords_from_env, role_name
@@ -31,9 +31,10 @@ from cstore.backend._schema import (apply_schema, baseline_migrations, cql_dir, 
 from cstore.backend._statements import Cas, Row
 
 __all__ = [
-    "BASELINE_KEYSPACE", "COUNTERS", "PASSWORD_ENV", "REVIEW_BANDS", "REVIEW_BUCKET_S", "ROLES", "STATS_COLUMNS",
-    "Backend", "Backoff", "BaselineTables", "Cas", "ChunkWrite", "DropPlan", "FeedbackTables", "FleetTables",
-    "GovernanceTables", "ParamTables", "PredictionTables", "PurgeReport", "PurgeTables", "RolesReport",
-    "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir", "migrations",
-    "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements", "wait_while",
+    "BASELINE_KEYSPACE", "COUNTERS", "FEED_BUCKET_S", "PASSWORD_ENV", "REVIEW_BANDS", "REVIEW_BUCKET_S", "ROLES",
+    "STATS_COLUMNS", "Backend", "Backoff", "BaselineTables", "Cas", "ChunkWrite", "DropPlan", "FeedbackTables",
+    "FleetTables", "GovernanceTables", "IncrementEntry", "ParamTables", "PredictionTables", "PurgeReport",
+    "PurgeTables", "RolesReport", "Row", "apply_roles", "apply_schema", "baseline_migrations", "connect", "cql_dir",
+    "migrations", "passwords_from_env", "replication_map", "role_name", "schema_status", "split_statements",
+    "wait_while",
 ]

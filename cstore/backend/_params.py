@@ -49,6 +49,7 @@ _CHUNK_WRITES = {(shape, cond): set_clause + _WHERE_ROW + (" IF version = ?" if 
 # An increment: written blind, at the op's own time, so that the fold's deletion (later) always wins.
 _INCREMENT = "UPDATE chunks USING TIMESTAMP ? SET pending[?] = ?" + _WHERE_ROW
 # -- the increment feed (migration 010): what scorers poll to see an increment within one poll ----------
+FEED_BUCKET_S = 60  # the width of a feed partition
 _FEED_WRITE = "INSERT INTO increment_feed (model_id, bucket, op_id, chunk, param, delta) VALUES (?, ?, ?, ?, ?, ?)"
 _FEED = "SELECT op_id, chunk, param, delta FROM increment_feed WHERE model_id = ? AND bucket = ? AND op_id > ?"
 # -- the chunk-version index: written with USING TIMESTAMP = version, so a late write of an older
@@ -86,6 +87,20 @@ STATS_COLUMNS = ("updates", "chunk_commits", "coords", "lr_updates", "lr_sum", "
 _STATS_WRITE = (f"INSERT INTO stats (model_id, day, bucket, writer, {', '.join(STATS_COLUMNS)}) "
                 f"VALUES (?, ?, ?, ?, {', '.join('?' * len(STATS_COLUMNS))})")
 _STATS = "SELECT * FROM stats WHERE model_id = ? AND day = ? AND bucket >= ?"
+
+
+#: An increment of one parameter row: ``(op_id, write timestamp in µs, param, stored entry)``.
+IncrementEntry = tuple[uuid.UUID, int, str, bytes]
+
+
+def _by_feed_bucket(feed: Mapping[int, Sequence[IncrementEntry]]) -> dict[int, list[tuple[uuid.UUID, int, str, bytes]]]:
+    """Feed rows per feed partition: ``{chunk: [(op, ts, param, entry)]}`` -> ``{bucket: [(op, chunk, param,
+    entry)]}`` (the bucket of an op is its time's minute, as ``cstore.store`` reckons it)."""
+    out: dict[int, list[tuple[uuid.UUID, int, str, bytes]]] = {}
+    for k, rows in feed.items():
+        for op, ts, p, blob in rows:
+            out.setdefault(ts // (FEED_BUCKET_S * 1_000_000), []).append((op, k, p, blob))
+    return out
 
 
 @dataclass(frozen=True)
@@ -195,28 +210,24 @@ class ParamTables:
             stmts.append(rows[0] if len(rows) == 1 else self._r.batch(rows, logged=True))
         return dict(zip(chunks, self._r.lwt_many(stmts, op="commit_chunk")))
 
-    def write_increments(self, model_id: uuid.UUID, op_id: uuid.UUID, timestamp_us: int,
-                         entries: Mapping[int, Mapping[str, bytes]], *,
-                         feed: Mapping[int, Mapping[str, bytes]] | None = None, feed_bucket: int = 0
+    def write_increments(self, model_id: uuid.UUID, entries: Mapping[int, Sequence[IncrementEntry]], *,
+                         feed: Mapping[int, Sequence[IncrementEntry]] | None = None
                          ) -> tuple[dict[int, CstoreError | None], CstoreError | None]:
-        """Increment ``op_id`` into the rows of several chunks (``{chunk: {param: entry}}``): blind writes,
-        one request per chunk partition, all in flight at once, with the ``feed`` entries (one more request,
-        the increment feed's partition ``feed_bucket``). Per chunk None (stored) or the error, and the
-        feed's. Idempotent: writing the same entry again (after a timeout) changes nothing, and after a
-        fold has deleted it, the write (at the same ``timestamp_us``) stays deleted."""
+        """Increments into the rows of several chunks (``{chunk: [(op_id, timestamp_us, param, entry)]}``, any
+        number of ops): blind writes, one request per chunk partition, all in flight at once, with the
+        ``feed`` entries (``{feed bucket: [...]}``, a request per bucket). Per chunk None (stored) or the
+        error, and the first of the feed's. Idempotent: writing the same entry again (after a timeout)
+        changes nothing, and after a fold has deleted it, the write (at the same timestamp) stays deleted."""
         chunks = list(entries)
-        stmts = []
-        for k in chunks:
-            rows = [self._r.bind(_INCREMENT, (timestamp_us, op_id, blob, model_id, k, p))
-                    for p, blob in entries[k].items()]
-            stmts.append((rows[0] if len(rows) == 1 else self._r.batch(rows), None))
-        feed_rows = [self._r.bind(_FEED_WRITE, (model_id, feed_bucket, op_id, k, p, blob))
-                     for k, by_param in (feed or {}).items() for p, blob in by_param.items()]
-        if feed_rows:
-            stmts.append((feed_rows[0] if len(feed_rows) == 1 else self._r.batch(feed_rows), None))
-        outcomes = [o if o is None or isinstance(o, CstoreError) else CstoreError(str(o))
-                    for o in self._r.run_outcomes(stmts, op="commit_chunk", concurrency=64)]
-        return dict(zip(chunks, outcomes)), (outcomes[-1] if feed_rows else None)
+        stmts = [[self._r.bind(_INCREMENT, (ts, op, blob, model_id, k, p)) for op, ts, p, blob in entries[k]]
+                 for k in chunks]
+        stmts += [[self._r.bind(_FEED_WRITE, (model_id, b, op, k, p, blob)) for op, k, p, blob in rows]
+                  for b, rows in _by_feed_bucket(feed or {}).items()]
+        outcomes = [o if o is None or isinstance(o, CstoreError) else CstoreError(str(o)) for o in
+                    self._r.run_outcomes([(rows[0] if len(rows) == 1 else self._r.batch(rows), None) for rows in stmts],
+                                         op="commit_chunk", concurrency=64)]
+        fed = next((o for o in outcomes[len(chunks):] if o is not None), None)
+        return dict(zip(chunks, outcomes)), fed
 
     # -- the chunk-version index ---------------------------------------------------------------------------
     def index(self, model_id: uuid.UUID, *, timeout: float | None = None) -> list[Row]:

@@ -26,19 +26,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from cstore.backend import ParamTables
+from cstore.backend import IncrementEntry, ParamTables
 from cstore.core import (ChunkCommit, ChunkRow, CommitMeta, Increment, ModelInfo, Transform, UpdateResult,
                          ticks_of)
 from cstore.errors import CstoreError, PartialCommit, TransientError, ValidationError
 from cstore.store._engine import ChunkEngine
-from cstore.store._increments import (SCORED_PARAMS, encode_increment, feed_bucket, op_timestamp_us,
-                                      with_pending)
+from cstore.store._increments import SCORED_PARAMS, encode_increment, op_timestamp_us, with_pending
 from cstore.store._known import KnownRows
 from cstore.store._stats import Totals
 
 log = logging.getLogger("cstore.commit")
 
-__all__ = ["FOLD_META", "Amounts", "Incrementer", "amounts_of", "commit_increment", "fold_transform"]
+__all__ = ["FOLD_META", "Amounts", "Incrementer", "amounts_of", "commit_increment", "fold_transform",
+           "store_entries"]
 
 #: ``{chunk: {param: (chunk-local coordinates, amounts to add)}}``
 Amounts = dict[int, dict[str, tuple[np.ndarray, np.ndarray]]]
@@ -80,32 +80,15 @@ def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables,
             if keep.any():
                 i, v = np.asarray(idx, np.int32)[keep], vals[keep]
                 entries.setdefault(k, {})[p] = Increment(i, v, encode_increment(engine.codec, info, k, p, op_id, i, v))
-    left = {k: {p: inc.blob for p, inc in by_param.items()} for k, by_param in entries.items()}
-    feed = {k: {p: inc.blob for p, inc in by_param.items() if p in SCORED_PARAMS} for k, by_param in entries.items()}
-    result = UpdateResult(info.name)
     ts = op_timestamp_us(op_id)
-    attempt = 0
-    while left:
-        outcomes, fed = tables.write_increments(info.model_id, op_id, ts, left, feed=feed,
-                                                feed_bucket=feed_bucket(op_id))
-        if fed is None:
-            feed = {}
-        for k in [k for k, err in outcomes.items() if err is None]:
-            del left[k]
-            result.commits.append(_commit_of(known, info, k, entries[k], op_id))
-        if left:
-            cause = next(e for e in outcomes.values() if e is not None)
-            if not isinstance(cause, TransientError):
-                raise cause if not result.commits else _partial(info, op_id, result, left, cause)
-            if stop():
-                raise _partial(info, op_id, result, left, cause)
-            log.warning("increment %s of model %r: chunks %s not stored (%s); writing them again", op_id,
-                        info.name, sorted(left), cause)
-            time.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
-            attempt += 1
-    if any(feed.values()):
-        log.warning("increment %s of model %r is stored but not on the feed; scorers see it when its chunks next "
-                    "move", op_id, info.name)
+    rows = {k: [(op_id, ts, p, inc.blob) for p, inc in by_param.items()] for k, by_param in entries.items()}
+    result = UpdateResult(info.name)
+    failed = store_entries(tables, info, rows, stop, lambda k: result.commits.append(
+        _commit_of(known, info, k, entries[k], op_id)))
+    if failed:
+        cause = next(iter(failed.values()))
+        raise cause if not result.commits and not isinstance(cause, TransientError) else \
+            _partial(info, op_id, result, failed, cause)
 
     def remember() -> None:
         for c in result.commits:
@@ -200,7 +183,35 @@ def _remember(known: KnownRows, info: ModelInfo, k: int, entries: dict[str, Incr
             return
 
 
-def _partial(info: ModelInfo, op_id: uuid.UUID, result: UpdateResult, left: dict[int, dict[str, bytes]],
+def store_entries(tables: ParamTables, info: ModelInfo, rows: dict[int, list[IncrementEntry]],
+                  give_up: Callable[[], bool], stored: Callable[[int], object]) -> dict[int, CstoreError]:
+    """Write increment entries (``{chunk: [(op, ts, param, entry)]}``) and the scored parameters' to the feed;
+    the chunks that fail transiently are written again (idempotent) until they are stored or ``give_up()``.
+    ``stored(chunk)`` is called as each chunk's entries are. Returns the chunks not stored and why."""
+    feed = {k: [e for e in es if e[2] in SCORED_PARAMS] for k, es in rows.items()}
+    left = dict(rows)
+    attempt = 0
+    while True:
+        outcomes, fed = tables.write_increments(info.model_id, left, feed=feed)
+        if fed is None:
+            feed = {}
+        for k in [k for k, err in outcomes.items() if err is None]:
+            del left[k]
+            stored(k)
+        failed = {k: e for k, e in outcomes.items() if e is not None}
+        if not left or any(not isinstance(e, TransientError) for e in failed.values()) or give_up():
+            break
+        log.warning("increments of model %r: chunks %s not stored (%s); writing them again", info.name,
+                    sorted(left), next(iter(failed.values())))
+        time.sleep(_RETRY_S[min(attempt, len(_RETRY_S) - 1)])
+        attempt += 1
+    if any(feed.values()):
+        log.warning("increments of model %r are stored but not on the feed; scorers see them when their chunks "
+                    "next move", info.name)
+    return failed
+
+
+def _partial(info: ModelInfo, op_id: uuid.UUID, result: UpdateResult, left: Mapping[int, object],
              cause: CstoreError) -> PartialCommit:
     return PartialCommit(f"increment {op_id} of model {info.name!r}: chunks {sorted(left)} not stored ({cause}); "
                          f"chunks {result.chunks} hold it", result=result, failed=sorted(left), cause=cause,

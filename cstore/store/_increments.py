@@ -34,28 +34,22 @@ from typing import Any
 
 import numpy as np
 
+from cstore.backend import FEED_BUCKET_S
 from cstore.core import (CodecPipeline, Increment, ModelInfo, decode_sparse, encode_sparse,
                          increment_context, ticks_of)
 from cstore.errors import CorruptData
 
 __all__ = ["FEED_BUCKET_S", "SCORED_PARAMS", "decode_increment", "decode_pending", "encode_increment",
-           "feed_bucket", "op_timestamp_us", "with_pending"]
+           "op_timestamp_us", "with_pending"]
 
 #: The parameters a scorer needs (optimizer state is never fetched); only they go to the feed.
 SCORED_PARAMS = ("weights", "bias")
-#: Width of an increment-feed partition.
-FEED_BUCKET_S = 60
 
 
 def op_timestamp_us(op_id: uuid.UUID) -> int:
     """The write timestamp of an increment: its op id's time, in microseconds since 1970 (what Cassandra's
     own timestamps count), so that rewriting the same entry never outlives its fold."""
     return ticks_of(op_id) // 10
-
-
-def feed_bucket(op_id: uuid.UUID) -> int:
-    """The feed partition of an op (its time // :data:`FEED_BUCKET_S`)."""
-    return int(op_timestamp_us(op_id) // (FEED_BUCKET_S * 1_000_000))
 
 
 def _order(op_id: uuid.UUID) -> tuple[int, int]:

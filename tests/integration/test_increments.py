@@ -95,7 +95,8 @@ def test_a_late_copy_of_a_folded_increment_stays_deleted(session, store, unique_
     c.fold(info, [1]).result()
     assert _pending(session, info.model_id, 1) == {}
     # The same write again (a retried timeout, a hint delivered late): same op id, same timestamp.
-    outcomes, _ = store.backend.params.write_increments(info.model_id, op, op_timestamp_us(op), {1: {"weights": blob}})
+    rewrite = {1: [(op, op_timestamp_us(op), "weights", blob)]}
+    outcomes, _ = store.backend.params.write_increments(info.model_id, rewrite)
     assert outcomes == {1: None}
     assert _pending(session, info.model_id, 1) == {}
     assert store.read_model(unique_name).params["weights"][CS + 2] == 5.0  # counted once
