@@ -63,9 +63,15 @@ _INDEX_INIT = ("INSERT INTO chunk_versions (model_id, param, chunk, version, op_
 _HEAD_BUMP = "UPDATE model_heads SET commits = commits + 1 WHERE model_id = ?"
 _HEAD = "SELECT commits FROM model_heads WHERE model_id = ?"
 # -- history --------------------------------------------------------------------------------------------
-_HISTORY_WRITE = ("INSERT INTO history (model_id, bucket, op_id, param, chunk, old_version, new_version, prev_op_id, "
-                  "update_type, learning_rate, source, delta, metadata, status) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') USING TTL ?")
+# A history row is 'pending' until its compare-and-set decides (the chain from the head says which won),
+# or 'increment': the record of an add (amounts in `delta`, no versions), written before its increment.
+# (An add's row names no versions: its columns are left out, not written null, which would be tombstones.)
+_HISTORY_WRITES = {
+    "pending": ("INSERT INTO history (model_id, bucket, op_id, param, chunk, old_version, new_version, prev_op_id, "
+                "update_type, learning_rate, source, delta, metadata, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending') USING TTL ?"),
+    "increment": ("INSERT INTO history (model_id, bucket, op_id, param, chunk, update_type, learning_rate, source, "
+                  "delta, metadata, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'increment') USING TTL ?")}
 _HISTORY_ABORT = ("UPDATE history USING TTL ? SET status = 'aborted' "
                   "WHERE model_id = ? AND bucket = ? AND op_id = ? AND param = ?")
 _HISTORY_RANGE = "SELECT * FROM history WHERE model_id = ? AND bucket = ? AND op_id >= ? AND op_id <= ?"
@@ -260,9 +266,10 @@ class ParamTables:
         self._r.many(_INDEX_INIT, list(rows), op="commit_chunk")
 
     # -- history ----------------------------------------------------------------------------------------------
-    def write_history(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        """Pending history rows of one commit (one ``(model, bucket)`` partition: a single request)."""
-        self._r.write_partition([(_HISTORY_WRITE, r) for r in rows], op="write_history")
+    def write_history(self, rows: Sequence[tuple[Any, ...]], *, status: str = "pending") -> None:
+        """History rows of one ``(model, bucket)`` partition, a single request: a commit's (``pending``) or
+        adds' (``increment``)."""
+        self._r.write_partition([(_HISTORY_WRITES[status], r) for r in rows], op="write_history")
 
     def announce_history_bucket(self, model_id: uuid.UUID, day: int, bucket: int, ttl_s: int) -> None:
         """Record that ``bucket`` holds history of the model (before its first row is written)."""

@@ -28,7 +28,7 @@ from cstore.core._records import ChunkCommit, ChunkRow, CommitMeta, Increment, T
 from cstore.core._timeuuid import (TICKS_PER_S, UUID_EPOCH_TICKS, max_uuid_at, min_uuid_at, op_time, ticks_now,
                                    ticks_of, uuid_at, uuid_now)
 from cstore.core._updates import (SOURCES, UPDATE_TYPES, ChunkChange, check_kind, check_learning_rate, make_transform,
-                                  split_update)
+                                  split_update, validated_update)
 
 __all__ = [
     "ALLOWED_DTYPES", "DEFAULT_CHUNK_SIZE", "DTYPES", "ENCRYPTED_MAGIC", "ENV_ALLOW_PLAINTEXT", "ENV_KEY",
@@ -41,5 +41,5 @@ __all__ = [
     "make_transform",
     "max_uuid_at", "metadata_context", "min_uuid_at", "new_key", "op_time", "open_text", "parse_model_ref",
     "parse_target", "seal_text", "segment_context", "split_update", "ticks_now", "ticks_of", "uuid_at", "uuid_now",
-    "validate_alias", "validate_name", "validate_spec",
+    "validate_alias", "validate_name", "validate_spec", "validated_update",
 ]

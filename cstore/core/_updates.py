@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from cstore.core._models import ModelInfo
-from cstore.core._records import ChunkRow, Transform
+from cstore.core._models import ModelInfo, encode_metadata
+from cstore.core._records import ChunkRow, CommitMeta, Transform
 from cstore.errors import PayloadTooLarge, ValidationError
 
 UPDATE_TYPES = ("gradient", "direct", "batch", "federated")
@@ -133,3 +133,21 @@ def make_transform(changes: Mapping[str, Mapping[int, ChunkChange]], lr: float, 
             out[param] = (new, change.indices)
         return out
     return transform
+
+
+def validated_update(info: ModelInfo, updates: Any, lr: Any, update_type: str, source: str,
+                     metadata: Mapping[str, Any] | None, max_bytes: int
+                     ) -> tuple[dict[str, dict[int, ChunkChange]], float, CommitMeta]:
+    """A user's update checked, before anything is written: its changes split by chunk
+    (:func:`split_update`, per parameter), the learning rate, and what history records of it."""
+    check_kind(update_type, source)
+    step = check_learning_rate(lr)
+    if not isinstance(updates, Mapping) or not updates:
+        raise ValidationError("updates must be a non-empty mapping of parameter name to values "
+                              "or to (indices, values)")
+    meta_json = encode_metadata(metadata)
+    changes = {}
+    for param, spec in updates.items():
+        indices, values = spec if isinstance(spec, tuple) else (None, spec)
+        changes[param] = split_update(info, param, values, indices, update_type, max_bytes)
+    return changes, step, CommitMeta(update_type, None if update_type == "direct" else step, source, meta_json)

@@ -324,8 +324,9 @@ class Committer:
         return self._increments.increment(info, amounts, op_id=op_id or uuid_now(), stop=stop)
 
     def fold(self, info: ModelInfo, chunks: list[int]) -> Future[UpdateResult]:
-        """Fold the pending increments of ``chunks`` that this committer knows into a new version (a
-        commit that changes nothing else); chunks without any commit nothing."""
+        """Fold the pending increments of ``chunks`` into a new version (a commit that changes nothing else;
+        the rows it knows caught up first, so it sees what landed since); chunks without any commit nothing."""
+        catch_up(self._known, self._engine, info, chunks)
         return self.submit(info, chunks, fold_transform, FOLD_META, lr=None)
 
     def _rows(self, info: ModelInfo, work: Round) -> dict[int, dict[str, ChunkRow]]:

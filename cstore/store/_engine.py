@@ -229,7 +229,7 @@ class ChunkEngine:
             time.sleep(random.uniform(0, min(0.2, 0.004 * 2 ** retries)))  # full jitter
             rows = self.read_chunk(info, chunk)
 
-    def write_history(self, info: ModelInfo, rows: list[tuple[Any, ...]]) -> None:
+    def write_history(self, info: ModelInfo, rows: list[tuple[Any, ...]], *, status: str = "pending") -> None:
         """History rows of one ``(model, bucket)`` partition (one request); for an indexed model the
         bucket is recorded in ``history_buckets`` first, once per bucket and process, so that a reader
         who lists the buckets finds every row."""
@@ -242,7 +242,7 @@ class ChunkEngine:
             if len(self._buckets_announced) > 10_000:  # re-announcing is idempotent: forgetting is safe
                 self._buckets_announced.clear()
             self._buckets_announced.add(key)
-        self._tables.write_history(rows)
+        self._tables.write_history(rows, status=status)
 
     def history_row(self, info: ModelInfo, chunk: int, row: ChunkRow, sparse: bytes, meta: CommitMeta,
                     op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:
@@ -256,6 +256,15 @@ class ChunkEngine:
         sealed_meta = seal_text(self.codec, text, metadata_context(info.model_id, chunk, row.param, op_id))
         return (info.model_id, bucket, op_id, row.param, chunk, row.version, row.version + 1, row.op_id,
                 meta.update_type, meta.learning_rate, meta.source, delta, sealed_meta, self.history_ttl_s)
+
+    def increment_history_row(self, info: ModelInfo, chunk: int, param: str, sparse: bytes, meta: CommitMeta,
+                              op_id: uuid.UUID, bucket: int) -> tuple[Any, ...]:
+        """The history row of an add (written before its increment): the amounts it adds (``sparse``:
+        ``encode_sparse(indices, amounts)``), no versions."""
+        delta = self.codec.encode_bytes(sparse, context=history_context(info.model_id, chunk, param, op_id))
+        sealed_meta = seal_text(self.codec, meta.metadata, metadata_context(info.model_id, chunk, param, op_id))
+        return (info.model_id, bucket, op_id, param, chunk, meta.update_type, meta.learning_rate, meta.source, delta,
+                sealed_meta, self.history_ttl_s)
 
     def resolve(self, info: ModelInfo, chunk: int, rows: Mapping[str, ChunkRow],
                  changes: Mapping[str, object], op_id: uuid.UUID) -> bool:

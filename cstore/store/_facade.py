@@ -26,15 +26,15 @@ import numpy as np
 from cstore.backend import Backend
 from cstore.backend import connect as connect_backend
 from cstore.config import Config, Profile, codec_from_env, load_config
-from cstore.core import (DEFAULT_CHUNK_SIZE, HEAD, Alias, ChunkRow, CodecPipeline, CommitMeta, ModelInfo,
-                         UpdateResult, check_kind, check_learning_rate, encode_metadata, make_transform, split_update,
-                         validate_name, validate_spec)
+from cstore.core import (DEFAULT_CHUNK_SIZE, HEAD, Alias, ChunkRow, CodecPipeline, ModelInfo, UpdateResult,
+                         encode_metadata, make_transform, validate_name, validate_spec, validated_update)
 from cstore.errors import Closed, CstoreError, ValidationError
 from cstore.store._catalog import Catalog
 from cstore.store._committer import Committer
 from cstore.store._engine import ChunkEngine, missing_chunk
 from cstore.store._governance import KEEP, KEYSPACE_AUDIT, Governance
 from cstore.store._lineage import DEFAULT_GROUPS, collect_lineage
+from cstore.store._adder import Adder
 from cstore.store._history import HistoryReader, HistoryRow, chain_between, replay_chunk
 from cstore.store._increments import with_pending
 from cstore.store._snapshots import Snapshots, rollback_meta, rollback_transform
@@ -70,6 +70,7 @@ class Store:
         # Group commit needs compare-and-set; blind writes (the eventual profile) commit on the caller's thread.
         self._committer = Committer(self.chunks, backend.params, timeout_s=cfg.commit_timeout_s) \
             if backend.profile.lwt else None
+        self._adder: Adder | None = None  # additive updates as increments (submit_adds), made on first use
         self._catalog = Catalog(backend.params, backend.purge)
         self._history = HistoryReader(backend.params, cfg.history_bucket_s, cfg.history_ttl_s, self._codec)
         self._snapshots = Snapshots(backend.params, self.chunks)
@@ -97,6 +98,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        if self._adder is not None:
+            self._adder.close()
         if self._committer is not None:
             self._committer.close()
         try:
@@ -234,19 +237,10 @@ class Store:
             raise ValidationError(f"update_id needs conditional writes; profile {self.profile.name!r} writes blind "
                                   f"(last writer wins), so it cannot tell which chunks an update committed")
         info = self.model_info(name)
-        check_kind(update_type, source)
-        lr = check_learning_rate(lr)
-        if not isinstance(updates, Mapping) or not updates:
-            raise ValidationError("updates must be a non-empty mapping of parameter name to values "
-                                  "or to (indices, values)")
-        meta_json = encode_metadata(metadata)
-        changes = {}
-        for param, spec in updates.items():
-            indices, values = spec if isinstance(spec, tuple) else (None, spec)
-            changes[param] = split_update(info, param, values, indices, update_type, self.config.max_payload_bytes)
+        changes, lr, meta = validated_update(info, updates, lr, update_type, source, metadata,
+                                             self.config.max_payload_bytes)
         chunks = sorted({k for per in changes.values() for k in per})
-        step = None if update_type == "direct" else lr  # a direct write has no learning rate
-        meta = CommitMeta(update_type, step, source, meta_json)
+        step = meta.learning_rate
         transform = make_transform(changes, lr, update_type, info.dtype)
         if self._committer is None:
             done: Future[UpdateResult] = Future()
@@ -256,6 +250,36 @@ class Store:
                 done.set_exception(exc)
             return done
         return self._committer.submit(info, chunks, transform, meta, lr=step, update_id=update_id)
+
+    def add(self, name: str, param: str, values: Any, *, indices: Any = None, lr: float = 1.0,
+            update_type: str = "gradient", source: str = "real_time", metadata: Mapping[str, Any] | None = None,
+            update_id: uuid.UUID | None = None) -> UpdateResult:
+        """``new = old - lr * values`` at ``indices`` as an increment (:meth:`submit_adds`), waiting for it."""
+        return self.submit_adds(name, {param: (values if indices is None else (indices, values))}, lr=lr,
+                                update_type=update_type, source=source, metadata=metadata, update_id=update_id).result()
+
+    def submit_adds(self, name: str, updates: Mapping[str, Any], *, lr: float = 1.0, update_type: str = "gradient",
+                    source: str = "real_time", metadata: Mapping[str, Any] | None = None,
+                    update_id: uuid.UUID | None = None) -> Future[UpdateResult]:
+        """:meth:`submit_updates` for additive updates, without a compare-and-set: each is stored as an
+        increment of its chunks (history row first; readers and scorers see it at once; the next commit
+        of a chunk folds it into a version, and this process folds its own after a while). Many at once
+        from any threads share rounds of two round trips: the high-rate form of atomic updates. Exactly
+        once (``update_id`` as for ``submit_updates``); the future's result names the chunks but no new
+        versions (``cstore/store/_adder.py``). ``update_type='direct'`` sets values: not additive, refused."""
+        if update_type == "direct":
+            raise ValidationError("a direct update sets values, which does not add up with concurrent ones: use "
+                                  "apply_update(s) / submit_updates for it (nothing was written)")
+        if update_id is not None and (not isinstance(update_id, uuid.UUID) or update_id.version != 1):
+            raise ValidationError(f"update_id must be the time-based UUID a PartialCommit carries, got {update_id!r}")
+        info, cap = self.model_info(name), self.config.max_payload_bytes
+        changes, lr, meta = validated_update(info, updates, lr, update_type, source, metadata, cap)
+        if self._adder is None:
+            self._adder = Adder(self.chunks, self.backend.params, self._fold, timeout_s=self.config.commit_timeout_s)
+        return self._adder.submit(info, changes, lr, meta, update_id)
+
+    def _fold(self, info: ModelInfo, chunks: list[int]) -> object:
+        return self._committer.fold(info, chunks) if self._committer is not None else None
 
     def record_drift(self, name: str, n: int = 1) -> None:
         """Count a detected drift in this bucket's stats."""

@@ -77,14 +77,21 @@ def test_an_increment_is_read_by_everyone_and_folded_once_by_the_next_commit(ses
 def test_an_increment_that_lands_after_a_commit_read_stays_pending_on_top(session, store, unique_name, model):
     info, committer = model
     a, b = committer(), committer()
+    from cstore.core import CommitMeta
     a.rows(info, [0])  # A knows chunk 0 as it is now
     op = uuid_now()
     b.increment(info, _amounts({0: [(4, 3.0)]}), op_id=op)
-    a.fold(info, [0]).result()  # A knows no increment: it commits nothing
-    assert list(_pending(session, info.model_id, 0)) == [op]
-    store.apply_update(unique_name, "weights", [2.0], indices=[4], lr=1.0)  # a commit that saw it folds it
+
+    def step(chunk, rows):  # A's update, computed on the row it knows (without the increment)
+        new = rows["weights"].data.copy()
+        new[4] -= 2.0
+        return {"weights": (new, np.array([4], np.int32))}
+    a.submit(info, [0], step, CommitMeta("gradient", 1.0, "manual", "{}"), lr=1.0).result()
+    assert list(_pending(session, info.model_id, 0)) == [op]  # not folded: A did not read it
+    assert store.read_model(unique_name).params["weights"][4] == 1.0  # -2 (the update), then +3 on top
+    store.apply_update(unique_name, "weights", [1.0], indices=[4], lr=1.0)  # a commit that read it folds it
     assert _pending(session, info.model_id, 0) == {}
-    assert store.read_model(unique_name).params["weights"][4] == 1.0  # 0 + 3 (the increment) - 2 (the update)
+    assert store.read_model(unique_name).params["weights"][4] == 0.0
 
 
 def test_a_late_copy_of_a_folded_increment_stays_deleted(session, store, unique_name, model):
@@ -191,3 +198,95 @@ def test_a_snapshot_holds_the_versions_and_a_replay_adds_the_pending_increments_
     now = store.read_model(unique_name).params["weights"]
     assert (now[3], now[9]) == (8.5, 2.0)  # 7 set, then the increment on top of it; 9: the increment
     np.testing.assert_array_equal(store.replay(unique_name, version)["weights"], now)
+
+
+def test_adds_from_many_threads_each_count_once_and_are_folded_with_their_history(session, store, unique_name):
+    """Store.submit_adds: 8 threads x 50 adds of +1 on their own coordinates and all on one shared one:
+    every add is in the model exactly once, whatever was folded when; each has its history row (written
+    before it), and the process folds them into versions by itself."""
+    import threading
+    from cstore.store import _adder
+    store.create_model(unique_name, {"w": (4 * CS,)}, chunk_size=CS)
+    info = store.model_info(unique_name)
+    futures, lock = [], threading.Lock()
+
+    def adds(t: int) -> None:
+        for i in range(50):
+            coord = (t * 50 + i) % (4 * CS - 1) + 1  # (coordinate 0 is everyone's)
+            f = store.submit_adds(unique_name, {"w": ([0, coord], [-1.0, -1.0])}, lr=1.0, metadata={"t": t, "i": i})
+            with lock:
+                futures.append((coord, f))
+    threads = [threading.Thread(target=adds, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    results = [f.result(timeout=30) for _, f in futures]
+    assert all(r.chunks and not r.versions for r in results)  # stored in their chunks; no version moved by them
+    expected = np.zeros(4 * CS, np.float32)
+    expected[0] = 400.0
+    for coord, _ in futures:
+        expected[coord] += 1.0
+    np.testing.assert_array_equal(store.read_model(unique_name).params["w"], expected)
+    rows = session.execute("SELECT op_id, status FROM history WHERE model_id=%s AND bucket=%s ALLOW FILTERING",
+                           (info.model_id, store.chunks.bucket_of(info, results[0].commits[0].op_id))).all()
+    assert len({r["op_id"] for r in rows if r["status"] == "increment"}) >= 1
+    ops = {c.op_id for r in results for c in r.commits}
+    recorded = {r["op_id"] for r in session.execute("SELECT op_id, status FROM history WHERE model_id=%s "
+                                                     "ALLOW FILTERING", (info.model_id,)) if r["status"] == "increment"}
+    assert ops <= recorded  # every add has its record
+    deadline = time.monotonic() + 3 * _adder.FOLD_AFTER_S + 5  # folded by the process itself, no worker
+    while time.monotonic() < deadline and any(_pending(session, info.model_id, k, "w") for k in range(4)):
+        time.sleep(0.2)
+    assert not any(_pending(session, info.model_id, k, "w") for k in range(4))
+    np.testing.assert_array_equal(store.read_model(unique_name).params["w"], expected)
+    store.drop_model(unique_name, confirm=unique_name)
+
+
+def test_a_bad_add_is_refused_and_writes_nothing(session, store, unique_name, model):
+    info, _ = model
+    for kwargs, exc in ((dict(update_type="direct"), "direct update sets values"),
+                        (dict(lr=0), "learning rate"), (dict(update_id=uuid.uuid4()), "update_id")):
+        with pytest.raises(ValidationError, match=exc):
+            store.submit_adds(unique_name, {"weights": ([1], [1.0])}, **kwargs)
+    with pytest.raises(ValidationError, match="out of range"):
+        store.add(unique_name, "weights", [1.0], indices=[N])
+    with pytest.raises(ValidationError, match="NaN"):
+        store.add(unique_name, "weights", [float("nan")], indices=[2])
+    assert all(_pending(session, info.model_id, k) == {} for k in range(4))
+    assert not store.read_model(unique_name).params["weights"].any()
+    assert session.execute("SELECT count(*) FROM history WHERE model_id=%s ALLOW FILTERING",
+                           (info.model_id,)).one()["count"] == 0
+
+
+def test_an_add_submitted_again_with_its_update_id_counts_once(session, store, unique_name, model):
+    info, _ = model
+    first = store.add(unique_name, "weights", [-2.0], indices=[5])
+    op = first.commits[0].op_id
+    again = store.add(unique_name, "weights", [-2.0], indices=[5], update_id=op)  # e.g. after a PartialCommit
+    assert again.commits[0].op_id == op
+    assert store.read_model(unique_name).params["weights"][5] == 2.0
+
+
+@pytest.mark.slow
+def test_eight_processes_adding_over_two_shared_chunks_never_conflict_and_lose_nothing(base_config, store,
+                                                                                      unique_name):
+    """The issue's contended run as adds: 8 processes x 100 adds of 8 coordinates over 2 shared chunks: no
+    conflict, no error, the exact sum, and every add folded by the processes as they closed."""
+    import multiprocessing as mp
+
+    from workloads import chunk_pair_updates, run_chunk_pair_updates
+    store.create_model(unique_name, {"w": (256,)}, chunk_size=128)
+    cfg = {"contact_points": ",".join(base_config.contact_points), "port": base_config.port,
+           "keyspace": base_config.keyspace, "profile": "strong"}
+    with mp.get_context("spawn").Pool(8) as pool:
+        outcomes = pool.starmap(run_chunk_pair_updates, [(cfg, unique_name, w, 100, True) for w in range(8)])
+    assert [o["errors"] for o in outcomes] == [[]] * 8 and sum(o["conflicts"] for o in outcomes) == 0
+    expected = np.zeros(256, np.float32)
+    for w in range(8):
+        for idx, vals in chunk_pair_updates(w, 100):
+            expected[idx] -= vals
+    np.testing.assert_array_equal(store.read_model(unique_name).params["w"], expected)
+    pending = [r["pending"] for r in store.backend.session.execute(
+        "SELECT pending FROM chunks WHERE model_id=%s AND chunk IN (0, 1)", (store.model_info(unique_name).model_id,))]
+    assert pending == [None, None]  # folded by the processes as they closed

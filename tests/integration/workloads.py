@@ -34,15 +34,16 @@ def run_updates(config: dict, model: str, worker: int, n_updates: int, size: int
 
 
 def fingerprint(session, store, name: str) -> tuple:
-    """Everything an update could have touched, read back from Cassandra: chunk rows (copy and delta
-    entries), the version index and head counter, history, models, snapshots."""
+    """Everything an update could have touched, read back from Cassandra: chunk rows (copy, delta
+    entries and pending increments), the version index and head counter, history, models, snapshots."""
     info = store.model_info(name, refresh=True)
     store.head_version(name)  # waits for this store's commits to be announced (index rows, head counter)
     chunks = sorted((r["chunk"], r["param"], r["version"], r["base_version"], bytes(r["data"]),
-                     tuple(sorted((v, bytes(b)) for v, b in (r["deltas"] or {}).items())))
+                     tuple(sorted((v, bytes(b)) for v, b in (r["deltas"] or {}).items())),
+                     tuple(sorted((str(op), bytes(b)) for op, b in (r["pending"] or {}).items())))
                     for k in range(info.max_chunks)
-                    for r in session.execute("SELECT chunk, param, version, base_version, data, deltas FROM chunks "
-                                             "WHERE model_id = %s AND chunk = %s", (info.model_id, k)))
+                    for r in session.execute("SELECT chunk, param, version, base_version, data, deltas, pending FROM "
+                                             "chunks WHERE model_id = %s AND chunk = %s", (info.model_id, k)))
     index = sorted((r["param"], r["chunk"], r["version"])
                    for r in session.execute("SELECT * FROM chunk_versions WHERE model_id = %s", (info.model_id,)))
     head = [r["commits"] for r in session.execute("SELECT commits FROM model_heads WHERE model_id = %s",
@@ -60,8 +61,9 @@ def chunk_pair_updates(worker: int, n_updates: int, seed: int = 11) -> list[tupl
              rng.integers(1, 5, size=8).astype(np.float32)) for _ in range(n_updates)]
 
 
-def run_chunk_pair_updates(config: dict, model: str, worker: int, n_updates: int) -> dict:
-    """Apply :func:`chunk_pair_updates` one by one; count conflicts and collect errors (child process)."""
+def run_chunk_pair_updates(config: dict, model: str, worker: int, n_updates: int, adds: bool = False) -> dict:
+    """Apply :func:`chunk_pair_updates` one by one (``adds``: as increments, ``Store.add``); count conflicts
+    and collect errors (child process)."""
     from cstore.config import load_config
     from cstore.store import Store
     store = Store.from_config(load_config(config, env={}))
@@ -69,7 +71,8 @@ def run_chunk_pair_updates(config: dict, model: str, worker: int, n_updates: int
     try:
         for idx, vals in chunk_pair_updates(worker, n_updates):
             try:
-                conflicts += store.apply_update(model, "w", vals, indices=idx, lr=1.0).conflicts
+                apply = store.add if adds else store.apply_update
+                conflicts += apply(model, "w", vals, indices=idx, lr=1.0).conflicts
             except Exception as exc:  # the test asserts there are none, and shows them if there are
                 errors.append(repr(exc))
     finally:
