@@ -3,12 +3,12 @@
 :meth:`Committer.increment <cstore.store.Committer.increment>` calls :func:`commit_increment` with the
 amounts to add (per chunk and parameter: chunk-local coordinates and amounts; a learner computes them
 from the rows it knows, :func:`amounts_of` from any transform). One increment per parameter row is
-written to every touched chunk at once (:meth:`~cstore.backend.ParamTables.write_increments`), then
-announced on the increment feed. Nothing is read: the rows the committer knows take the increment too
-(so its next batch learns on it), and a row it does not know is left to be read when needed. The
-scored parameters' entries go to the feed with the first writes, in the same round trip: a feed entry
-whose chunk write failed is written again with it, so it names a stored increment unless its writer
-died in between (a scorer then holds it until that chunk's next version shows it is not there).
+written to every touched chunk at once (:meth:`~cstore.backend.ParamTables.write_increments`), and the
+scored parameters' entries to the increment feed in the same round trip. Nothing is read: the rows the
+committer knows take the increment too (so its next batch learns on it), and a row it does not know is
+left to be read when needed. A feed entry whose chunk write failed is written again with it, so it
+names a stored increment unless its writer died in between (a scorer then holds it until that chunk's
+next version shows it is not there).
 
 All or nothing from the caller's view: the writes are idempotent (the same entry under the same op id
 and timestamp), so the chunks that failed are written again until every chunk holds it; only a caller
@@ -87,8 +87,7 @@ def commit_increment(known: KnownRows, engine: ChunkEngine, tables: ParamTables,
         _commit_of(known, info, k, entries[k], op_id)))
     if failed:
         cause = next(iter(failed.values()))
-        raise cause if not result.commits and not isinstance(cause, TransientError) else \
-            _partial(info, op_id, result, failed, cause)
+        raise _partial(info, op_id, result, failed, cause) if result.commits else cause
 
     def remember() -> None:
         for c in result.commits:
