@@ -195,9 +195,10 @@ class ModelCache:
             self.counters["feed_polls"] += 1
             if entries:
                 self.counters["increments"] += len(entries)
-                with self._swap_lock:
-                    if self.current is not None and self.current.pinned is None:
-                        new, recheck = apply_increments(self.current, entries)
+                with self._swap_lock:  # (the same model: it may have been dropped and re-created meanwhile)
+                    now = self.current
+                    if now is not None and now.pinned is None and now.info.model_id == cur.info.model_id:
+                        new, recheck = apply_increments(now, entries)
                         self._recheck |= recheck
                         self._swap(new)
 
