@@ -38,13 +38,22 @@ ROWS: dict[str, list[str]] = {
     "phishing_block100": ["--dataset", "phishing", "--block", "100"],
     "rbf-stationary_w2_block100": ["--dataset", "rbf-stationary", "--workers", "2", "--block", "100"],
     "hyperplane-stationary_w2_block100": ["--dataset", "hyperplane-stationary", "--workers", "2", "--block", "100"],
+    # The same commands after the label-rate CUSUM joined the group's drift detection (no plots: the tracked
+    # ones stay those of the rows above).
+    "labels_phishing_default": ["--dataset", "phishing"],
+    **{f"labels_{d}_w2": ["--dataset", d, "--workers", "2"] for d in ["phishing", *DRIFTING, *STATIONARY]},
+    **{f"labels_{d}_p{k}": ["--dataset", d, "--workers", str(k), "--processes"] for d in STATIONARY for k in (2, 4)},
 }
+#: While this file exists another engineer is measuring latency: a row waits before it starts.
+QUIET = Path(__file__).resolve().parent.parent / ".local" / "QUIET"
 
 
 def run(labels: list[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     for label in labels:
         args = ROWS[label]
+        while QUIET.exists():
+            time.sleep(30)
         load = os.getloadavg()[0]
         started = time.strftime("%H:%M", time.gmtime())
         print(f"[{started} UTC, load {load:.2f}] cstore eval {' '.join(args)}", file=sys.stderr, flush=True)

@@ -23,6 +23,7 @@ from cstore.learn.drift import DriftConfirmer, PageHinkley, detector_from_state
 from cstore.learn.federated import fedavg, fedavg_sparse
 from cstore.learn.guard import GuardRule, GuardWindow, auc
 from cstore.learn.hashing import FeatureHasher
+from cstore.learn.label_rate import LabelRateCUSUM
 from cstore.learn.logistic import (
     SparseGradient,
     batch_gradient,
@@ -47,6 +48,7 @@ __all__ = [
     "FeatureHasher",
     "GuardRule",
     "GuardWindow",
+    "LabelRateCUSUM",
     "PageHinkley",
     "SequentialResult",
     "SparseGradient",

@@ -1,8 +1,10 @@
 """Concept-drift detectors over a stream of floats (e.g. prequential loss).
 
 Every detector has ``update(x) -> bool`` (True when a drift is detected at
-this point), a ``drift_detected`` property, a warm-up of ``min_instances``
-values, and ``get_state()`` / ``from_state()`` with plain JSON/msgpack-safe
+this point), a ``drift_detected`` property, a warm-up (``min_instances``
+values; :class:`~cstore.learn.label_rate.LabelRateCUSUM`, which watches
+labels rather than losses, waits for ``min_information``), and
+``get_state()`` / ``from_state()`` with plain JSON/msgpack-safe
 dicts (only str, int, float, bool, list, dict), so workers can persist them.
 Restoring a state and feeding the same values gives identical results.
 """
@@ -17,8 +19,9 @@ from cstore.learn._common import STATE_VERSION as _STATE_VERSION
 from cstore.learn._common import check_state as _check_state
 from cstore.learn._common import finite as _finite
 from cstore.learn.adwin import ADWIN
+from cstore.learn.label_rate import LabelRateCUSUM
 
-__all__ = ["ADWIN", "DriftConfirmer", "PageHinkley", "detector_from_state"]
+__all__ = ["ADWIN", "DriftConfirmer", "LabelRateCUSUM", "PageHinkley", "detector_from_state"]
 
 
 class PageHinkley:
@@ -224,8 +227,8 @@ class DriftConfirmer:
         """Rebuild the wrapper and its detector (ADWIN or PageHinkley)."""
         _check_state(state, "DriftConfirmer")
         inner = detector_from_state(state["detector"])
-        if isinstance(inner, DriftConfirmer):
-            raise ValueError("a DriftConfirmer cannot wrap another DriftConfirmer")
+        if isinstance(inner, (DriftConfirmer, LabelRateCUSUM)):
+            raise ValueError("a DriftConfirmer wraps an ADWIN or a PageHinkley")
         conf = cls(inner, **state["params"])
         conf._t, conf._alarms = int(state["t"]), [int(a) for a in state["alarms"]]
         conf._quiet_until = int(state["quiet_until"])
@@ -234,11 +237,14 @@ class DriftConfirmer:
         return conf
 
 
-_DETECTORS: dict[str, Callable[[Mapping[str, Any]], PageHinkley | ADWIN | DriftConfirmer]] = {
-    "PageHinkley": PageHinkley.from_state, "ADWIN": ADWIN.from_state, "DriftConfirmer": DriftConfirmer.from_state}
+Detector = PageHinkley | ADWIN | DriftConfirmer | LabelRateCUSUM
+
+_DETECTORS: dict[str, Callable[[Mapping[str, Any]], Detector]] = {
+    "PageHinkley": PageHinkley.from_state, "ADWIN": ADWIN.from_state, "DriftConfirmer": DriftConfirmer.from_state,
+    "LabelRateCUSUM": LabelRateCUSUM.from_state}
 
 
-def detector_from_state(state: Mapping[str, Any]) -> PageHinkley | ADWIN | DriftConfirmer:
+def detector_from_state(state: Mapping[str, Any]) -> Detector:
     """Rebuild any detector of this module from its ``get_state()`` dict.
 
     >>> ph = PageHinkley(); _ = ph.update(0.3)

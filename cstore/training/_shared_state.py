@@ -1,10 +1,13 @@
-"""State a consumer group shares across its workers: drift detector, learning-rate schedule, batch trace.
+"""State a consumer group shares across its workers: drift detectors, learning-rate schedule, batch trace.
 
-The detector watches the *prequential* loss of the whole stream (each event scored by the model
-before it learns from it), whichever worker saw the event. Its state lives in one ``learner_state``
-row updated after scoring each batch with ``IF seq = ?``: on conflict the batch's losses are
-re-applied to the newer state, exactly like a chunk transform. So the detector sees every batch once
-(modulo redelivered batches after a crash) and a restarted fleet resumes it exactly.
+Two detectors watch the whole stream, whichever worker saw each event (:class:`GroupDrift`): the
+configured one on the *prequential* loss (each event scored by the model before it learns from it),
+and a CUSUM on the rate of positive labels (:class:`~cstore.learn.LabelRateCUSUM`), which finds
+concept changes that move the share of positives even when the model follows them too fast for its
+loss to show them. Their state lives in one ``learner_state`` row updated after scoring each batch
+with ``IF seq = ?``: on conflict the batch is re-applied to the newer state, exactly like a chunk
+transform. So the detectors see every batch once (modulo redelivered batches after a crash) and a
+restarted fleet resumes them exactly.
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ import numpy as np
 
 from cstore.backend import FleetTables, Row
 from cstore.errors import ConflictError
-from cstore.learn import ADWIN, AdaptiveLearningRate, DriftConfirmer, PageHinkley, detector_from_state
+from cstore.learn import (ADWIN, AdaptiveLearningRate, DriftConfirmer, LabelRateCUSUM, PageHinkley,
+                          detector_from_state)
 
-__all__ = ["DEFAULT_ADWIN", "DEFAULT_PAGE_HINKLEY", "DEFAULT_WARMUP", "BatchOutcome", "SharedLearnerState",
-           "drift_score", "make_detector"]
+__all__ = ["DEFAULT_ADWIN", "DEFAULT_LABEL_RATE", "DEFAULT_PAGE_HINKLEY", "DEFAULT_WARMUP", "BatchOutcome",
+           "GroupDrift", "SharedLearnerState", "drift_score", "make_detector", "make_label_detector"]
 
 # Tuned for per-event log loss (values ~0.1-1, sd ~0.5): 'up' only, a shift of +0.3 nats is
 # flagged after ~200 events, while the false-alarm rate per excursion is ~exp(-2*delta*threshold/var).
@@ -34,6 +38,10 @@ DEFAULT_ADWIN = {"delta": 0.002, "min_instances": 500}
 # falls fast at first. Learned per event it settles within a few hundred events (20,000, the old value
 # for summed steps that overshoot early, meant the drift response never started on shorter streams).
 DEFAULT_WARMUP = 1000
+# The label-rate CUSUM beside the loss detector: a change of 0.3 in the log-odds of a positive (0.50 -> 0.57,
+# 0.20 -> 0.25), alarm at 10 nats (about 0.06 false alarms per 100,000 labels of a fixed rate, simulated).
+# Armed once its reference rate has n p (1 - p) >= 400; it needs no warm-up: the labels do not depend on the model.
+DEFAULT_LABEL_RATE = {"shift": 0.3, "threshold": 10.0, "min_information": 400.0}
 
 
 def make_detector(drift_cfg: Mapping[str, Any]) -> Any:
@@ -51,6 +59,77 @@ def make_detector(drift_cfg: Mapping[str, Any]) -> Any:
     if confirmations <= 1:
         return base
     return DriftConfirmer(base, confirmations=confirmations, within=int(drift_cfg.get("within", 2000)))
+
+
+def make_label_detector(drift_cfg: Mapping[str, Any]) -> LabelRateCUSUM | None:
+    """The label-rate CUSUM: on whenever drift detection is (``drift_cfg["label_rate"]``: False turns it off,
+    a dict overrides :data:`DEFAULT_LABEL_RATE`)."""
+    if drift_cfg.get("detector", "page_hinkley") == "none":
+        return None
+    cfg = drift_cfg.get("label_rate", True)
+    if cfg is False or cfg is None:
+        return None
+    return LabelRateCUSUM(**{**DEFAULT_LABEL_RATE, **(cfg if isinstance(cfg, Mapping) else {})})
+
+
+class GroupDrift:
+    """The group's drift detection for one batch at a time: the loss detector, the label-rate CUSUM, and a
+    cool-down shared by both (pure: no I/O; :class:`SharedLearnerState` stores :meth:`get_state`).
+
+    A drift is reported when either detector alarms, unless the group reported one within the last
+    ``drift_cfg["within"]`` events (default 2,000): the other detector finding the same change later
+    restarts itself but does not count, nor boost the learning rate, twice. The loss detector skips the
+    group's first ``warmup`` events (a model learning from scratch); the label detector sees every label.
+
+    >>> g = GroupDrift({"warmup": 0, "label_rate": {"min_information": 50.0}})
+    >>> before, after = np.array([float(j % 5 == 0) for j in range(20)]), np.array([float(j % 2) for j in range(20)])
+    >>> ys = [before] * 100 + [after] * 20  # blocks of 20 labels: a rate of 0.2, then 0.5 from block 100
+    >>> [i for i, y in enumerate(ys) if g.feed(np.full(20, 0.5), y, 20 * i)]
+    [106]
+    """
+
+    def __init__(self, drift_cfg: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> None:
+        self.drift_cfg = drift_cfg
+        self.warmup = int(drift_cfg.get("warmup", DEFAULT_WARMUP))
+        self.cooldown = int(drift_cfg.get("within", 2000))
+        if state is None:
+            self.detector: Any = make_detector(drift_cfg)
+            self.labels = make_label_detector(drift_cfg)
+            self.quiet_until = 0
+            return
+        self.detector = detector_from_state(state["detector"]) if state.get("detector") else None
+        labels = state.get("labels")
+        # A group created before the label detector existed starts one now.
+        self.labels = LabelRateCUSUM.from_state(labels) if labels else make_label_detector(drift_cfg)
+        self.quiet_until = int(state.get("quiet_until", 0))
+
+    def feed(self, losses: np.ndarray, labels: np.ndarray | None, events_before: int) -> bool:
+        """The batch's prequential losses (the group had scored ``events_before`` events before it) and the
+        labels of its last ``len(labels)`` events, if given; True if the group reports a drift."""
+        alarm = False
+        if self.detector is not None:
+            for x in losses[max(0, self.warmup - events_before):].tolist():
+                if self.detector.update(x):
+                    alarm = True
+        if self.labels is not None and labels is not None and labels.size:
+            alarm = self.labels.update_counts(float(labels.size), float(np.sum(labels))) or alarm
+        if not alarm or events_before < self.quiet_until:
+            return False
+        self.quiet_until = events_before + int(losses.size) + self.cooldown
+        return True
+
+    @property
+    def score(self) -> float:
+        """How close the group is to an alarm: the larger of the loss detector's :func:`drift_score` and
+        the label CUSUM's statistic / threshold."""
+        label = 0.0 if self.labels is None else round(self.labels.statistic / self.labels.threshold, 6)
+        return max(drift_score(self.detector), label)
+
+    def get_state(self) -> dict[str, Any]:
+        """What the ``learner_state`` row keeps beside the schedule."""
+        return {"detector": self.detector.get_state() if self.detector is not None else None,
+                "labels": self.labels.get_state() if self.labels is not None else None,
+                "quiet_until": self.quiet_until}
 
 
 def drift_score(detector: Any) -> float:
@@ -88,8 +167,7 @@ class SharedLearnerState:
         self._row: Row | None = None
 
     def _fresh_state(self) -> bytes:
-        det = make_detector(self.drift_cfg)
-        return msgpack.packb({"detector": det.get_state() if det else None,
+        return msgpack.packb({**GroupDrift(self.drift_cfg).get_state(),
                               "schedule": AdaptiveLearningRate(**self.schedule_cfg).get_state()}, use_bin_type=True)
 
     def read(self) -> Row:
@@ -111,24 +189,23 @@ class SharedLearnerState:
         """The drift score of the last state this process read or wrote (no round trip)."""
         return float((self._row or {}).get("drift_score") or 0.0)
 
-    def apply_batch(self, losses: np.ndarray, batch_id: uuid.UUID, worker: str, *, boost: bool = True) -> BatchOutcome:
-        """Feed the batch's prequential losses to the shared detector and schedule (compare-and-set).
+    def apply_batch(self, losses: np.ndarray, batch_id: uuid.UUID, worker: str, *, boost: bool = True,
+                    labels: np.ndarray | None = None) -> BatchOutcome:
+        """Feed the batch's prequential losses (and ``labels``, those of its last ``len(labels)`` events) to
+        the shared detectors and schedule (compare-and-set). Without ``labels`` only the loss detector
+        learns from the batch.
 
         ``boost``: a detected drift raises the learning-rate schedule (the configured response).
         """
         row = self._row or self.read()
         for attempt in range(self.max_retries):
             state = msgpack.unpackb(row["state"], raw=False)
-            det = detector_from_state(state["detector"]) if state.get("detector") else None
+            group = GroupDrift(self.drift_cfg, state)
             sched = AdaptiveLearningRate.from_state(state["schedule"])
-            drifted = False
-            if det is not None:
-                # Warm-up: the loss of a model still learning from scratch falls and jumps around;
-                # the detector starts watching once the group has scored `warmup` events.
-                skip = max(0, int(self.drift_cfg.get("warmup", DEFAULT_WARMUP)) - (row["events"] or 0))
-                for x in losses[skip:].tolist():
-                    if det.update(x):
-                        drifted = True
+            # Warm-up: the loss of a model still learning from scratch falls and jumps around; the loss
+            # detector starts watching once the group has scored `warmup` events (GroupDrift.feed).
+            drifted = group.feed(losses, None if labels is None else np.asarray(labels, np.float64),
+                                 row["events"] or 0)
             mean = float(losses.mean()) if losses.size else 0.0
             if losses.size:
                 sched.update(mean, int(losses.size))
@@ -136,11 +213,10 @@ class SharedLearnerState:
                 sched.on_drift()
             prev = row["loss"]
             ema = mean if prev is None or math.isnan(prev) else 0.8 * prev + 0.2 * mean
-            score = drift_score(det)
+            score = group.score
             drifts = (row["drifts"] or 0) + int(drifted)
             now = datetime.now(UTC)
-            blob = msgpack.packb({"detector": det.get_state() if det else None, "schedule": sched.get_state()},
-                                 use_bin_type=True)
+            blob = msgpack.packb({**group.get_state(), "schedule": sched.get_state()}, use_bin_type=True)
             args = (row["seq"] + 1, blob, batch_id, now, (row["events"] or 0) + int(losses.size),
                     (row["batches"] or 0) + 1, drifts, now if drifted else row["last_drift"], ema, score,
                     sched.scale, worker)

@@ -94,7 +94,8 @@ class Worker:
         self._rate_mark: tuple[float, int] = (time.monotonic(), 0)
         self._loop_at = time.monotonic()
         self.on_commit: Callable[[UpdateResult, float], None] | None = None  # (result, seconds): metrics hook
-        self._deferred: list[np.ndarray] = []  # critical batches' losses, fed to the shared state by the bulk loop
+        self._deferred: list[tuple[np.ndarray, np.ndarray]] = []  # critical batches' (losses, labels), fed to the
+        #                                                               shared state by the bulk loop
         self.bulk_committer = new_committer(store, self.info)
         self._bulk = Lane(self.learner, self._w, self.stats, self.cursors, self.leases, self.bulk_committer)
         self.critical = CriticalLane(self) if self.opts.critical else None
@@ -294,11 +295,13 @@ class Worker:
                 loss, drift, weight_sum = float(losses.mean()), False, float(s.sum())
                 if lane.critical:
                     with self._lock:
-                        self._deferred.append(losses)
+                        self._deferred.append((losses, y))
                     score = self.shared.last_drift_score()
                 else:
-                    outcome = self.shared.apply_batch(np.concatenate([*self._take_deferred(), losses]), batch_id,
-                                                      self.worker_id, boost=learner.cfg.drift_response in BOOSTS)
+                    deferred = self._take_deferred()  # (losses and labels: the label-rate detector counts them)
+                    outcome = self.shared.apply_batch(np.concatenate([*(d[0] for d in deferred), losses]), batch_id,
+                                                      self.worker_id, boost=learner.cfg.drift_response in BOOSTS,
+                                                      labels=np.concatenate([*(d[1] for d in deferred), y]))
                     score, lr_scale, drift = outcome.drift_score, outcome.lr_scale, outcome.drift
                     if drift:
                         self._on_drift(batch_id)
@@ -328,7 +331,7 @@ class Worker:
                  1000 * (time.monotonic() - t0))
         return n
 
-    def _take_deferred(self) -> list[np.ndarray]:
+    def _take_deferred(self) -> list[tuple[np.ndarray, np.ndarray]]:
         with self._lock:
             out, self._deferred = self._deferred, []
         return out
@@ -337,8 +340,9 @@ class Worker:
         """Feed the critical lane's deferred losses to the shared drift detector and schedule."""
         deferred = self._take_deferred()
         if deferred:
-            outcome = self.shared.apply_batch(np.concatenate(deferred), uuid_now(), self.worker_id,
-                                              boost=self.learner.cfg.drift_response in BOOSTS)
+            outcome = self.shared.apply_batch(np.concatenate([d[0] for d in deferred]), uuid_now(), self.worker_id,
+                                              boost=self.learner.cfg.drift_response in BOOSTS,
+                                              labels=np.concatenate([d[1] for d in deferred]))
             if outcome.drift:
                 self._on_drift(uuid_now())
 

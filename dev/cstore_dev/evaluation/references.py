@@ -26,7 +26,7 @@ import numpy as np
 
 from cstore.learn import (KIND_WEIGHTS, AdaptiveLearningRate, FeatureHasher, batch_gradient, log_loss,
                           optimizer_from_config, positions, predict_proba_batch, sequential_pass)
-from cstore.training import DEFAULT_WARMUP, make_detector
+from cstore.training._shared_state import GroupDrift  # the group's detectors, exactly as the workers run them
 from cstore_dev.evaluation.deps import require_river, require_vw
 
 
@@ -89,16 +89,16 @@ def run_replica(rows: list[Mapping[str, Any]], labels: np.ndarray, learner_cfg: 
     one summed-gradient step for the block with ``update="summed"``).
 
     Mirrors :meth:`cstore.training.Worker._learn` and :meth:`SharedLearnerState.apply_batch` with one
-    worker and no delay beyond the block itself (explicit feedback, weight 1).
+    worker and no delay beyond the block itself (explicit feedback, weight 1); the drift detectors get each
+    block's losses and labels (``apply_batch(..., labels=y)``).
     """
     hasher = FeatureHasher(learner_cfg["n_features"], learner_cfg["hash_seed"])
     opt = optimizer_from_config(learner_cfg["optimizer"])
     bopt = optimizer_from_config(learner_cfg["bias_optimizer"])
     state = opt.init_state(learner_cfg["n_features"])
     bstate = bopt.init_state(1)
-    det = make_detector(learner_cfg["drift"])
+    group = GroupDrift(learner_cfg["drift"])
     sched = AdaptiveLearningRate(**learner_cfg["schedule"])
-    warmup = int(learner_cfg["drift"].get("warmup", DEFAULT_WARMUP))
     boost = learner_cfg["drift_response"] in ("boost", "both")
     kw = KIND_WEIGHTS["explicit"]
     out = np.empty(len(rows))
@@ -111,7 +111,7 @@ def run_replica(rows: list[Mapping[str, Any]], labels: np.ndarray, learner_cfg: 
         p = predict_proba_batch(state["w"], bias, indptr, idx, val)
         out[lo:hi] = p
         losses = np.asarray(log_loss(p, y), np.float64)
-        drifted = det is not None and any([det.update(x) for x in losses[max(0, warmup - lo):].tolist()])
+        drifted = group.feed(losses, y, lo)
         if drifted:
             drifts.append(hi)
         sched.update(float(losses.mean()), int(losses.size))
