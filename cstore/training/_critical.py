@@ -5,11 +5,12 @@ and it lands in the model's critical partition (partition P, after the P bulk pa
 ``cstore.feedback``). In each consumer group one worker holds that partition's lease; its
 :class:`CriticalLane` thread polls it every ``critical_poll_ms`` (5 ms), and learns what it finds at
 once, in small batches (``critical_batch_size``). It never waits to fill a batch and never waits behind
-the bulk loop, which goes on in the worker's main thread: it learns on the rows its committer knows
-(no read on its path) and stores what it learned as an *increment* of the chunks it touches (no
-compare-and-set, see :mod:`cstore.store`), which the next commit of those chunks folds, and which
-scorers see on the increment feed at their next poll. A second thread, the lane's refresher, keeps
-those rows current (the version index every ``LANE_REFRESH_S``, the moved rows caught up) and folds
+the bulk loop, which goes on in the worker's main thread: it learns on the rows the worker's bulk
+committer keeps current (shared with its own committer: no read on its path) and stores what it
+learned as an *increment* of the chunks it touches (no compare-and-set, see :mod:`cstore.store`),
+which the next commit of those chunks folds, and which scorers see on the increment feed at their
+next poll. A second thread, the lane's refresher, keeps those rows current when the bulk loop has
+nothing to do (the version index every ``LANE_REFRESH_S``, the moved rows caught up) and folds
 increments that no commit has folded within ``FOLD_AFTER_S`` (a model without bulk traffic).
 
 What the lane leaves out of its own path: the shared drift detector and learning-rate schedule
@@ -231,8 +232,8 @@ class CriticalLane(Lane):
         now = time.monotonic()
         if now < self._next_try or w.leases.standing_by:
             return False
-        # Look often (a plain read of the owner cell: the lane moves to a worker standing by within a
-        # fraction of a second), ask (a compare-and-set) only when it is free.
+        # Look often (a plain read of the owner cell: a lane a standby lets go reaches the worker holding the
+        # bulk partitions within a fraction of a second), ask (a compare-and-set) only when it is free.
         self._next_try = now + min(LANE_LOOK_S, w.heartbeat_s)
         if w.store.backend.fleet.owner(w.fcfg.model_id, w.opts.group, self.part) is not None:
             return False
