@@ -23,7 +23,9 @@ small without any worker.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -31,6 +33,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +79,7 @@ class Adder:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self._waiting: dict[tuple[uuid.UUID, int], tuple[ModelInfo, int, float]] = {}  # adds since the last fold
+        self._refold: queue.SimpleQueue[tuple[ModelInfo, list[int]]] = queue.SimpleQueue()
 
     def submit(self, info: ModelInfo, changes: Mapping[str, Mapping[int, ChunkChange]], lr: float, meta: CommitMeta,
                update_id: uuid.UUID | None = None) -> Future[UpdateResult]:
@@ -174,9 +178,22 @@ class Adder:
         engine.record(info, Totals(updates=len(adds), coords=sum(len(i) for a in adds for bp in a.amounts.values()
                                                                  for i, _ in bp.values())))
 
+    def _fold_done(self, info: ModelInfo, chunks: list[int], fold: Future[Any]) -> None:
+        """A fold that failed is asked for again at the next round (its adds are still pending)."""
+        exc = fold.exception()
+        if exc is None:
+            return
+        log.warning("folding the adds of model %r failed (%s); trying again", info.name, exc)
+        # (called by the committer's thread, holding its lock: handed over without taking this one)
+        self._refold.put((info, chunks))
+
     def _fold_due(self, *, force: bool) -> None:
         """Ask for folds of the chunks whose adds of this process are many or old enough (lock held)."""
         now = time.monotonic()
+        while not self._refold.empty():  # folds that failed: due again
+            info, chunks = self._refold.get()
+            for k in chunks:
+                self._waiting[(info.model_id, k)] = (info, FOLD_EVERY, now)
         due: dict[uuid.UUID, tuple[ModelInfo, list[int]]] = {}
         for (mid, k), (info, n, since) in list(self._waiting.items()):
             if force or n >= FOLD_EVERY or now - since >= FOLD_AFTER_S:
@@ -184,6 +201,10 @@ class Adder:
                 del self._waiting[(mid, k)]
         for info, chunks in due.values():
             try:
-                self._fold(info, sorted(chunks))
+                folded = self._fold(info, sorted(chunks))
             except Exception as exc:  # the next commit of those chunks folds them, or a later fold
                 log.warning("folding the adds of model %r failed (%s)", info.name, exc)
+                continue
+            if isinstance(folded, Future):
+                folded.add_done_callback(functools.partial(self._fold_done, info, sorted(chunks)))
+

@@ -325,14 +325,17 @@ class Committer:
 
     def fold(self, info: ModelInfo, chunks: list[int]) -> Future[UpdateResult]:
         """Fold the pending increments of ``chunks`` into a new version (a commit that changes nothing else;
-        the rows it knows caught up first, so it sees what landed since); chunks without any commit nothing."""
-        catch_up(self._known, self._engine, info, chunks)
+        the rows it knows caught up in its round, so it sees what landed since); chunks without any commit
+        nothing."""
         return self.submit(info, chunks, fold_transform, FOLD_META, lr=None)
 
     def _rows(self, info: ModelInfo, work: Round) -> dict[int, dict[str, ChunkRow]]:
         with self._cond:  # the chunks refused last time: their known rows are behind the winner's commit
             stale = [k for k in work.chunks if (info.model_id, k) in self._stale]
             self._stale.difference_update((info.model_id, k) for k in stale)
+        # A fold is for what landed since these rows were known: caught up here, under the chunk's claim (at
+        # submit time another round of the chunk could still replace them).
+        stale += [k for k, reqs in work.chunks.items() if k not in stale and any(r.meta is FOLD_META for r in reqs)]
         if time.monotonic() - self._contended.get(info.model_id, -math.inf) < CONTENDED_S:
             catch_up_moved(self._known, self._engine, self._tables, info, also=stale)
         elif stale:

@@ -238,7 +238,8 @@ def test_adds_from_many_threads_each_count_once_and_are_folded_with_their_histor
     deadline = time.monotonic() + 3 * _adder.FOLD_AFTER_S + 5  # folded by the process itself, no worker
     while time.monotonic() < deadline and any(_pending(session, info.model_id, k, "w") for k in range(4)):
         time.sleep(0.2)
-    assert not any(_pending(session, info.model_id, k, "w") for k in range(4))
+    left = {k: sorted(_pending(session, info.model_id, k, "w")) for k in range(4)}
+    assert not any(left.values()), (left, store._adder._waiting if store._adder else None)
     np.testing.assert_array_equal(store.read_model(unique_name).params["w"], expected)
     store.drop_model(unique_name, confirm=unique_name)
 
