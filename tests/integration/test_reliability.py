@@ -279,6 +279,7 @@ def test_one_node_down_strong_commits_all_fails_eventual_continues_then_converge
         ld.stop.set()
     for ld in loaders.values():
         ld.join(timeout=60)
+    assert not any(ld.is_alive() for ld in loaders.values())  # nothing writes while convergence is judged
     after = {p: [o for o in ld.ops if o[0] > t_kill + 1] for p, ld in loaders.items()}
     assert sum(o[2] == "ok" for o in after["strong"]) >= 5, after["strong"][-3:]
     assert sum(o[2] == "ok" for o in after["eventual"]) >= 5, after["eventual"][-3:]
@@ -324,12 +325,14 @@ def test_one_node_down_strong_commits_all_fails_eventual_continues_then_converge
                        for mid in ids.values())
         # Hints first; then a full repair, and a second one if mutations still arriving (hints to the
         # other replicas, replayed late under the suite's load) left a difference the first could not see.
+        # Patient waits: under the whole suite's load on 2 cores, CI once saw node 3 agree a moment
+        # after 30 s following the second repair.
         how = "hints"
-        for attempt in ("hints", "repair", "second repair"):
+        for attempt, wait_s in (("hints", 30), ("repair", 60), ("second repair", 90)):
             if attempt != "hints":
                 how = attempt
                 rel3.nodetool("node3", "repair", "-full", KS, "chunks")
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + wait_s
             while not converged() and time.monotonic() < deadline:
                 time.sleep(1)
             if converged():
