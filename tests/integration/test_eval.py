@@ -74,8 +74,9 @@ def test_cli_on_a_stationary_stream_matches_the_references(base_config, tmp_path
     assert sum(w["learned"] for w in report["system"]["workers"]) == 1250
     assert report["cstore_auc"] > 0.95 and report["vw_auc"] > 0.95, report
     # One worker, one partition, one segment per block: the worker learns each of the 63 blocks as one batch
-    # in event order, as its in-memory replica does. Locally the two were equal to the report's 4 decimals;
-    # a CI run under load had equal AUC and log loss 0.0002 apart with 63 batches (cause not established).
+    # in event order, as its in-memory replica does, and each block is scored by the model that learned all
+    # before it (the evaluation waits for the chunk rows' versions, not the index a worker announces to
+    # later: under load that let a block be scored one batch behind, 0.0015 of AUC in one CI run).
     assert [w["batches"] for w in report["system"]["workers"]] == [63], report["system"]
     assert abs(report["cstore_auc"] - report["replica_auc"]) <= 0.001, report
     assert abs(report["cstore_logloss"] - report["replica_logloss"]) <= 0.001, report
