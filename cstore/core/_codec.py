@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -111,10 +112,25 @@ def _densify(obj: dict[str, Any], dtype: str, size: int) -> bytes:
     return dense.tobytes()
 
 
+# dtype name -> (native dtype, little-endian dtype, itemsize): decoding a small array (an increment,
+# a history delta) spent half its time building these again.
+_DECODE: dict[str, tuple[np.dtype[Any], np.dtype[Any], int]] = {}
+
+
+def _decoded_dtype(name: Any) -> tuple[np.dtype[Any], np.dtype[Any], int]:
+    known = _DECODE.get(name) if isinstance(name, str) else None
+    if known is None:
+        if name not in ALLOWED_DTYPES:
+            raise CorruptData(f"chunk has dtype {name!r}; allowed: {', '.join(ALLOWED_DTYPES)}")
+        native = np.dtype(name)
+        known = _DECODE[name] = (native, native.newbyteorder("<"), native.itemsize)
+    return known
+
+
 def decode_array(blob: bytes, *, expect_dtype: str | None = None,
                  expect_shape: Sequence[int] | None = None) -> np.ndarray:
     """Decode :func:`encode_array` output, checking it is whole and what the caller expects."""
-    if bytes(blob[:4]) == ENCRYPTED_MAGIC:
+    if blob[:4] == ENCRYPTED_MAGIC:
         raise KeyUnavailable("chunk is encrypted but no encryption key is configured; set "
                              "CSTORE_ENCRYPTION_KEY or CSTORE_ENCRYPTION_KEY_FILE to read it")
     try:
@@ -122,26 +138,30 @@ def decode_array(blob: bytes, *, expect_dtype: str | None = None,
     except Exception as exc:
         raise CorruptData(f"chunk is not valid msgpack ({type(exc).__name__}: {exc}); "
                           f"it may be truncated: restore the model from a snapshot") from None
-    if not isinstance(obj, dict) or obj.get("v") != _FORMAT_VERSION or not {"dtype", "shape", "data"} <= set(obj):
+    if not isinstance(obj, dict) or obj.get("v") != _FORMAT_VERSION or \
+            "dtype" not in obj or "shape" not in obj or "data" not in obj:
         raise CorruptData("chunk has an unknown layout (expected msgpack map with v, dtype, shape, data)")
     dtype, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if dtype not in ALLOWED_DTYPES:
-        raise CorruptData(f"chunk has dtype {dtype!r}; allowed: {', '.join(ALLOWED_DTYPES)}")
+    native, little, itemsize = _decoded_dtype(dtype)
     if expect_dtype is not None and dtype != expect_dtype:
         raise CorruptData(f"chunk has dtype {dtype} but the model stores {expect_dtype}")
-    if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+    if (not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
             or not isinstance(data, bytes)):
         raise CorruptData(f"chunk has an invalid shape {shape!r} or payload")
-    itemsize = np.dtype(dtype).itemsize
+    size = math.prod(shape)
     if "mask" in obj:
-        data = _densify(obj, dtype, int(np.prod(shape, dtype=np.int64)))
-    if int(np.prod(shape, dtype=np.int64)) * itemsize != len(data):
+        data = _densify(obj, dtype, size)
+    if size * itemsize != len(data):
         raise CorruptData(f"chunk payload is {len(data)} bytes but shape {shape} of {dtype} needs "
-                          f"{int(np.prod(shape, dtype=np.int64)) * itemsize}; the chunk is truncated or corrupt")
+                          f"{size * itemsize}; the chunk is truncated or corrupt")
     if expect_shape is not None and list(expect_shape) != shape:
         raise CorruptData(f"chunk has shape {shape} but {list(expect_shape)} was expected")
-    out = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype, copy=False).reshape(shape)
-    if out.dtype.kind == "f" and not np.isfinite(out).all():
+    out = np.frombuffer(data, dtype=little)
+    if little != native:  # (a big-endian host: a copy in its own order)
+        out = out.astype(native)
+    if len(shape) != 1:
+        out = out.reshape(shape)
+    if native.kind == "f" and not np.isfinite(out).all():
         bad = int(np.flatnonzero(~np.isfinite(out.reshape(-1)))[0])
         raise CorruptData(f"chunk holds NaN or infinity (first at position {bad}); it was not written by cstore's "
                           f"validated path: roll the model back to a snapshot")

@@ -42,8 +42,10 @@ def uuid_at(ticks: int, node: int | None = None, clock_seq: int | None = None) -
     t = ticks + UUID_EPOCH_TICKS
     cs = random.getrandbits(14) if clock_seq is None else clock_seq
     nd = random.getrandbits(48) if node is None else node
-    return uuid.UUID(fields=(t & 0xFFFFFFFF, (t >> 32) & 0xFFFF, (t >> 48) & 0x0FFF,
-                             0x80 | ((cs >> 8) & 0x3F), cs & 0xFF, nd), version=1)
+    # The 128 bits composed here (version 1, RFC 4122 variant): `UUID(fields=..., version=1)` does the same
+    # in several times the time, which showed in every add's profile.
+    return uuid.UUID(int=(t & 0xFFFFFFFF) << 96 | ((t >> 32) & 0xFFFF) << 80 | (0x1000 | (t >> 48) & 0x0FFF) << 64
+                     | (0x8000 | (cs & 0x3FFF)) << 48 | (nd & 0xFFFFFFFFFFFF))
 
 
 def uuid_now() -> uuid.UUID:

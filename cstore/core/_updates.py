@@ -74,7 +74,7 @@ def split_update(info: ModelInfo, param: str, values: Any, indices: Any, update_
         if bad.any():
             raise ValidationError(f"indices for {param!r} out of range [0, {shape[0]}): e.g. {int(idx[bad][0])}")
         row = int(np.prod(row_shape)) if row_shape else 1
-        flat_idx = (idx[:, None] * row + np.arange(row, dtype=np.int64)).reshape(-1)
+        flat_idx = idx if row == 1 else (idx[:, None] * row + np.arange(row, dtype=np.int64)).reshape(-1)
         flat_vals = vals.reshape(-1)
         if len(flat_idx) > 1 and not bool(np.all(flat_idx[1:] > flat_idx[:-1])):  # (sorted, unique: as is)
             uniq, inverse = np.unique(flat_idx, return_inverse=True)

@@ -89,9 +89,9 @@ def decode_increment(codec: CodecPipeline, info: ModelInfo, chunk: int, param: s
     except CorruptData as exc:
         raise CorruptData(f"{where}: {exc}", model=info.name, param=param, chunk=chunk) from None
     start, stop = info.chunk_bounds(param, chunk)
+    # (decode_sparse checked the amounts are finite, as every decoded float array is)
     if (vals.dtype != np.dtype(info.dtype) or idx.shape != vals.shape
-            or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= stop - start))
-            or not np.all(np.isfinite(vals))):
+            or (idx.size and (int(idx.min()) < 0 or int(idx.max()) >= stop - start))):
         raise CorruptData(f"{where} holds {vals.dtype} values, non-finite amounts or coordinates outside the chunk; "
                           f"the row was damaged or written outside cstore", model=info.name, param=param, chunk=chunk)
     return Increment(idx.astype(np.int32, copy=False), vals, bytes(blob))
