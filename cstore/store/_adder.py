@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from cstore.backend import ParamTables
-from cstore.core import (ChunkChange, ChunkCommit, CommitMeta, ModelInfo, UpdateResult, encode_sparse,
+from cstore.core import (ChunkChange, ChunkCommit, CommitMeta, Increment, ModelInfo, UpdateResult, encode_sparse,
                          increment_context, uuid_now)
 from cstore.errors import CstoreError, PartialCommit
 from cstore.store._engine import ChunkEngine
@@ -145,8 +145,10 @@ class Adder:
             for k, by_param in add.amounts.items():
                 for p, (idx, vals) in by_param.items():
                     sparse = encode_sparse(idx, vals)  # (once: the entry and its history row hold the same)
-                    entries[k].append((add.op_id, ts, p, engine.codec.encode_bytes(
-                        sparse, context=increment_context(info.model_id, k, p, add.op_id))))
+                    blob = engine.codec.encode_bytes(sparse, context=increment_context(info.model_id, k, p, add.op_id))
+                    entries[k].append((add.op_id, ts, p, blob))
+                    # (what decoding the entry gives: split_update's indices are unique and increasing)
+                    engine.written.add(info.model_id, k, p, add.op_id, Increment(idx, vals, blob))
                     history[bucket].append(engine.increment_history_row(info, k, p, sparse, add.meta, add.op_id,
                                                                         bucket))
         for rows in history.values():  # history first: an add is never stored without its record

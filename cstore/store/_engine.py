@@ -36,6 +36,7 @@ from cstore.core import (ChunkCommit, ChunkRow, CodecPipeline, CommitMeta, Model
 from cstore.errors import ConflictError, CorruptData, CstoreError, MissingChunk, PartialCommit, UnknownOutcome
 from cstore.store._announcer import Announcer
 from cstore.store._history import op_in_chain
+from cstore.store._increments import WrittenIncrements
 from cstore.store._rows import advance_row, decode_row, plan_write
 from cstore.store._stats import StatsRecorder, Totals
 
@@ -67,6 +68,7 @@ class ChunkEngine:
         self._last_stats_flush = time.monotonic()
         self.announcer = Announcer(self._tables)
         self._buckets_announced: set[tuple[uuid.UUID, int]] = set()
+        self.written = WrittenIncrements()  # this process's adds, reused when their rows are read back
 
     def close(self) -> None:
         if self._pool is not None:
@@ -79,7 +81,7 @@ class ChunkEngine:
         """Stored rows of one chunk as :class:`ChunkRow` (only ``params`` when given), checked and decrypted."""
         wanted = set(info.params if params is None else params)
         # (a row without a version holds only increments written after it was lost: it is missing)
-        return {r["param"]: decode_row(self.codec, info, chunk, r) for r in rows
+        return {r["param"]: decode_row(self.codec, info, chunk, r, self.written) for r in rows
                 if r["param"] in info.params and r["param"] in wanted and r["version"] is not None}
 
     def read_chunk(self, info: ModelInfo, chunk: int, *, serial: bool = False) -> dict[str, ChunkRow]:
@@ -110,8 +112,8 @@ class ChunkEngine:
         out: dict[int, dict[str, ChunkRow | None]] = {}
         for k, stored in zip(chunks, self._tables.chunk_tails(info.model_id, chunks, params)):
             by_param = {r["param"]: r for r in stored if r["version"] is not None}
-            out[k] = {p: advance_row(self.codec, info, k, row, by_param[p]) if p in by_param else None
-                      for p, row in held[k].items()}
+            out[k] = {p: advance_row(self.codec, info, k, row, by_param[p], self.written)
+                      if p in by_param else None for p, row in held[k].items()}
         return out
 
     def bucket_of(self, info: ModelInfo, op_id: uuid.UUID) -> int:

@@ -28,6 +28,7 @@ head's pending increments to the replayed versions, as a read does.
 """
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -39,8 +40,8 @@ from cstore.core import (CodecPipeline, Increment, ModelInfo, decode_sparse, enc
                          increment_context, ticks_of)
 from cstore.errors import CorruptData
 
-__all__ = ["FEED_BUCKET_S", "SCORED_PARAMS", "decode_increment", "decode_pending", "encode_increment",
-           "op_timestamp_us", "with_pending"]
+__all__ = ["FEED_BUCKET_S", "SCORED_PARAMS", "WrittenIncrements", "decode_increment", "decode_pending",
+           "encode_increment", "op_timestamp_us", "with_pending"]
 
 #: The parameters a scorer needs (optimizer state is never fetched); only they go to the feed.
 SCORED_PARAMS = ("weights", "bias")
@@ -98,10 +99,54 @@ def decode_increment(codec: CodecPipeline, info: ModelInfo, chunk: int, param: s
 
 
 def decode_pending(codec: CodecPipeline, info: ModelInfo, chunk: int, param: str,
-                   raw: Mapping[uuid.UUID, Any] | None, known: Mapping[uuid.UUID, Increment] | None = None
-                   ) -> dict[uuid.UUID, Increment]:
-    """A row's ``pending`` map decoded (entries already in ``known`` as stored are taken from there)."""
+                   raw: Mapping[uuid.UUID, Any] | None, known: Mapping[uuid.UUID, Increment] | None = None,
+                   written: WrittenIncrements | None = None) -> dict[uuid.UUID, Increment]:
+    """A row's ``pending`` map decoded (entries already in ``known`` or ``written`` as stored are taken from
+    there)."""
     known = known or {}
+    if written is not None and raw:
+        known = {**written.of(info.model_id, chunk, param, raw), **known}
     return {op: known[op] if op in known and known[op].blob == blob else
             decode_increment(codec, info, chunk, param, op, blob) for op, blob in (raw or {}).items()}
 
+
+
+class WrittenIncrements:
+    """The increments this process wrote, as it wrote them: a row read back holding one takes it from here
+    instead of decoding its entry again (the fold of a thousand adds decoded a thousand entries, an eighth
+    of an add's CPU). An entry is taken only if the stored bytes are the bytes written, so what comes back is
+    exactly what decoding would give. Entries a row no longer holds (folded) are dropped when the row is
+    read; the rest are bounded: past ``limit`` all are forgotten, and those rows are decoded.
+    """
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._rows: dict[tuple[uuid.UUID, int, str], dict[uuid.UUID, Increment]] = {}
+        self._n = 0
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, model_id: uuid.UUID, chunk: int, param: str, op_id: uuid.UUID, inc: Increment) -> None:
+        with self._lock:
+            if self._n >= self._limit:
+                self._rows.clear()
+                self._n = 0
+            self._rows.setdefault((model_id, chunk, param), {})[op_id] = inc
+            self._n += 1
+
+    def of(self, model_id: uuid.UUID, chunk: int, param: str,
+           stored: Mapping[uuid.UUID, Any]) -> dict[uuid.UUID, Increment]:
+        """Those of ``stored`` (a row's pending map) written here with the same bytes; the row's others that
+        this process wrote are forgotten (a fold deleted them)."""
+        key = (model_id, chunk, param)
+        with self._lock:
+            mine = self._rows.get(key)
+            if not mine:
+                return {}
+            out = {op: inc for op, inc in mine.items() if op in stored and stored[op] == inc.blob}
+            gone = [op for op in mine if op not in stored]
+            for op in gone:
+                del mine[op]
+            self._n -= len(gone)
+            if not mine:
+                del self._rows[key]
+            return out

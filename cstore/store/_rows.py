@@ -35,7 +35,7 @@ from cstore.backend import ChunkWrite
 from cstore.core import (ChunkRow, CodecPipeline, ModelInfo, chunk_context, decode_sparse, delta_context,
                          encode_sparse)
 from cstore.errors import CorruptData
-from cstore.store._increments import decode_pending, with_pending
+from cstore.store._increments import WrittenIncrements, decode_pending, with_pending
 
 __all__ = ["MAX_DELTAS", "advance_row", "decode_row", "plan_write", "rows_after"]
 
@@ -44,7 +44,8 @@ _DELTA_SHARE = 16   # a delta entry may be at most 1/16 of the raw chunk ...
 _PENDING_SHARE = 4  # ... and the entries waiting on a row at most 1/4 of it
 
 
-def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str, Any]) -> ChunkRow:
+def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str, Any],
+               written: WrittenIncrements | None = None) -> ChunkRow:
     """One stored parameter row as a :class:`ChunkRow` at its ``version``: decrypted, checked, patched."""
     param, version = r["param"], r["version"]
     start, stop = info.chunk_bounds(param, chunk)
@@ -61,14 +62,15 @@ def decode_row(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str
     if entries:
         data = _patched(codec, info, chunk, param, data.copy(), entries, where)
     return _with_increments(codec, info, chunk, r, ChunkRow(param, data, version, r["op_id"], len(entries),
-                                                            sum(len(b) for b in entries.values())))
+                                                            sum(len(b) for b in entries.values())), None, written)
 
 
 def _with_increments(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mapping[str, Any], row: ChunkRow,
-                     held: ChunkRow | None = None) -> ChunkRow:
+                     held: ChunkRow | None = None, written: WrittenIncrements | None = None) -> ChunkRow:
     """``row`` (its data the base at its version) with the stored row's pending increments added
-    (those ``held`` has already decoded are reused)."""
-    pending = decode_pending(codec, info, chunk, row.param, r.get("pending"), held.pending if held else None)
+    (those ``held`` has already decoded, or this process ``written``, are reused)."""
+    pending = decode_pending(codec, info, chunk, row.param, r.get("pending"), held.pending if held else None,
+                             written)
     if not pending:
         return row
     return ChunkRow(row.param, with_pending(row.data, pending), row.version, row.op_id, row.deltas, row.delta_bytes,
@@ -76,7 +78,7 @@ def _with_increments(codec: CodecPipeline, info: ModelInfo, chunk: int, r: Mappi
 
 
 def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRow,
-                r: Mapping[str, Any]) -> ChunkRow | None:
+                r: Mapping[str, Any], written: WrittenIncrements | None = None) -> ChunkRow | None:
     """``held`` brought to the version of the stored row ``r`` (a :meth:`ParamTables.chunk_tails` row) by
     applying the delta entries above ``held.version``, bit for bit what a whole read gives
     (an entry sets values, it does not add them), and the row's pending increments. None when a full
@@ -92,7 +94,7 @@ def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRo
         if not set(held.pending) <= set(stored_pending):
             return None
         same = ChunkRow(param, held.base_data, version, held.op_id, held.deltas, held.delta_bytes)
-        return _with_increments(codec, info, chunk, r, same, held)
+        return _with_increments(codec, info, chunk, r, same, held, written)
     if base is None or base > held.version:
         return None
     where = f"model {info.name!r} parameter {param!r} chunk {chunk} (version {version})"
@@ -101,7 +103,7 @@ def advance_row(codec: CodecPipeline, info: ModelInfo, chunk: int, held: ChunkRo
     _check_chain(entries, held.version, version, f"version {held.version}", where, info, param, chunk)
     data = _patched(codec, info, chunk, param, held.base_data.copy(), entries, where)
     row = ChunkRow(param, data, version, r["op_id"], len(waiting), sum(len(b) for b in waiting.values()))
-    return _with_increments(codec, info, chunk, r, row, held)
+    return _with_increments(codec, info, chunk, r, row, held, written)
 
 
 def _check_chain(entries: Mapping[int, bytes], start: int, version: int, origin: str, where: str, info: ModelInfo,
