@@ -42,7 +42,7 @@ from cstore.store import Store
 
 SIZE = 1 << 20
 GOAL_P50_MS, GOAL_P99_MS, GOAL_RATE = 5.0, 20.0, 2000
-IN_FLIGHT = (32, 256)  # updates a submitting thread keeps in flight
+IN_FLIGHT = (16, 32, 256)  # updates a submitting thread keeps in flight (a service chooses; each is shown)
 Update = Callable[[int, float], None]
 
 
