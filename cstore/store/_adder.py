@@ -7,7 +7,7 @@ the adds of one process in rounds, as the :class:`~cstore.store.Committer` takes
 
 1. the history rows of every add of the round (the amounts each adds, its kind, learning rate, source and
    metadata; status ``increment``) go first, one request per history partition;
-2. then every add's entries, one request per chunk partition (each add its own map key: its op id),
+2. then every add's entries, up to ten chunk partitions a request (each add its own map key: its op id),
    and the scored parameters' to the increment feed, all at once;
 3. each add whose chunks all hold it is acknowledged.
 
