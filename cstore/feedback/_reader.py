@@ -44,7 +44,7 @@ from cstore.feedback._segments import ColumnSpan, decode_stored_columns, open_se
 
 __all__ = ["FeedbackReader", "LaneCursor", "LaneListing", "SegmentRef"]
 
-SWEEP_S = 1.0  # a prefetching listing (the critical lane's) lists from the floor this often...
+SWEEP_S = 1.0  # a quick listing (the workers': bulk and critical) lists from the floor this often...
 QUICK_MARGIN_TICKS = TICKS_PER_S // 4  # ... and in between from this far below the newest learned segment
 
 log = logging.getLogger("cstore.worker")
@@ -88,12 +88,15 @@ class LaneCursor:
         return {u: ticks_of(u) for u in ids}
 
     def advance(self, learned: list[SegmentRef], listing: LaneListing, lateness_s: int) -> None:
-        """Record ``learned`` (taken oldest first from ``listing``) and raise the floor as far as is safe."""
+        """Record ``learned`` (taken oldest first from ``listing``) and raise the floor as far as is safe:
+        only after a listing from the floor (``complete``), as only that one shows every segment below."""
         learned_ids = {r.seg_id for r in learned}
         for r in learned:
             self.done[r.seg_id] = r.ticks
             self.events += r.n_events
             self.segments += 1
+        if not listing.complete:
+            return
         cap = min(listing.scan_ticks - lateness_s * TICKS_PER_S, listing.horizon)
         unlearned = [r.ticks for r in listing.refs if r.seg_id not in learned_ids]
         if unlearned:
@@ -112,6 +115,7 @@ class LaneListing:
     scan_ticks: int
     refs: list[SegmentRef]
     horizon: int  # the listing is complete for segments stamped at or before this
+    complete: bool = True  # listed from the floor (False: a quick listing, from near the newest learned)
 
     @property
     def events(self) -> int:
@@ -178,14 +182,24 @@ class FeedbackReader:
 
     # -- listing and fetching ----------------------------------------------------------------------
     def list_new(self, cursors: dict[int, dict[int, LaneCursor]], scan_ticks: int, *, limit: int = 2000,
-                 max_buckets: int = 4, prefetch: bool = False) -> dict[tuple[int, int], LaneListing]:
+                 max_buckets: int = 4, prefetch: bool = False,
+                 quick: bool = False) -> dict[tuple[int, int], LaneListing]:
         """New segments per (part, lane) of the given cursors; ``scan_ticks`` must be taken before calling.
 
-        ``prefetch`` (the critical lane's polls: few, small segments): the segments come with their
-        payloads, which the next :meth:`fetch` / :meth:`fetch_columns` of them takes instead of reading
-        them, and the buckets the previous listing found are listed together with the bucket index, so a
-        label is found and read in one round trip (a bucket the index shows for the first time costs a
-        second)."""
+        ``quick`` (a worker's polls): between sweeps from the floor, once every ``SWEEP_S`` per partition,
+        a lane is listed from ``QUICK_MARGIN_TICKS`` below the newest segment it learned, not from its
+        floor: the floor trails by the lateness window (30 s by default), and at 5,000 events/s over 16
+        partitions that window holds ~24,000 learned segments, which a poll from the floor lists (ids and
+        sizes) only to drop them again: ~80 ms a poll on a loaded node, and the driver's decoding of their
+        ids. A segment written later than the margin is found by the next sweep; none is lost, because the
+        floor only rises to ``lateness_s`` before the scan, and a sweep lists everything a segment's
+        lateness contract lets arrive before that (see :meth:`LaneCursor.advance`).
+
+        ``prefetch`` (the critical lane's polls: few, small segments; implies ``quick``): the segments come
+        with their payloads, which the next :meth:`fetch` / :meth:`fetch_columns` of them takes instead of
+        reading them, and the buckets the previous listing found are listed together with the bucket
+        index, so a label is found and read in one round trip (a bucket the index shows for the first time
+        costs a second)."""
         if self.unopenable is not None:
             raise self.unopenable
         parts = list(cursors)
@@ -193,15 +207,20 @@ class FeedbackReader:
         parts_from = [(p, min(c.floor for c in cursors[p].values()) // bpt) for p in parts]
         early: dict[tuple[int, int, int], list[Row]] = {}
         now = time.monotonic()
-        sweep = {p for p in parts if not prefetch or now - self._swept.get(p, -math.inf) >= SWEEP_S}
-        self._swept.update((p, now) for p in sweep if prefetch)
+        quick = quick or prefetch
+        sweep = {p for p in parts if not quick or now - self._swept.get(p, -math.inf) >= SWEEP_S}
+        if quick:
+            self._swept.update((p, now) for p in sweep)
+
+        def from_floor(p: int, ln: int) -> bool:
+            return p in sweep or not cursors[p][ln].done
 
         def after(p: int, ln: int) -> uuid.UUID:
-            """Where a lane's listing starts: its floor, or (a prefetching poll between sweeps) just below
+            """Where a lane's listing starts: its floor, or (a quick poll between sweeps) just below
             the newest segment it learned, so that the lateness window's learned segments are not listed
             (with their payloads) on every poll; a sweep from the floor finds late ones."""
             c = cursors[p][ln]
-            if p in sweep or not c.done:
+            if from_floor(p, ln):
                 return max_uuid_at(c.floor)
             return max_uuid_at(max(c.floor, max(c.done.values()) - QUICK_MARGIN_TICKS))
         if prefetch:  # the buckets the last index read showed, listed with the index: one round trip
@@ -251,7 +270,7 @@ class FeedbackReader:
                 if not more[(part, lane)]:
                     horizon = _INF
             refs.sort(key=lambda r: (r.ticks, r.seg_id.bytes))
-            out[(part, lane)] = LaneListing(part, lane, scan_ticks, refs, horizon)
+            out[(part, lane)] = LaneListing(part, lane, scan_ticks, refs, horizon, from_floor(part, lane))
         return out
 
     def fetch(self, refs: list[SegmentRef]) -> dict[uuid.UUID, list[Event]]:

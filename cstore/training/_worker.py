@@ -245,7 +245,7 @@ class Worker:
         deadline = time.monotonic() + self.opts.max_wait_ms / 1000
         while True:
             listings = self.reader.list_new(cursors, ticks_now(), limit=self.opts.list_limit,
-                                            max_buckets=self.opts.max_buckets)
+                                            max_buckets=self.opts.max_buckets, quick=True)
             total = sum(lst.events for lst in listings.values())
             left = deadline - time.monotonic()
             if total >= self.opts.go_at or left <= 0 or self._stop.is_set():

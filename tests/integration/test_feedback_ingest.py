@@ -266,20 +266,14 @@ def test_cli_ingest_msgpack(base_config, store, session, learner, tmp_path):
     assert sorted(e.entity_id for e in events) == list(range(100)) and {e.confidence for e in events} == {0.5}
 
 
-def test_a_prefetching_listing_reads_new_labels_with_it_and_sweeps_for_late_ones(store, learner, monkeypatch):
-    """The critical lane's polls (``prefetch=True``): a segment listed between sweeps comes with its payload
-    (no second read), older learned ones are not listed again, and one a slow producer wrote late, stamped
-    below them, is found by the next sweep from the floor: every event read once."""
-    from cstore.feedback import _reader
-
+def _lane_poller(store, learner, part_of, name, **mode):
+    """A reader of one partition polling ``list_new(**mode)``: (reader, its cursors, make a segment of
+    one event in that partition stamped now, poll: the entity ids learned by one listing)."""
     ctx = context(store)
     _, fcfg = ctx.layout(learner)
-    reader = FeedbackReader(store.backend.feedback, fcfg, "prefetch-test")
-    part = fcfg.critical_part
+    reader = FeedbackReader(store.backend.feedback, fcfg, name)
+    part = part_of(fcfg)
     cursors = {part: reader.load([part])[part][1]}
-    reads = []
-    fetch_segments = reader._tables.fetch_segments
-    monkeypatch.setattr(reader._tables, "fetch_segments", lambda *a: reads.append(a[1]) or fetch_segments(*a))
 
     def segment(entity: str) -> Segment:
         data = encode_event(make_event(entity, 1, features={"a": 1.0}))
@@ -287,23 +281,63 @@ def test_a_prefetching_listing_reads_new_labels_with_it_and_sweeps_for_late_ones
         seg.stamp(fcfg)
         return seg
 
+    def write(seg: Segment) -> None:
+        write_segments(ctx, fcfg, [seg])
+
     def poll() -> list[str]:
         out = []
-        for (p, lane), lst in reader.list_new(cursors, ticks_now(), prefetch=True).items():
+        for (p, lane), lst in reader.list_new(cursors, ticks_now(), **mode).items():
             payloads = reader.fetch(lst.refs)
             out += [ev.entity_id for r in lst.refs for ev in payloads[r.seg_id]]
             cursors[p][lane].advance(lst.refs, lst, fcfg.lateness_s)
         return out
 
-    write_segments(ctx, fcfg, [segment("tx-a")])
+    return reader, cursors[part][0], segment, write, poll
+
+
+def test_a_prefetching_listing_reads_new_labels_with_it_and_sweeps_for_late_ones(store, learner, monkeypatch):
+    """The critical lane's polls (``prefetch=True``): a segment listed between sweeps comes with its payload
+    (no second read), older learned ones are not listed again, and one a slow producer wrote late, stamped
+    below them, is found by the next sweep from the floor: every event read once."""
+    from cstore.feedback import _reader
+
+    reader, _, segment, write, poll = _lane_poller(store, learner, lambda f: f.critical_part, "prefetch-test",
+                                                   prefetch=True)
+    reads = []
+    fetch_segments = reader._tables.fetch_segments
+    monkeypatch.setattr(reader._tables, "fetch_segments", lambda *a: reads.append(a[1]) or fetch_segments(*a))
+
+    write(segment("tx-a"))
     assert poll() == ["tx-a"] and len(reads) == 1  # the first poll sweeps from the floor: read after listing
     slow = segment("tx-slow")  # stamped now, written later
     time.sleep(0.3)  # (further below the next one than the quick listing looks)
-    write_segments(ctx, fcfg, [segment("tx-b")])
+    write(segment("tx-b"))
     assert poll() == ["tx-b"] and len(reads) == 1  # between sweeps: listed with its payload, not read again
-    write_segments(ctx, fcfg, [slow])
+    write(slow)
     assert poll() == [] and len(reader._prefetched) == 1  # below the quick listing, as is tx-a (only tx-b is:
     #                                                       within QUICK_MARGIN_TICKS of the newest learned)
     monkeypatch.setattr(_reader, "SWEEP_S", 0.0)
     assert poll() == ["tx-slow"]  # the sweep finds it
     assert poll() == []  # and nothing twice
+
+
+def test_a_quick_listing_skips_learned_segments_and_the_sweep_finds_late_ones(store, learner, monkeypatch):
+    """The workers' polls (``quick=True``) between sweeps list a lane from just below its newest learned
+    segment, not from its floor; they leave the floor where it is, and a segment a slow producer wrote
+    late, stamped below that start, is found by the next sweep: every event read once."""
+    from cstore.feedback import _reader
+
+    _, lane, segment, write, poll = _lane_poller(store, learner, lambda f: f.part_of("tx-a"), "quick-test",
+                                                 quick=True)
+    write(segment("tx-a"))
+    assert poll() == ["tx-a"]  # the first poll sweeps from the floor
+    floor = lane.floor
+    slow = segment("tx-slow")  # stamped now, written later
+    time.sleep(0.3)  # (further below the next one than the quick listing looks)
+    write(segment("tx-b"))
+    assert poll() == ["tx-b"] and lane.floor == floor  # between sweeps: the floor stays
+    write(slow)
+    assert poll() == []  # below the quick listing's start
+    monkeypatch.setattr(_reader, "SWEEP_S", 0.0)
+    assert poll() == ["tx-slow"]  # the sweep finds it
+    assert poll() == [] and len(lane.done) == 3  # nothing twice; all three within the lateness window

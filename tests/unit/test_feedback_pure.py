@@ -144,6 +144,19 @@ def test_floor_never_passes_the_listing_horizon_nor_goes_back():
     assert cur.floor == base + 6 * S
 
 
+def test_a_quick_listing_records_what_was_learned_but_leaves_the_floor():
+    """A quick listing starts near the newest learned segment, so it cannot vouch for what lies below it:
+    the floor waits for the next listing from the floor (a sweep)."""
+    base = 1000 * S
+    a, b = _ref(base + 1 * S), _ref(base + 2 * S)
+    cur = LaneCursor(0, 0, floor=base)
+    quick = LaneListing(0, 0, base + 100 * S, [b], 2**62, complete=False)
+    cur.advance([b], quick, lateness_s=30)
+    assert cur.floor == base and set(cur.done) == {b.seg_id} and cur.events == 10
+    cur.advance([a], _listing([a], scan=base + 100 * S), lateness_s=30)  # the sweep finds the late one
+    assert cur.floor == base + 70 * S and cur.done == {} and cur.segments == 2
+
+
 def test_done_round_trips_through_its_encoding():
     cur = LaneCursor(0, 0, floor=0, done={uuid_at(5): 5, uuid_at(9): 9})
     assert LaneCursor.decode_done(cur.encode_done()) == cur.done
