@@ -254,7 +254,7 @@ def _column_array(item: Any, n: int) -> Any:
     if item[0] == _ASCII and len(item) == 3:
         width, raw = item[1], item[2]
         if type(width) is int and 0 < width <= MAX_STR_VALUE_CHARS and type(raw) is bytes and len(raw) == width * n:
-            if raw and max(raw) > 127:  # what decoding it as ASCII would refuse: refused here, at once
+            if not raw.isascii():  # what decoding it as ASCII would refuse: refused here, at once
                 raise ValueError("a stored ASCII column holds bytes that are not ASCII")
             return np.frombuffer(raw, dtype=f"S{width}")
     raise ValueError(f"bad stored column (tag {item[0]!r})")

@@ -90,13 +90,14 @@ def test_damaged_blocks_are_poison_and_the_rest_is_kept():
         {**block, "y": b"\x00" * 3},                             # wrong column length
         {**block, "f": {"x": [0, b"\x00" * 8]}},                 # one value for two events
         {**block, "f": {"x": [9, b""]}},                         # unknown column tag
+        {**block, "f": {"x": [2, 1, b"a\xff"]}},                  # an ASCII column that is not ASCII
         {**block, "k": "purchase"},                              # unknown kind
         {**block, "y": np.array([2.0, 0.0]).tobytes()},          # label out of range: poison, not learned
     ]
     payload = msgpack.packb([COLUMNAR_VERSION, block, *broken, "not a block"], use_bin_type=True)
     events, bad = decode_stored(payload)
     assert [e.entity_id for e in events] == ["a", "b", "b"]  # the last block's second event is fine
-    assert bad == 2 * 4 + 1 + 1
+    assert bad == 2 * 5 + 1 + 1
 
 
 BAD = [
