@@ -1,6 +1,6 @@
 """The freshness half of `cstore bench latency` alone, as one JSON line (for old/new comparisons).
 
-    .venv/bin/python scripts/freshness_only.py [--seconds 20] [--workers 2] [--label new] [--chunk-size N]
+    .venv/bin/python scripts/freshness_only.py [--seconds 20] [--warmup 0] [--workers 2] [--label new] [--chunk-size N]
 
 Runs `cstore.bench._latency.run_freshness` (the bench's workers, producer at 5,000 events/s, probes and
 scorer) and prints its figures with the time, the load average before and after, and the local node's
@@ -37,6 +37,7 @@ def node_cpu_s() -> float | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--warmup", type=float, default=0.0, help="seconds of load before measuring (0: none)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--label", default="run")
     ap.add_argument("--probes", default=PROBE_KINDS[0], choices=PROBE_KINDS, help=PROBE_HELP)
@@ -45,7 +46,8 @@ def main() -> None:
     args = ap.parse_args()
     ctx = BenchContext(load_config(), duration=args.seconds, workers=args.workers, log=lambda m: None)
     load0, at, cpu0, t0 = os.getloadavg()[0], time.strftime("%H:%M:%S"), node_cpu_s(), time.monotonic()
-    out = run_freshness(ctx, args.seconds, probes=args.probes, chunk_size=args.chunk_size)
+    out = run_freshness(ctx, args.seconds, probes=args.probes, chunk_size=args.chunk_size,
+                        **({"warmup_s": args.warmup} if args.warmup else {}))  # (older trees have no warm-up)
     cpu1 = node_cpu_s()
     node = None if cpu0 is None or cpu1 is None else round(100 * (cpu1 - cpu0) / (time.monotonic() - t0))
     print(json.dumps({"label": args.label, "probes": args.probes, "chunk_size": args.chunk_size, "at": at,

@@ -91,6 +91,7 @@ class BenchContext:
     duration: float = 20.0
     concurrency: int = 64
     workers: int = 2  # worker processes of the latency scenario
+    warmup_s: float = 60.0  # the latency scenario's load before it measures (a freshly started node compiles)
     log: Callable[[str], None] = print
     memory: MemorySampler = field(default_factory=MemorySampler)
 

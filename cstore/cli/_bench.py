@@ -17,11 +17,14 @@ from cstore.cli._app import CliContext
               help="Seconds per measured phase (ignored with --quick).")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="Worker processes of the latency scenario's model.")
+@click.option("--warmup", "warmup_s", type=click.FloatRange(0, 3600), default=60.0, show_default=True,
+              help="Seconds of the latency scenario's load run before it measures (at most 5 with --quick): a "
+                   "node started minutes ago still compiles its hot paths. 0 measures from the first second.")
 @click.option("--concurrency", type=click.IntRange(1, 1024), default=64, show_default=True,
               help="Requests in flight for the driver-level baselines and load generators.")
 @click.pass_obj
 def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: float, workers: int,
-          concurrency: int) -> None:
+          warmup_s: float, concurrency: int) -> None:
     """Measure SCENARIO against its baseline (ingest vs raw-driver ceiling, apply vs the naive
     one-row-per-scalar design, e2e freshness, score latency; latency: critical and bulk label
     freshness under 5,000 bulk events/s, atomic updates against the whole-chunk path and the
@@ -31,7 +34,8 @@ def bench(obj: CliContext, scenario: str, quick: bool, as_json: bool, duration: 
     """
     names = list(ORDER) if scenario == "all" else [scenario]
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
-    ctx = BenchContext(obj.config, quick=quick, duration=duration, concurrency=concurrency, workers=workers, log=log)
+    ctx = BenchContext(obj.config, quick=quick, duration=duration, concurrency=concurrency, workers=workers,
+                       warmup_s=warmup_s, log=log)
     result = run_scenarios(names, ctx)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
